@@ -1,0 +1,281 @@
+"""Typed configs: YAML files mapped onto dataclasses, with command-line overrides.
+
+Every stage declares its config as nested dataclasses whose fields carry a docstring (the string
+literal right below the field, as in CleanRL). ``load_config`` reads ``--config FILE`` plus overrides
+such as ``--posttrain.lr 0.1`` or ``--task.k=4`` and returns a validated instance. Anything wrong
+(unknown or misspelt key, wrong type, value out of range) raises ``UserError`` with one line that names
+the file, the key and what is allowed: ``baseline: fasle`` is an error here, never a truthy default.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import inspect
+import textwrap
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from barrierlab.errors import UserError
+
+
+class ConfigValueError(ValueError):
+    """Raised by a config's ``check()``: ``key`` is the field (relative to that dataclass)."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
+        self.message = message
+
+
+def require(condition: bool, key: str, message: str) -> None:
+    """Range checks inside ``check()`` methods read as one line each."""
+    if not condition:
+        raise ConfigValueError(key, message)
+
+
+# ----------------------------------------------------------------------------- field docs
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Docstrings written under each dataclass field, read from the source (CleanRL style)."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError):
+            continue
+        body = tree.body[0].body
+        for node, nxt in zip(body, body[1:]):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and isinstance(nxt, ast.Expr)
+                and isinstance(nxt.value, ast.Constant)
+                and isinstance(nxt.value.value, str)
+            ):
+                docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+# ----------------------------------------------------------------------------- type coercion
+
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if tp is bool:
+        return "true or false"
+    if tp is int:
+        return "an integer"
+    if tp is float:
+        return "a number"
+    if tp is str:
+        return "a string"
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _describe(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_describe(typing.get_args(tp)[0])}"
+    if origin is dict:
+        return "a mapping"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping with keys " + ", ".join(f.name for f in dataclasses.fields(tp))
+    return str(tp)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Return ``value`` as type ``tp`` or raise ``ConfigValueError`` (no silent casts)."""
+    origin = typing.get_origin(tp)
+    bad = ConfigValueError(key, f"expected {_describe(tp)}, got {value!r}")
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigValueError:
+                continue
+        raise bad
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise bad
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise bad
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise bad
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+        raise bad
+    if origin is list:
+        if not isinstance(value, list):
+            raise bad
+        (item_tp,) = typing.get_args(tp)
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise bad
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise bad
+        return build(tp, value, prefix=key)
+    raise TypeError(f"unsupported config type {tp} for {key}")
+
+
+def _unknown_key(cls: type, key: str, prefix: str) -> ConfigValueError:
+    names = [f.name for f in dataclasses.fields(cls)]
+    close = difflib.get_close_matches(key, names, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return ConfigValueError(prefix + key, f"unknown key{hint}; allowed keys: {', '.join(names)}")
+
+
+def build(cls: type, data: dict, prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a mapping, checking keys, types and ``check()`` ranges."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            raise _unknown_key(cls, str(key), prefix)
+    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
+    obj = cls(**kwargs)
+    check = getattr(obj, "check", None)
+    if check is not None:
+        try:
+            check()
+        except ConfigValueError as err:
+            raise ConfigValueError(prefix + err.key, err.message) from None
+    return obj
+
+
+def to_dict(obj: Any) -> Any:
+    """Plain YAML-friendly dict of a (nested) config."""
+    return dataclasses.asdict(obj)
+
+
+def dump_yaml(obj: Any) -> str:
+    return yaml.safe_dump(to_dict(obj), sort_keys=False)
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def _set_path(data: dict, cls: type, path: list[str], raw: str, flag: str) -> None:
+    """Put an override into the nested mapping, checking the key path against the dataclasses."""
+    node, node_cls = data, cls
+    for i, part in enumerate(path):
+        names = {f.name: f for f in dataclasses.fields(node_cls)}
+        if part not in names:
+            err = _unknown_key(node_cls, part, ".".join(path[:i]) + ("." if i else ""))
+            raise UserError(f"command line: {flag}: {err.message}")
+        tp = typing.get_type_hints(node_cls)[part]
+        if i == len(path) - 1:
+            try:
+                node[part] = yaml.safe_load(raw) if raw != "" else ""
+            except yaml.YAMLError:
+                node[part] = raw
+            if tp is str or (typing.get_origin(tp) is Literal and isinstance(raw, str) and raw in typing.get_args(tp)):
+                node[part] = raw  # "--run_dir 007" stays the string it was typed as
+            return
+        if not dataclasses.is_dataclass(tp):
+            raise UserError(f"command line: {flag}: '{part}' is not a section, so it has no keys")
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise UserError(f"command line: {flag}: '{part}' must be a mapping in the config file")
+        node_cls = tp
+
+
+def parse_overrides(argv: list[str]) -> tuple[str | None, list[tuple[str, str]], bool]:
+    """Split argv into (config path, [(dotted key, raw value)], wants_help)."""
+    config_path, overrides, wants_help = None, [], False
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in ("-h", "--help"):
+            wants_help = True
+            i += 1
+            continue
+        if not arg.startswith("--"):
+            raise UserError(f"command line: unexpected argument '{arg}'; use --key value or --key=value")
+        key, eq, value = arg[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(argv):
+                raise UserError(f"command line: {arg} needs a value")
+            value = argv[i + 1]
+            i += 1
+        i += 1
+        if key == "config":
+            config_path = value
+        else:
+            overrides.append((key, value))
+    return config_path, overrides, wants_help
+
+
+def help_text(cls: type, prefix: str = "") -> str:
+    lines = []
+    docs = field_docs(cls)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            lines.append(f"\n[{prefix}{f.name}] {docs.get(f.name, '')}")
+            lines.append(help_text(tp, prefix + f.name + "."))
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else "required")
+        lines.append(f"  --{prefix}{f.name} ({_describe(tp)}; default {default!r})\n      {docs.get(f.name, '')}")
+    return "\n".join(lines)
+
+
+def load_config(cls: type, argv: list[str], default_config: str | None = None, prog: str = "") -> Any:
+    """Parse ``--config FILE`` and overrides into a validated ``cls``; ``UserError`` on any problem."""
+    config_path, overrides, wants_help = parse_overrides(argv)
+    if wants_help:
+        print(f"usage: python -m {prog} --config FILE [--section.key value ...]\n" + help_text(cls))
+        raise SystemExit(0)
+    config_path = config_path or default_config
+    data: dict = {}
+    where = "command line"
+    if config_path:
+        path = Path(config_path)
+        if not path.is_file():
+            raise UserError(f"config file '{config_path}' not found; pass an existing YAML file with --config")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            at = f" at line {mark.line + 1}" if mark else ""
+            raise UserError(f"{config_path}: not valid YAML{at}; fix the syntax") from None
+        if not isinstance(data, dict):
+            raise UserError(f"{config_path}: the top level must be a mapping of keys to values")
+        where = config_path
+    for key, raw in overrides:
+        _set_path(data, cls, key.split("."), raw, f"--{key}")
+    try:
+        return build(cls, data)
+    except ConfigValueError as err:
+        overridden = any(k == err.key or err.key.startswith(k + ".") for k, _ in overrides)
+        source = "command line" if overridden else where
+        raise UserError(f"{source}: key '{err.key}': {err.message}") from None

@@ -1,0 +1,25 @@
+"""Exact metrics shared by pretraining, post-training and evaluation (definitions: science.md)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def likelihood_quantile(values: torch.Tensor, eps: float) -> float:
+    """``Q(ε) = sup{a : P(v ≤ a) ≤ ε}`` of the empirical distribution of ``values``.
+
+    ``P(v ≤ a)`` jumps to ``j/n`` at the j-th smallest value, so the supremum is the
+    ``(⌊εn⌋ + 1)``-th smallest value: all but the worst ε fraction of prompts reach it.
+    Pass sequence likelihoods for the LQ, worst next-token probabilities for the token-level LQ.
+    """
+    if not 0.0 <= eps < 1.0:
+        raise ValueError("eps must be in [0, 1)")
+    ordered = torch.sort(values.flatten().double()).values
+    index = math.floor(eps * ordered.numel() + 1e-9)
+    return float(ordered[index])
+
+
+def quantile_curve(values: torch.Tensor, eps_grid: list[float]) -> list[float]:
+    return [likelihood_quantile(values, e) for e in eps_grid]

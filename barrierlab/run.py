@@ -1,0 +1,225 @@
+"""Run folders: resolved config, metrics (JSONL + TensorBoard), atomic checkpoints and resume.
+
+Layout of ``runs/<name>/``::
+
+    config.yaml        the resolved config (what actually ran)
+    metrics.jsonl      one JSON object per logged step, stable metric names
+    tb/                TensorBoard events
+    checkpoints/       step_0000500/ ...: model (save_pretrained), tokenizer, trainer_state.pt
+    model/             the final model, loadable with AutoModelForCausalLM.from_pretrained
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+import yaml
+
+from barrierlab.config import dump_yaml, require
+from barrierlab.errors import UserError
+
+
+@dataclass
+class RunConfig:
+    run_dir: str = "runs/base"
+    """Folder of this run. Re-running on an existing folder resumes from its last checkpoint."""
+    seed: int = 0
+    """Seed of everything random in the run (prompts, sampling, initialisation)."""
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    """Loggers besides metrics.jsonl: 'tensorboard' or none ([])."""
+    mixed_precision: Literal["auto", "no", "bf16"] = "auto"
+    """'auto': bf16 autocast on a GPU, full precision on CPU."""
+    checkpoint_every: int = 500
+    """Steps between checkpoints (0: only the final model)."""
+    keep_checkpoints: int = 2
+    """How many recent checkpoints to keep."""
+    progress: bool = True
+    """Show a progress bar."""
+
+    def check(self):
+        require(self.run_dir != "", "run_dir", "must name a folder, e.g. runs/base")
+        for name in self.report_to:
+            require(name in ("tensorboard",), "report_to", f"unknown logger '{name}'; allowed: tensorboard")
+        require(self.checkpoint_every >= 0, "checkpoint_every", "must be ≥ 0")
+        require(self.keep_checkpoints >= 1, "keep_checkpoints", "must be ≥ 1")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class RunDir:
+    """One run folder: refuses to mix runs of different configs, resumes a run of the same config."""
+
+    def __init__(self, cfg, run: RunConfig, is_main: bool = True):
+        self.path = Path(run.run_dir)
+        self.is_main = is_main
+        self.ckpt_dir = self.path / "checkpoints"
+        self.keep = run.keep_checkpoints
+        resolved = dump_yaml(cfg)
+        config_file = self.path / "config.yaml"
+        if config_file.exists():
+            old = yaml.safe_load(config_file.read_text())
+            new = yaml.safe_load(resolved)
+            diff = _first_difference(old, new, ignore={"run.progress", "run.report_to"})
+            if diff:
+                raise UserError(
+                    f"{self.path} already holds a run with a different config (key '{diff}'); "
+                    "pass a new --run.run_dir, or delete the folder to start over"
+                )
+        if is_main:
+            self.path.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(config_file, resolved)
+        self._tb = None
+        self._report_to = run.report_to
+
+    # ------------------------------------------------------------------ metrics
+    def truncate_metrics(self, after_step: int) -> None:
+        """Drop metric lines logged after ``after_step`` (they belong to work lost in a kill)."""
+        path = self.path / "metrics.jsonl"
+        if not self.is_main or not path.exists():
+            return
+        kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= after_step]
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+    def log(self, step: int, metrics: dict) -> None:
+        if not self.is_main:
+            return
+        row = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
+        with open(self.path / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if "tensorboard" in self._report_to:
+            if self._tb is None:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(self.path / "tb"))
+            for key, value in row.items():
+                if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
+                    self._tb.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+    # ------------------------------------------------------------------ checkpoints
+    def latest_checkpoint(self) -> Path | None:
+        if not self.ckpt_dir.is_dir():
+            return None
+        done = sorted(p for p in self.ckpt_dir.iterdir() if p.name.startswith("step_") and (p / "trainer_state.pt").exists())
+        return done[-1] if done else None
+
+    def save_checkpoint(self, step: int, model, tokenizer, state: dict, extra_files: dict[str, str] | None = None):
+        """Write ``checkpoints/step_N`` atomically (temporary folder, then rename) and prune old ones."""
+        if not self.is_main:
+            return
+        final = self.ckpt_dir / f"step_{step:07d}"
+        save_model_dir(final, model, tokenizer, extra_files, state=state)
+        old = sorted(p for p in self.ckpt_dir.iterdir() if p.name.startswith("step_"))
+        for p in old[: -self.keep]:
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def save_model_dir(final: Path, model, tokenizer, extra_files: dict[str, str] | None = None, state: dict | None = None):
+    """``save_pretrained`` into a temporary sibling, then rename: a kill never leaves half a model."""
+    final = Path(final)
+    tmp = final.parent / f".tmp_{final.name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    for name, text in (extra_files or {}).items():
+        (tmp / name).write_text(text)
+    if state is not None:
+        torch.save(state, tmp / "trainer_state.pt")  # written last: its presence marks a complete checkpoint
+    if final.exists():
+        trash = final.parent / f".old_{final.name}"
+        shutil.rmtree(trash, ignore_errors=True)
+        final.rename(trash)
+        tmp.rename(final)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        tmp.rename(final)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".tmp_{path.name}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _plain(value):
+    if isinstance(value, torch.Tensor):
+        return value.item() if value.numel() == 1 else value.tolist()
+    return value
+
+
+def _first_difference(old, new, ignore: set[str], prefix: str = "") -> str | None:
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in sorted(set(old) | set(new), key=str):
+            path = f"{prefix}{key}"
+            if path in ignore:
+                continue
+            diff = _first_difference(old.get(key), new.get(key), ignore, path + ".")
+            if diff:
+                return diff
+        return None
+    return None if old == new else prefix.rstrip(".")
+
+
+def save_dataset(dataset, final: Path) -> None:
+    """``save_to_disk`` into a temporary sibling, then rename."""
+    final = Path(final)
+    tmp = final.parent / f".tmp_{final.name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    dataset.save_to_disk(str(tmp))
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+
+
+def load_dataset_dir(path: Path, columns: list[str]):
+    """Load a dataset saved by a stage, or fail with one line saying what is missing."""
+    from datasets import load_from_disk
+
+    path = Path(path)
+    if not (path / "dataset_info.json").exists():
+        raise UserError(f"no dataset at '{path}'; run the stage that writes it first (e.g. make pretrain)")
+    dataset = load_from_disk(str(path))
+    missing = [c for c in columns if c not in dataset.column_names]
+    if missing:
+        raise UserError(f"dataset '{path}' lacks column(s) {', '.join(missing)}; rebuild it with the current code")
+    return dataset
+
+
+def load_model_dir(path: Path):
+    """Load a checkpoint folder written by a stage (model, tokenizer, task.json) with the Auto classes."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import barrierlab.models  # noqa: F401  (registers the linear policy with the Auto classes)
+
+    path = Path(path)
+    if not (path / "config.json").exists() or not (path / "task.json").exists():
+        raise UserError(f"no barrierlab checkpoint at '{path}' (config.json and task.json expected); check the path or run make pretrain")
+    model = AutoModelForCausalLM.from_pretrained(str(path))
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    task_info = json.loads((path / "task.json").read_text())
+    return model, tokenizer, task_info
+
+
+def make_accelerator(run: RunConfig):
+    """An ``Accelerator``: bf16 autocast on GPU when ``mixed_precision`` is auto, fp32 on CPU."""
+    from accelerate import Accelerator
+
+    precision = run.mixed_precision
+    if precision == "auto":
+        precision = "bf16" if torch.cuda.is_available() else "no"
+    return Accelerator(mixed_precision=precision)

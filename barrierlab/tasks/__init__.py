@@ -1,0 +1,71 @@
+"""Synthetic tasks: prompts with exactly one correct response ``y*(x)`` of N symbols over k.
+
+A task is anything with the ``Task`` interface below. To add one, write a module here with a class
+that implements it and register it in ``TASKS``; configs then select it by ``task.name``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Literal, Protocol
+
+import torch
+
+from barrierlab.config import require
+from barrierlab.tasks.cluster_bits import ClusterBitsTask
+
+
+class Task(Protocol):
+    k: int
+    """Answer alphabet size."""
+    N: int
+    """Response length."""
+    d: int
+    """Prompt length in bits."""
+    num_clusters: int
+
+    def sample_prompts(
+        self, n: int, generator: torch.Generator, clusters: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` prompts as (bits ``(n, d)`` in {0,1}, cluster ``(n,)``); ``clusters`` fixes each one's cluster."""
+        ...
+
+    def targets(self, bits: torch.Tensor, cluster: torch.Tensor) -> torch.Tensor:
+        """The correct responses ``y*`` as ``(n, N)`` symbol indices in ``[0, k)``."""
+        ...
+
+    def cluster_of(self, bits: torch.Tensor) -> torch.Tensor:
+        """The cluster each prompt belongs to, ``(n,)``."""
+        ...
+
+
+TASKS = {"cluster_bits": ClusterBitsTask}
+
+
+@dataclass
+class TaskConfig:
+    name: Literal["cluster_bits"] = "cluster_bits"
+    """Which task module generates prompts and their correct responses."""
+    d: int = 16
+    """Prompt length in bits."""
+    k: int = 8
+    """Answer alphabet size (k ≥ 2)."""
+    N: int = 8
+    """Response length in symbols."""
+    flip_prob: float = 0.02
+    """Probability that each prompt bit differs from its cluster's centre."""
+    per_cluster_rule: bool = True
+    """Give every cluster its own hidden rule (W1, W2), so learning one cluster does not transfer."""
+    seed: int = 0
+    """Seed of the hidden rule and the cluster centres (the task's identity)."""
+
+    def check(self):
+        require(self.d >= 1, "d", "must be ≥ 1")
+        require(self.k >= 2, "k", f"must be ≥ 2 (an answer alphabet of at least two symbols), got {self.k}")
+        require(self.N >= 1, "N", f"must be ≥ 1, got {self.N}")
+        require(0.0 <= self.flip_prob <= 1.0, "flip_prob", f"must be a probability in [0, 1], got {self.flip_prob}")
+
+
+def build_task(cfg: TaskConfig, num_clusters: int) -> Task:
+    fields = {k: v for k, v in asdict(cfg).items() if k != "name"}
+    return TASKS[cfg.name](num_clusters=num_clusters, **fields)

@@ -1,0 +1,254 @@
+"""Stage 2: post-train a base model with outcome or process rewards by policy gradient.
+
+    python -m posttrain --config configs/posttrain_outcome.yaml [--reward.name process] ...
+
+Each step: fresh prompts → a behaviour policy samples responses → the reward model scores them (reward
+queries are counted) → advantages → one policy-gradient step on ``-Σ_i A_i log p(y_i | x, y_<i)``.
+Every ``eval_every`` steps the likelihood of y* on the base run's eval prompts is computed exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from barrierlab.config import load_config
+from barrierlab.errors import UserError, cli_entry
+from barrierlab.policy import answer_logits
+from barrierlab.run import RunDir, load_dataset_dir, load_model_dir, make_accelerator, save_model_dir, seed_everything
+from barrierlab.tasks import TaskConfig, build_task
+from barrierlab.tokenizer import ANSWER0, prompt_ids
+from posttrain.advantages import advantages
+from posttrain.behaviour import Sampler, collect
+from posttrain.config import PosttrainConfig
+from posttrain.evaluation import ExactEval
+from rewards import make_reward
+
+
+class PromptSource:
+    """Fresh prompts from the task distribution, or rows of a saved prompt dataset."""
+
+    def __init__(self, cfg: PosttrainConfig, task, generator: torch.Generator):
+        self.task, self.generator = task, generator
+        self.clusters = cfg.prompts.clusters
+        if self.clusters is not None:
+            bad = [c for c in self.clusters if not 0 <= c < task.num_clusters]
+            if bad or not self.clusters:
+                raise UserError(f"prompts.clusters: {bad or 'empty list'} not in 0..{task.num_clusters - 1}")
+        self.dataset = None
+        if cfg.prompts.dataset:
+            ds = load_dataset_dir(Path(cfg.prompts.dataset), ["prompt_ids", "target_ids"])
+            self.dataset = (torch.tensor(ds["prompt_ids"]), torch.tensor(ds["target_ids"]) - ANSWER0,
+                            torch.tensor(ds["cluster"]) if "cluster" in ds.column_names else None)
+
+    def draw(self, n: int) -> tuple[torch.Tensor, dict]:
+        if self.dataset is not None:
+            prompts, targets, clusters = self.dataset
+            rows = torch.randint(0, prompts.shape[0], (n,), generator=self.generator)
+            cols = {"target": targets[rows]}
+            if clusters is not None:
+                cols["cluster"] = clusters[rows]
+            return prompts[rows], cols
+        chosen = None
+        if self.clusters is not None:
+            pool = torch.tensor(self.clusters)
+            chosen = pool[torch.randint(0, pool.numel(), (n,), generator=self.generator)]
+        bits, clusters = self.task.sample_prompts(n, self.generator, clusters=chosen)
+        return prompt_ids(bits), {"target": self.task.targets(bits, clusters), "cluster": clusters}
+
+
+def check_pairing(cfg: PosttrainConfig, reward) -> None:
+    behaviour = cfg.algo.behaviour
+    if behaviour == "best_of_m" and reward.granularity != "outcome":
+        raise UserError("algo.behaviour 'best_of_m' (Algorithm 1) explores with an outcome reward; "
+                        f"reward '{cfg.reward.name}' is a process reward: use token_best_of_m")
+    if behaviour == "token_best_of_m" and reward.granularity != "process":
+        raise UserError("algo.behaviour 'token_best_of_m' (Algorithm 2) needs a process reward; "
+                        f"reward '{cfg.reward.name}' is an outcome reward: use best_of_m")
+
+
+def policy_gradient_loss(model, rollout, adv, k, base=None, kl_coef=0.0):
+    """``-Σ_i A_i log p(y_i | x, y_<i)`` averaged over responses, plus the exact KL to q0 if asked."""
+    logits = answer_logits(model, rollout.prompts, rollout.responses, k)
+    logp = torch.log_softmax(logits, -1)
+    token_logp = logp.gather(-1, rollout.responses.unsqueeze(-1)).squeeze(-1)
+    loss = -(adv * token_logp).sum(-1).mean()
+    probs = logp.exp()
+    entropy = -(probs * logp).sum(-1)
+    stats = {"entropy": (entropy * rollout.mask).sum() / rollout.mask.sum().clamp_min(1)}
+    if kl_coef > 0:
+        with torch.no_grad():
+            base_logp = torch.log_softmax(answer_logits(base, rollout.prompts, rollout.responses, k), -1)
+        kl = ((probs * (logp - base_logp)).sum(-1) * rollout.mask).sum(-1).mean()
+        loss = loss + kl_coef * kl
+        stats["kl"] = kl.detach()
+    return loss, stats
+
+
+def adaptive_gradient(model, rollout, adv, k) -> torch.Tensor:
+    """Set ``.grad`` to ``-mean_b η_b ∇ Σ_i A_bi log p(y_bi)`` with the theory's ``η_b = 1/(4 + 2‖∇ log p(y_b|x_b)‖²)``.
+
+    One backward pair per response (per-sample gradient norms): meant for the linear model and small batches.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    total = [torch.zeros_like(p) for p in params]
+    B = rollout.responses.shape[0]
+    for b in range(B):
+        lp = answer_logits(model, rollout.prompts[b : b + 1], rollout.responses[b : b + 1], k).log_softmax(-1)
+        lp = lp.gather(-1, rollout.responses[b : b + 1].unsqueeze(-1)).squeeze(-1)[0]
+        grad_seq = torch.autograd.grad(lp.sum(), params, retain_graph=True, allow_unused=True)
+        grad_adv = torch.autograd.grad((adv[b] * lp).sum(), params, allow_unused=True)
+        sq = sum(float(g.pow(2).sum()) for g in grad_seq if g is not None)
+        eta = 1.0 / (4.0 + 2.0 * sq)
+        for t, g in zip(total, grad_adv):
+            if g is not None:
+                t.add_(g, alpha=eta / B)
+    for p, t in zip(params, total):
+        p.grad = -t
+    return sum(float(t.pow(2).sum()) for t in total) ** 0.5
+
+
+def make_optimizer(cfg: PosttrainConfig, model):
+    o = cfg.optim
+    if o.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=o.lr)
+    if o.optimizer == "adagrad":
+        return torch.optim.Adagrad(model.parameters(), lr=o.lr)
+    return torch.optim.SGD(model.parameters(), lr=o.lr)  # sgd, and the adaptive step (its η is in the gradient)
+
+
+@cli_entry
+def main(argv):
+    cfg = load_config(PosttrainConfig, argv, default_config="configs/posttrain_outcome.yaml", prog="posttrain")
+    reward = make_reward(cfg.reward)
+    check_pairing(cfg, reward)
+    base_dir = Path(cfg.base)
+    model, tokenizer, task_info = load_model_dir(base_dir / "model")
+    eval_set = load_dataset_dir(base_dir / "data" / "eval_prompts", ["prompt_ids", "target_ids", "base_alpha"])
+    acc = make_accelerator(cfg.run)
+    if cfg.optim.optimizer == "adaptive" and acc.num_processes > 1:
+        raise UserError("optim.optimizer 'adaptive' computes per-response gradients on one process; use adam/adagrad/sgd with several")
+    task = build_task(TaskConfig(**task_info["task"]), len(task_info["profile"]))
+    k, N = task.k, task.N
+    needs_base = cfg.algo.behaviour in ("mixture", "best_of_m", "token_best_of_m") or cfg.algo.kl_coef > 0
+    base = load_model_dir(base_dir / "model")[0].to(acc.device).eval() if needs_base else None
+    threshold = cfg.eval.offsupport_threshold or task_info["offsupport_threshold"]
+
+    run = RunDir(cfg, cfg.run, is_main=acc.is_main_process)
+    seed_everything(cfg.run.seed)
+    rank, world = acc.process_index, acc.num_processes
+    prompt_gen = torch.Generator().manual_seed(cfg.run.seed * 7919 + rank)
+    sample_gen = torch.Generator(device=acc.device).manual_seed(cfg.run.seed * 104729 + rank)
+    prompts_source = PromptSource(cfg, task, prompt_gen)
+    optimizer = make_optimizer(cfg, model)
+    evaluator = ExactEval(eval_set, threshold, cfg.eval.num_tracked, k, acc.device)
+
+    step, queries, samples = 0, 0, 0
+    ckpt = run.latest_checkpoint()
+    if ckpt is not None:
+        from safetensors.torch import load_file
+
+        state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
+        model.load_state_dict(load_file(str(ckpt / "model.safetensors")))
+        optimizer.load_state_dict(state["optimizer"])
+        step, queries, samples = state["step"], state["queries"], state["samples"]
+        prompt_gen.set_state(state["prompt_gen"][rank])
+        sample_gen.set_state(state["sample_gen"][rank])
+        reward.load_state_dict(state["reward"])
+        run.truncate_metrics(step)
+        acc.print(f"resuming {run.path} from step {step} ({queries} reward queries spent)")
+    model, optimizer = acc.prepare(model, optimizer)
+    policy = acc.unwrap_model(model)
+    sampler = Sampler(policy, base, reward, k, N, cfg.algo.temperature, cfg.algo.mixture_weight, cfg.algo.m, sample_gen)
+
+    def checkpoint_state():
+        gather = (lambda t: [t]) if world == 1 else (lambda t: acc.gather_for_metrics([t]))
+        return {"step": step, "queries": queries, "samples": samples, "optimizer": optimizer.state_dict(),
+                "prompt_gen": gather(prompt_gen.get_state()), "sample_gen": gather(sample_gen.get_state()),
+                "reward": reward.state_dict()}
+
+    def evaluate() -> dict:
+        policy.eval()
+        metrics = evaluator(policy)
+        metrics.update({"train/reward_queries": queries, "train/samples": samples})
+        run.log(step, metrics)
+        policy.train()
+        return metrics
+
+    G, per_rank = cfg.algo.group_size, cfg.optim.batch_size // world
+    bar = tqdm(total=cfg.optim.max_steps, initial=step, desc=f"posttrain[{cfg.reward.name}]",
+               disable=not (cfg.run.progress and acc.is_main_process), mininterval=1.0)
+    last = evaluate() if step == 0 else None
+    stop_reason = "max_steps"
+    model.train()
+    while step < cfg.optim.max_steps:
+        prompts, columns = prompts_source.draw(per_rank // G)
+        prompts = prompts.repeat_interleave(G, 0).to(acc.device)
+        columns = {key: v.repeat_interleave(G, 0).to(acc.device) for key, v in columns.items()}
+        policy.eval()
+        rollout = collect(cfg.algo.behaviour, sampler, prompts, columns)
+        policy.train()
+        adv = advantages(rollout.rewards, cfg.algo.baseline, G, cfg.algo.scale_std, rollout.mask)
+        if cfg.optim.optimizer == "adaptive":
+            grad_norm = adaptive_gradient(model, rollout, adv, k)
+            loss, stats = torch.zeros(()), {}
+        else:
+            with acc.autocast():
+                loss, stats = policy_gradient_loss(model, rollout, adv, k, base, cfg.algo.kl_coef)
+            acc.backward(loss)
+            grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip or math.inf)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        step_queries = int(acc.reduce(torch.tensor(rollout.queries, device=acc.device), "sum"))
+        queries += step_queries
+        samples += per_rank * world
+        step += 1
+        bar.update(1)
+        if step % cfg.eval.log_every == 0:
+            reward_sum = (rollout.rewards * rollout.mask).sum() / rollout.mask.sum().clamp_min(1)
+            metrics = {
+                "train/reward_queries": queries,
+                "train/samples": samples,
+                "train/reward_mean": acc.reduce(reward_sum, "mean").item(),
+                "train/success_rate": acc.reduce(rollout.success.float().mean(), "mean").item(),
+                "train/loss": acc.reduce(loss.detach().float(), "mean").item(),
+                "train/grad_norm": float(grad_norm),
+                **{f"train/{name}": acc.reduce(v.float(), "mean").item() for name, v in stats.items()},
+            }
+            run.log(step, metrics)
+        out_of_queries = cfg.optim.max_queries is not None and queries >= cfg.optim.max_queries
+        if step % cfg.eval.eval_every == 0 or out_of_queries or step == cfg.optim.max_steps:
+            last = evaluate()
+            bar.set_postfix(queries=queries, on=f"{last.get('eval/onsupport_likelihood', float('nan')):.3f}",
+                            off=f"{last.get('eval/offsupport_likelihood', float('nan')):.3g}")
+        if cfg.run.checkpoint_every and step % cfg.run.checkpoint_every == 0:
+            run.save_checkpoint(step, policy, tokenizer, checkpoint_state())
+        if out_of_queries:
+            stop_reason = "max_queries"
+            break
+        target = cfg.optim.target_likelihood
+        if target is not None and last is not None and step % cfg.eval.eval_every == 0:
+            value = evaluator.stop_value(last, cfg.optim.stop_on)
+            if value is not None and value >= target:
+                stop_reason = "target_likelihood"
+                break
+    bar.close()
+    if last is None or step % cfg.eval.eval_every:
+        last = evaluate()
+    if acc.is_main_process:
+        extra = {name: (base_dir / "model" / name).read_text() for name in ("task.json",)}
+        save_model_dir(run.path / "model", policy, tokenizer, extra)
+        run.save_checkpoint(step, policy, tokenizer, checkpoint_state())
+        run.log(step, {"done/stop_reason": stop_reason, "done/steps": step, "done/reward_queries": queries})
+        print(f"stopped ({stop_reason}) after {step} steps, {queries} reward queries: "
+              f"on-support likelihood {last.get('eval/onsupport_likelihood', float('nan')):.4f}, "
+              f"off-support likelihood {last.get('eval/offsupport_likelihood', float('nan')):.4g}")
+    run.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,170 @@
+"""Behaviour policies: what samples the responses that the policy gradient then learns from.
+
+- ``on_policy``: q_t = p_t.
+- ``uniform``: every response uniform over k^N.
+- ``mixture``: each response from the frozen base q0 with probability ``mixture_weight``, else uniform
+  (the theory's ½ q0 + ½ Unif gives every response probability ≥ ½ k^-N).
+- ``best_of_m`` (the paper's Algorithm 1): sample from p_t; where it fails, draw up to m responses from
+  the mixture and update on the first correct one. Every try is charged (one outcome query each).
+- ``token_best_of_m`` (Algorithm 2): walk along the verified prefix; at each position draw up to m candidate
+  tokens from the token-level mixture of q0 and uniform until the prefix verifier accepts one. Every
+  candidate checked is charged; a position that exhausts m candidates ends that response there.
+- ``teacher_forcing``: the response is y* itself (the supervised control), still scored by the reward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from barrierlab.policy import answer_logits, sample
+
+Behaviour = Literal["on_policy", "uniform", "mixture", "best_of_m", "token_best_of_m", "teacher_forcing"]
+
+# Candidates drawn per row at once while searching: bounds memory, changes nothing in distribution
+# or in the queries charged (charging stops at the first accepted candidate).
+_CANDIDATE_BUDGET = 8192
+
+
+@dataclass
+class Rollout:
+    prompts: torch.Tensor
+    """(B, P) prompt token ids."""
+    responses: torch.Tensor
+    """(B, N) symbols the policy gradient learns from."""
+    rewards: torch.Tensor
+    """(B, N) per-prefix rewards (outcome: the verdict at every position)."""
+    mask: torch.Tensor
+    """(B, N) 1 where the position is part of the response (token_best_of_m may stop early)."""
+    success: torch.Tensor
+    """(B,) the response is exactly y*."""
+    queries: int
+    """Reward queries spent to produce this rollout (all tries included)."""
+
+
+@dataclass
+class Sampler:
+    """What a behaviour policy needs: the learner, the frozen base, the reward and the randomness."""
+
+    policy: torch.nn.Module
+    base: torch.nn.Module | None
+    reward: object
+    k: int
+    N: int
+    temperature: float
+    mixture_weight: float
+    m: int
+    generator: torch.Generator
+
+    def uniform(self, B: int, device) -> torch.Tensor:
+        return torch.randint(0, self.k, (B, self.N), generator=self.generator, device=device)
+
+    def mixture(self, prompts: torch.Tensor) -> torch.Tensor:
+        """Responses from ``w q0 + (1 - w) Unif``, choosing the component per response."""
+        B = prompts.shape[0]
+        out = self.uniform(B, prompts.device)
+        from_base = torch.rand(B, generator=self.generator, device=prompts.device) < self.mixture_weight
+        if from_base.any():
+            out[from_base] = sample(self.base, prompts[from_base], self.N, self.k,
+                                    temperature=1.0, generator=self.generator)
+        return out
+
+
+def _accepted(values: torch.Tensor) -> torch.Tensor:
+    return values[:, -1] > 0
+
+
+def collect(behaviour: Behaviour, s: Sampler, prompts: torch.Tensor, columns: dict) -> Rollout:
+    B, device = prompts.shape[0], prompts.device
+    if behaviour == "token_best_of_m":
+        return _token_best_of_m(s, prompts, columns)
+    if behaviour == "on_policy" or behaviour == "best_of_m":
+        responses = sample(s.policy, prompts, s.N, s.k, temperature=s.temperature, generator=s.generator)
+    elif behaviour == "uniform":
+        responses = s.uniform(B, device)
+    elif behaviour == "mixture":
+        responses = s.mixture(prompts)
+    elif behaviour == "teacher_forcing":
+        responses = columns["target"].clone()
+    else:
+        raise ValueError(f"unknown behaviour '{behaviour}'")
+    out = s.reward(prompts, responses, columns)
+    rewards, queries = out.values, out.queries
+    if behaviour == "best_of_m":
+        responses, rewards, queries = _best_of_m(s, prompts, columns, responses, rewards, queries)
+    success = (responses == columns["target"]).all(-1)
+    return Rollout(prompts, responses, rewards, torch.ones_like(rewards), success, queries)
+
+
+def _best_of_m(s: Sampler, prompts, columns, responses, rewards, queries):
+    """Algorithm 1: replace each failed p_t sample by the first correct of up to m mixture draws."""
+    searching = (~_accepted(rewards)).nonzero().squeeze(-1)
+    tries = 0
+    while searching.numel() and tries < s.m:
+        c = max(1, min(s.m - tries, _CANDIDATE_BUDGET // searching.numel()))
+        rows = searching.repeat_interleave(c)  # c candidates per searching row, row-major
+        cols = {key: value[rows] for key, value in columns.items()}
+        cand = s.mixture(prompts[rows])
+        out = s.reward(prompts[rows], cand, cols)
+        ok = _accepted(out.values).view(-1, c)
+        found = ok.any(-1)
+        first = torch.where(found, ok.float().argmax(-1), torch.full_like(found, c, dtype=torch.long))
+        # one outcome query per try, and a row stops trying at its first accepted candidate
+        queries += int(torch.clamp(first + 1, max=c).sum())
+        pick = searching[found]
+        chosen = torch.arange(searching.numel(), device=rows.device)[found] * c + first[found]
+        responses[pick] = cand[chosen]
+        rewards[pick] = out.values[chosen]
+        searching = searching[~found]
+        tries += c
+    return responses, rewards, queries
+
+
+@torch.no_grad()
+def _token_best_of_m(s: Sampler, prompts, columns) -> Rollout:
+    """Algorithm 2: token-wise search along the verified prefix with the token-level base/uniform mixture."""
+    B, device, k, N = prompts.shape[0], prompts.device, s.k, s.N
+    good = 1.0
+    bad = -1.0 if getattr(s.reward, "signed", False) else 0.0
+    responses = torch.zeros(B, N, dtype=torch.long, device=device)
+    rewards = torch.zeros(B, N, device=device)
+    mask = torch.zeros(B, N, device=device)
+    alive = torch.ones(B, dtype=torch.bool, device=device)
+    queries = 0
+    for i in range(N):
+        rows_alive = alive.nonzero().squeeze(-1)
+        if not rows_alive.numel():
+            break
+        # q0's next-token distribution after the verified prefix y*_<i (row-wise; one forward)
+        probs = torch.full((rows_alive.numel(), k), 1.0 / k, device=device)
+        if s.base is not None and s.mixture_weight > 0:
+            prefix = torch.cat([responses[rows_alive, :i], torch.zeros_like(rows_alive)[:, None]], 1)
+            q0 = torch.softmax(answer_logits(s.base, prompts[rows_alive], prefix, k)[:, i], -1)
+            probs = s.mixture_weight * q0 + (1 - s.mixture_weight) * probs
+        searching = torch.arange(rows_alive.numel(), device=device)
+        last_rejected = torch.zeros(rows_alive.numel(), dtype=torch.long, device=device)
+        tries = 0
+        while searching.numel() and tries < s.m:
+            c = max(1, min(s.m - tries, _CANDIDATE_BUDGET // searching.numel()))
+            cand = torch.multinomial(probs[searching], c, replacement=True, generator=s.generator)  # (S, c)
+            rows = rows_alive[searching].repeat_interleave(c)
+            prefixes = torch.cat([responses[rows, :i], cand.reshape(-1, 1)], 1)
+            ok, _ = s.reward.check_last(prompts[rows], prefixes, {key: v[rows] for key, v in columns.items()})
+            ok = ok.view(-1, c)
+            found = ok.any(-1)
+            first = torch.where(found, ok.float().argmax(-1), torch.full_like(found, c, dtype=torch.long))
+            queries += int(torch.clamp(first + 1, max=c).sum())
+            hit = rows_alive[searching[found]]
+            responses[hit, i] = cand[found, first[found]]
+            rewards[hit, i], mask[hit, i] = good, 1.0
+            last_rejected[searching[~found]] = cand[~found, -1]
+            searching = searching[~found]
+            tries += c
+        failed = rows_alive[searching]
+        responses[failed, i] = last_rejected[searching]
+        rewards[failed, i], mask[failed, i] = bad, 1.0
+        alive[failed] = False
+    success = alive & (mask.sum(-1) == N)
+    return Rollout(prompts, responses, rewards, mask, success, queries)

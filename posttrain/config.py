@@ -1,0 +1,119 @@
+"""Config of the post-training stage (``python -m posttrain --config configs/posttrain_outcome.yaml``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from barrierlab.config import require
+from barrierlab.run import RunConfig
+from posttrain.advantages import Baseline
+from posttrain.behaviour import Behaviour
+from rewards import RewardConfig
+
+
+@dataclass
+class AlgoConfig:
+    behaviour: Behaviour = "on_policy"
+    """Who samples: on_policy, uniform, mixture, best_of_m (Algorithm 1), token_best_of_m (Algorithm 2), teacher_forcing."""
+    mixture_weight: float = 0.5
+    """Weight of the frozen base q0 in the base/uniform mixture (0.5: the theory's ½ q0 + ½ Unif)."""
+    m: int = 64
+    """Tries per failure (best_of_m) or candidates per position (token_best_of_m)."""
+    baseline: Baseline = "none"
+    """Subtracted from the rewards: none, batch_mean, position_mean, group_mean (GRPO), rloo."""
+    group_size: int = 1
+    """Responses sampled per prompt (G); group_mean and rloo need G ≥ 2."""
+    scale_std: bool = False
+    """group_mean only: divide by the group's reward standard deviation (GRPO)."""
+    kl_coef: float = 0.0
+    """Weight of the exact KL(p_t || q0) penalty along the sampled responses (the theory has none)."""
+    temperature: float = 1.0
+    """Sampling temperature of the on-policy samples."""
+
+    def check(self):
+        require(0.0 <= self.mixture_weight <= 1.0, "mixture_weight", "must be in [0, 1]")
+        require(self.m >= 1, "m", "must be ≥ 1")
+        require(self.group_size >= 1, "group_size", "must be ≥ 1")
+        require(self.baseline not in ("group_mean", "rloo") or self.group_size >= 2, "group_size",
+                f"baseline '{self.baseline}' needs group_size ≥ 2")
+        require(self.kl_coef >= 0, "kl_coef", "must be ≥ 0")
+        require(self.temperature > 0, "temperature", "must be > 0")
+
+
+@dataclass
+class OptimConfig:
+    optimizer: Literal["adam", "adagrad", "sgd", "adaptive"] = "adam"
+    """adam, adagrad, sgd, or the theory's adaptive step η = lr / (4 + 2‖∇ log p(y|x)‖²) per response."""
+    lr: float = 1e-3
+    """Learning rate (adaptive: a multiplier of the theory's step, 1 = the theory)."""
+    batch_size: int = 256
+    """Responses per step (summed over processes); a multiple of group_size."""
+    grad_clip: float = 0.0
+    """Clip the gradient norm to this value (0: no clipping)."""
+    max_steps: int = 1000
+    """Stop after this many policy-gradient steps."""
+    max_queries: int | None = None
+    """Stop once this many reward queries have been spent (null: no query budget)."""
+    target_likelihood: float | None = None
+    """Stop once the mean likelihood of y* on the `stop_on` eval prompts reaches this (null: never)."""
+    stop_on: Literal["offsupport", "onsupport", "all", "tracked"] = "offsupport"
+    """Eval prompts whose mean likelihood `target_likelihood` refers to."""
+
+    def check(self):
+        require(self.lr > 0, "lr", "must be > 0")
+        require(self.batch_size >= 1, "batch_size", "must be ≥ 1")
+        require(self.grad_clip >= 0, "grad_clip", "must be ≥ 0")
+        require(self.max_steps >= 1, "max_steps", "must be ≥ 1")
+        require(self.max_queries is None or self.max_queries >= 1, "max_queries", "must be ≥ 1 or null")
+        require(self.target_likelihood is None or 0 < self.target_likelihood <= 1, "target_likelihood",
+                "must be a likelihood in (0, 1] or null")
+
+
+@dataclass
+class PromptConfig:
+    clusters: list[int] | None = None
+    """Train on fresh prompts from these clusters only (null: the task's whole prompt distribution)."""
+    dataset: str | None = None
+    """Instead of fresh prompts, sample from this saved prompt dataset (columns prompt_ids, target_ids)."""
+
+
+@dataclass
+class EvalConfig:
+    eval_every: int = 25
+    """Steps between exact evaluations on the base run's eval prompts."""
+    num_tracked: int = 16
+    """Prompts tracked individually, spread over the quantiles of the base α."""
+    offsupport_threshold: float | None = None
+    """Base α below which a prompt is off-support (null: the base run's threshold)."""
+    log_every: int = 1
+    """Steps between train/ metric lines."""
+
+    def check(self):
+        require(self.eval_every >= 1, "eval_every", "must be ≥ 1")
+        require(self.num_tracked >= 0, "num_tracked", "must be ≥ 0")
+        require(self.log_every >= 1, "log_every", "must be ≥ 1")
+        require(self.offsupport_threshold is None or 0 < self.offsupport_threshold < 1, "offsupport_threshold",
+                "must be in (0, 1) or null")
+
+
+@dataclass
+class PosttrainConfig:
+    base: str = "runs/base"
+    """Folder of the pretraining run: its model/ is q0 and its data/eval_prompts the eval set."""
+    run: RunConfig = field(default_factory=lambda: RunConfig(run_dir="runs/posttrain", checkpoint_every=100))
+    """Run folder, seed, logging and checkpoints."""
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    """Reward model: name, value convention and parameters."""
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    """Behaviour policy, advantages and regularisation."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """Optimiser, batch and budgets."""
+    prompts: PromptConfig = field(default_factory=PromptConfig)
+    """Where training prompts come from."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Exact evaluation during training."""
+
+    def check(self):
+        require(self.optim.batch_size % self.algo.group_size == 0, "optim.batch_size",
+                f"must be a multiple of algo.group_size = {self.algo.group_size}")

@@ -1,0 +1,56 @@
+"""Exact evaluation during post-training: likelihoods of y* computed, not sampled.
+
+The eval prompts are the base run's held-out set; on-/off-support is fixed by the *base* model's α.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from barrierlab.policy import target_stats
+from barrierlab.tokenizer import ANSWER0
+
+
+def tracked_indices(base_alpha: torch.Tensor, n: int) -> torch.Tensor:
+    """``n`` prompts spread evenly over the quantiles of the base likelihood, lowest first."""
+    if n == 0:
+        return torch.zeros(0, dtype=torch.long)
+    order = torch.argsort(base_alpha)
+    picks = torch.linspace(0, base_alpha.numel() - 1, n).round().long()
+    return order[picks]
+
+
+class ExactEval:
+    def __init__(self, eval_set, threshold: float, num_tracked: int, k: int, device):
+        self.k = k
+        self.prompts = torch.tensor(eval_set["prompt_ids"], device=device)
+        self.targets = torch.tensor(eval_set["target_ids"], device=device) - ANSWER0
+        self.base_alpha = torch.tensor(eval_set["base_alpha"], dtype=torch.float64)
+        self.offsupport = self.base_alpha < threshold
+        self.tracked = tracked_indices(self.base_alpha, num_tracked)
+        self.threshold = threshold
+
+    @torch.no_grad()
+    def __call__(self, model) -> dict:
+        log_p, log_min = target_stats(model, self.prompts, self.targets, self.k)
+        p = log_p.double().exp().cpu()
+        on, off = ~self.offsupport, self.offsupport
+        metrics = {
+            "eval/likelihood": p.mean().item(),
+            "eval/expected_error": 1 - p.mean().item(),
+            "eval/token_min_prob": log_min.exp().mean().item(),
+        }
+        for name, rows in (("onsupport", on), ("offsupport", off)):
+            if rows.any():
+                metrics[f"eval/{name}_likelihood"] = p[rows].mean().item()
+                metrics[f"eval/{name}_error"] = 1 - p[rows].mean().item()
+        metrics["eval/tracked_likelihood"] = p[self.tracked].tolist()
+        return metrics
+
+    def stop_value(self, metrics: dict, split: str) -> float | None:
+        if split == "all":
+            return metrics["eval/likelihood"]
+        if split == "tracked":
+            values = metrics["eval/tracked_likelihood"]
+            return sum(values) / len(values) if values else None
+        return metrics.get(f"eval/{split}_likelihood")

@@ -1,0 +1,192 @@
+"""Stage 1: pretrain a base model whose likelihood of each prompt's correct response is designed.
+
+    python -m pretrain --config configs/pretrain.yaml [--model.kind linear] [--train.steps 500] ...
+
+Builds the corpus and eval prompts from the task and support profile, trains with next-token
+cross-entropy on the response tokens, then measures the base likelihood α(x) of every eval prompt
+exactly (one teacher-forced pass) and writes support.json / support.png beside the final model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import torch
+from tqdm import tqdm
+
+from barrierlab.config import dump_yaml, load_config, to_dict
+from barrierlab.errors import cli_entry
+from barrierlab.models import build_model
+from barrierlab.policy import target_stats
+from barrierlab.run import (
+    RunDir,
+    load_dataset_dir,
+    make_accelerator,
+    save_dataset,
+    save_model_dir,
+    seed_everything,
+)
+from barrierlab.tasks import build_task
+from barrierlab.tokenizer import ANSWER0, build_tokenizer
+from pretrain.config import PretrainConfig
+from pretrain.data import build_corpus, build_eval_prompts
+from pretrain.support import plot_support, support_summary
+
+
+def resolve(cfg: PretrainConfig) -> PretrainConfig:
+    """Replace 'auto' choices by what will run, so the saved config says exactly that."""
+    t = cfg.train
+    if t.optimizer == "auto":
+        t.optimizer = "adagrad" if cfg.model.kind == "linear" else "adamw"
+    if t.lr is None:
+        t.lr = 0.1 if t.optimizer == "adagrad" else 5e-3
+    if t.schedule == "auto":
+        t.schedule = "constant" if t.optimizer == "adagrad" else "cosine"
+    return cfg
+
+
+def lr_at(step: int, t) -> float:
+    if t.schedule == "constant":
+        return t.lr
+    if step < t.warmup_steps:
+        return t.lr * (step + 1) / t.warmup_steps
+    progress = (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps)
+    return t.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def batch_rows(step: int, batch_size: int, n: int, seed: int) -> torch.Tensor:
+    """Rows of the corpus for ``step``: a fixed shuffle per epoch, so a resumed run sees the same batches."""
+    first = step * batch_size
+    epoch, offset = divmod(first, n)
+    rows = []
+    while len(rows) < batch_size:
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+        rows.extend(perm[offset : offset + batch_size - len(rows)].tolist())
+        epoch, offset = epoch + 1, 0
+    return torch.tensor(rows)
+
+
+def response_loss(model, input_ids: torch.Tensor, prompt_len: int) -> torch.Tensor:
+    """Next-token cross-entropy over the full vocabulary on the response tokens only."""
+    logits = model(input_ids=input_ids[:, :-1]).logits[:, prompt_len - 1 :]
+    targets = input_ids[:, prompt_len:]
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
+
+
+def cluster_log10_alpha(model, eval_set, k: int, device) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    prompts = torch.tensor(eval_set["prompt_ids"], device=device)
+    targets = torch.tensor(eval_set["target_ids"], device=device) - ANSWER0
+    log_alpha, log_min = target_stats(model, prompts, targets, k)
+    clusters = torch.tensor(eval_set["cluster"])
+    per_cluster = {
+        f"eval/log10_alpha_c{c}": (log_alpha[clusters == c].mean() / math.log(10)).item()
+        for c in sorted(set(clusters.tolist()))
+    }
+    return log_alpha.cpu(), log_min.cpu(), per_cluster
+
+
+@cli_entry
+def main(argv):
+    cfg = resolve(load_config(PretrainConfig, argv, default_config="configs/pretrain.yaml", prog="pretrain"))
+    acc = make_accelerator(cfg.run)
+    run = RunDir(cfg, cfg.run, is_main=acc.is_main_process)
+    seed_everything(cfg.run.seed)
+    task = build_task(cfg.task, num_clusters=len(cfg.profile))
+    tokenizer = build_tokenizer(cfg.task.k)
+    k, prompt_len = cfg.task.k, cfg.task.d + 2
+
+    data_dir = run.path / "data"
+    if acc.is_main_process and not (data_dir / "corpus" / "dataset_info.json").exists():
+        data_dir.mkdir(exist_ok=True)
+        save_dataset(build_corpus(task, cfg.profile, cfg.data.corpus_size, cfg.run.seed), data_dir / "corpus")
+        save_dataset(
+            build_eval_prompts(task, cfg.profile, cfg.data.eval_prompts_per_cluster, cfg.run.seed + 1),
+            data_dir / "eval_prompts",
+        )
+    acc.wait_for_everyone()
+    corpus = torch.tensor(load_dataset_dir(data_dir / "corpus", ["input_ids"])["input_ids"])
+    eval_set = load_dataset_dir(data_dir / "eval_prompts", ["prompt_ids", "target_ids", "cluster", "designed_alpha"])
+
+    model = build_model(cfg.model, d=cfg.task.d, k=k, N=cfg.task.N, seed=cfg.run.seed)
+    t = cfg.train
+    if t.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    else:
+        optimizer = torch.optim.Adagrad(model.parameters(), lr=t.lr)
+    start = 0
+    ckpt = run.latest_checkpoint()
+    if ckpt is not None:
+        from safetensors.torch import load_file
+
+        state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
+        model.load_state_dict(load_file(str(ckpt / "model.safetensors")))
+        optimizer.load_state_dict(state["optimizer"])
+        start = state["step"]
+        run.truncate_metrics(start)
+        acc.print(f"resuming {run.path} from step {start}")
+    model, optimizer = acc.prepare(model, optimizer)
+
+    world, rank = acc.num_processes, acc.process_index
+    bar = tqdm(range(start, t.steps), initial=start, total=t.steps, desc="pretrain",
+               disable=not (cfg.run.progress and acc.is_main_process), mininterval=1.0)
+    model.train()
+    for step in bar:
+        rows = batch_rows(step, t.batch_size, corpus.shape[0], cfg.run.seed)[rank::world]
+        lr = lr_at(step, t)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        with acc.autocast():
+            loss = response_loss(model, corpus[rows].to(acc.device), prompt_len)
+        acc.backward(loss)
+        grad_norm = acc.clip_grad_norm_(model.parameters(), t.grad_clip) if t.grad_clip > 0 else None
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        done = step + 1
+        if done % t.log_every == 0 or done == t.steps:
+            metrics = {"train/loss": acc.reduce(loss.detach(), "mean").item(), "train/lr": lr}
+            if grad_norm is not None:
+                metrics["train/grad_norm"] = float(grad_norm)
+            run.log(done, metrics)
+            bar.set_postfix(loss=f"{metrics['train/loss']:.4f}")
+        if done % t.eval_every == 0 or done == t.steps:
+            model.eval()
+            with acc.autocast():
+                run.log(done, cluster_log10_alpha(acc.unwrap_model(model), eval_set, k, acc.device)[2])
+            model.train()
+        if cfg.run.checkpoint_every and done % cfg.run.checkpoint_every == 0 and done < t.steps:
+            run.save_checkpoint(done, acc.unwrap_model(model), tokenizer,
+                                {"step": done, "optimizer": optimizer.state_dict()})
+    bar.close()
+
+    if acc.is_main_process:
+        finish(cfg, run, acc.unwrap_model(model).eval(), tokenizer, eval_set, optimizer, acc.device)
+    acc.wait_for_everyone()
+    run.close()
+
+
+def finish(cfg: PretrainConfig, run: RunDir, model, tokenizer, eval_set, optimizer, device) -> None:
+    """Final model, eval prompts with the base likelihoods, support.json and support.png."""
+    log_alpha, log_min, _ = cluster_log10_alpha(model, eval_set, cfg.task.k, device)
+    eval_set = eval_set.remove_columns([c for c in ("base_alpha", "base_token_min_prob") if c in eval_set.column_names])
+    eval_set = eval_set.add_column("base_alpha", log_alpha.exp().tolist())
+    eval_set = eval_set.add_column("base_token_min_prob", log_min.exp().tolist())
+    save_dataset(eval_set, run.path / "data" / "eval_prompts")
+    task_info = {"task": to_dict(cfg.task), "profile": [to_dict(c) for c in cfg.profile],
+                 "offsupport_threshold": cfg.support.offsupport_threshold}
+    save_model_dir(run.path / "model", model, tokenizer, {"task.json": json.dumps(task_info, indent=2),
+                                                           "pretrain_config.yaml": dump_yaml(cfg)})
+    summary = support_summary(eval_set, cfg.profile, cfg.task.k, cfg.task.N, cfg.support.eps_grid,
+                              cfg.support.offsupport_threshold)
+    (run.path / "support.json").write_text(json.dumps(summary, indent=2))
+    plot_support(summary, eval_set, run.path / "support.png")
+    # the final model supersedes the resume checkpoints
+    run.save_checkpoint(cfg.train.steps, model, tokenizer, {"step": cfg.train.steps, "optimizer": optimizer.state_dict()})
+    print(f"base model: {run.path / 'model'}")
+    for row in summary["clusters"]:
+        print(f"  cluster {row['cluster']} {row['coverage']:>14}: designed α {row['designed_alpha']:.3g}, "
+              f"measured geo-mean {row['alpha_geomean']:.3g} (median {row['alpha_median']:.3g})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""The reward-model interface: verdicts per prefix, and the reward queries they cost.
+
+A reward model is called like a TRL reward function, with the batch's prompts, the sampled responses
+and the dataset's columns (``target`` among them):
+
+    out = reward(prompts, responses, columns)   # responses: (B, L) symbol indices, L ≤ N
+    out.values   # (B, L) float: value of prefix y_1:i (outcome: the response's verdict at every i)
+    out.queries  # int: verifier calls charged for this batch
+
+``granularity`` says which: ``"outcome"`` (one verdict per response) or ``"process"`` (one per prefix).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+
+@dataclass
+class RewardOutput:
+    values: torch.Tensor
+    """(B, L) reward of each prefix y_1:i; for an outcome reward the response's verdict, repeated."""
+    queries: int
+    """Verifier calls this batch cost."""
+
+
+class RewardModel:
+    """Base class of reward models; subclasses implement ``verdicts``."""
+
+    granularity: Literal["outcome", "process"] = "outcome"
+
+    def __init__(self, signed: bool = False):
+        self.signed = signed
+
+    def verdicts(self, prompts, responses, columns) -> tuple[torch.Tensor, int]:
+        """(B, L) bool verdicts and the queries charged. Outcome models return (B, 1)."""
+        raise NotImplementedError
+
+    def check_last(self, prompts, prefixes, columns) -> tuple[torch.Tensor, int]:
+        """Verdict on the longest prefix of each row only, one query per row: what token-wise search asks."""
+        ok, _ = self.verdicts(prompts, prefixes, columns)
+        return ok[:, -1], prefixes.shape[0]
+
+    def __call__(self, prompts, responses, columns) -> RewardOutput:
+        ok, queries = self.verdicts(prompts, responses, columns)
+        values = ok.to(torch.float32)
+        if self.signed:
+            values = 2.0 * values - 1.0
+        return RewardOutput(values.expand(responses.shape[0], responses.shape[1]).contiguous(), int(queries))
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+def correct_prefixes(responses: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(B, L) bool: prefix y_1:i equals y*_1:i."""
+    return (responses == target[:, : responses.shape[1]]).long().cumprod(-1).bool()
