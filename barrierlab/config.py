@@ -141,7 +141,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return value
         if not isinstance(value, dict):
             raise bad
-        return build(tp, value, prefix=key)
+        return build(tp, value, prefix=key + ".")
     raise TypeError(f"unsupported config type {tp} for {key}")
 
 

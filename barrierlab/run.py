@@ -223,3 +223,9 @@ def make_accelerator(run: RunConfig):
     if precision == "auto":
         precision = "bf16" if torch.cuda.is_available() else "no"
     return Accelerator(mixed_precision=precision)
+
+
+def fault_point(step: int) -> None:
+    """Fault injection for the resume tests: ``BARRIERLAB_KILL_AFTER_STEP=n`` SIGKILLs the process after step n."""
+    if os.environ.get("BARRIERLAB_KILL_AFTER_STEP") == str(step):
+        os.kill(os.getpid(), 9)

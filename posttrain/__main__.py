@@ -18,8 +18,8 @@ from tqdm import tqdm
 from barrierlab.config import load_config
 from barrierlab.errors import UserError, cli_entry
 from barrierlab.policy import answer_logits
-from barrierlab.run import RunDir, load_dataset_dir, load_model_dir, make_accelerator, save_model_dir, seed_everything
-from barrierlab.tasks import TaskConfig, build_task
+from barrierlab.run import RunDir, fault_point, load_dataset_dir, load_model_dir, make_accelerator, save_model_dir, seed_everything
+from barrierlab.tasks import task_from_info
 from barrierlab.tokenizer import ANSWER0, prompt_ids
 from posttrain.advantages import advantages
 from posttrain.behaviour import Sampler, collect
@@ -131,7 +131,7 @@ def main(argv):
     acc = make_accelerator(cfg.run)
     if cfg.optim.optimizer == "adaptive" and acc.num_processes > 1:
         raise UserError("optim.optimizer 'adaptive' computes per-response gradients on one process; use adam/adagrad/sgd with several")
-    task = build_task(TaskConfig(**task_info["task"]), len(task_info["profile"]))
+    task = task_from_info(task_info)
     k, N = task.k, task.N
     needs_base = cfg.algo.behaviour in ("mixture", "best_of_m", "token_best_of_m") or cfg.algo.kl_coef > 0
     base = load_model_dir(base_dir / "model")[0].to(acc.device).eval() if needs_base else None
@@ -227,6 +227,7 @@ def main(argv):
                             off=f"{last.get('eval/offsupport_likelihood', float('nan')):.3g}")
         if cfg.run.checkpoint_every and step % cfg.run.checkpoint_every == 0:
             run.save_checkpoint(step, policy, tokenizer, checkpoint_state())
+        fault_point(step)
         if out_of_queries:
             stop_reason = "max_queries"
             break

@@ -76,6 +76,26 @@ def _accepted(values: torch.Tensor) -> torch.Tensor:
     return values[:, -1] > 0
 
 
+def first_accepted(candidates: torch.Tensor, verify) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Check candidates ``(S, c, L)`` one at a time per row, as a sequential search would, stopping a row
+    at its first accepted one. ``verify(rows, cands)`` → (bool verdicts, queries). Returns
+    (found (S,), index of the first accepted (S,), queries): only checked candidates are charged, because
+    only they were sent to the verifier."""
+    S, c = candidates.shape[:2]
+    found = torch.zeros(S, dtype=torch.bool, device=candidates.device)
+    first = torch.zeros(S, dtype=torch.long, device=candidates.device)
+    queries = 0
+    for t in range(c):
+        rows = (~found).nonzero().squeeze(-1)
+        if not rows.numel():
+            break
+        ok, q = verify(rows, candidates[rows, t])
+        queries += q
+        hit = rows[ok]
+        found[hit], first[hit] = True, t
+    return found, first, queries
+
+
 def collect(behaviour: Behaviour, s: Sampler, prompts: torch.Tensor, columns: dict) -> Rollout:
     B, device = prompts.shape[0], prompts.device
     if behaviour == "token_best_of_m":
@@ -98,25 +118,29 @@ def collect(behaviour: Behaviour, s: Sampler, prompts: torch.Tensor, columns: di
     return Rollout(prompts, responses, rewards, torch.ones_like(rewards), success, queries)
 
 
+def _chunk(searching: int, remaining: int) -> int:
+    """Candidates drawn per searching row at once: drawing in bulk is fast; checking stays sequential."""
+    return max(1, min(remaining, _CANDIDATE_BUDGET // max(1, searching)))
+
+
 def _best_of_m(s: Sampler, prompts, columns, responses, rewards, queries):
     """Algorithm 1: replace each failed p_t sample by the first correct of up to m mixture draws."""
     searching = (~_accepted(rewards)).nonzero().squeeze(-1)
     tries = 0
     while searching.numel() and tries < s.m:
-        c = max(1, min(s.m - tries, _CANDIDATE_BUDGET // searching.numel()))
-        rows = searching.repeat_interleave(c)  # c candidates per searching row, row-major
-        cols = {key: value[rows] for key, value in columns.items()}
-        cand = s.mixture(prompts[rows])
-        out = s.reward(prompts[rows], cand, cols)
-        ok = _accepted(out.values).view(-1, c)
-        found = ok.any(-1)
-        first = torch.where(found, ok.float().argmax(-1), torch.full_like(found, c, dtype=torch.long))
-        # one outcome query per try, and a row stops trying at its first accepted candidate
-        queries += int(torch.clamp(first + 1, max=c).sum())
-        pick = searching[found]
-        chosen = torch.arange(searching.numel(), device=rows.device)[found] * c + first[found]
-        responses[pick] = cand[chosen]
-        rewards[pick] = out.values[chosen]
+        c = _chunk(searching.numel(), s.m - tries)
+        cand = s.mixture(prompts[searching].repeat_interleave(c, 0)).view(searching.numel(), c, s.N)
+
+        def verify(rows, cands):
+            at = searching[rows]
+            out = s.reward(prompts[at], cands, {key: v[at] for key, v in columns.items()})
+            return _accepted(out.values), out.queries
+
+        found, first, q = first_accepted(cand, verify)
+        queries += q
+        hit = searching[found]
+        responses[hit] = cand[found, first[found]]
+        rewards[hit] = 1.0  # an accepted outcome verdict, at every position
         searching = searching[~found]
         tries += c
     return responses, rewards, queries
@@ -126,44 +150,43 @@ def _best_of_m(s: Sampler, prompts, columns, responses, rewards, queries):
 def _token_best_of_m(s: Sampler, prompts, columns) -> Rollout:
     """Algorithm 2: token-wise search along the verified prefix with the token-level base/uniform mixture."""
     B, device, k, N = prompts.shape[0], prompts.device, s.k, s.N
-    good = 1.0
-    bad = -1.0 if getattr(s.reward, "signed", False) else 0.0
+    good, bad = 1.0, (-1.0 if getattr(s.reward, "signed", False) else 0.0)
     responses = torch.zeros(B, N, dtype=torch.long, device=device)
     rewards = torch.zeros(B, N, device=device)
     mask = torch.zeros(B, N, device=device)
     alive = torch.ones(B, dtype=torch.bool, device=device)
     queries = 0
     for i in range(N):
-        rows_alive = alive.nonzero().squeeze(-1)
-        if not rows_alive.numel():
+        live = alive.nonzero().squeeze(-1)
+        if not live.numel():
             break
-        # q0's next-token distribution after the verified prefix y*_<i (row-wise; one forward)
-        probs = torch.full((rows_alive.numel(), k), 1.0 / k, device=device)
+        # the token-level mixture w q0(. | x, y*_<i) + (1 - w) Unif after the verified prefix (one forward)
+        probs = torch.full((live.numel(), k), 1.0 / k, device=device)
         if s.base is not None and s.mixture_weight > 0:
-            prefix = torch.cat([responses[rows_alive, :i], torch.zeros_like(rows_alive)[:, None]], 1)
-            q0 = torch.softmax(answer_logits(s.base, prompts[rows_alive], prefix, k)[:, i], -1)
+            prefix = torch.cat([responses[live, :i], torch.zeros_like(live)[:, None]], 1)
+            q0 = torch.softmax(answer_logits(s.base, prompts[live], prefix, k)[:, i], -1)
             probs = s.mixture_weight * q0 + (1 - s.mixture_weight) * probs
-        searching = torch.arange(rows_alive.numel(), device=device)
-        last_rejected = torch.zeros(rows_alive.numel(), dtype=torch.long, device=device)
+        searching = torch.arange(live.numel(), device=device)
         tries = 0
         while searching.numel() and tries < s.m:
-            c = max(1, min(s.m - tries, _CANDIDATE_BUDGET // searching.numel()))
-            cand = torch.multinomial(probs[searching], c, replacement=True, generator=s.generator)  # (S, c)
-            rows = rows_alive[searching].repeat_interleave(c)
-            prefixes = torch.cat([responses[rows, :i], cand.reshape(-1, 1)], 1)
-            ok, _ = s.reward.check_last(prompts[rows], prefixes, {key: v[rows] for key, v in columns.items()})
-            ok = ok.view(-1, c)
-            found = ok.any(-1)
-            first = torch.where(found, ok.float().argmax(-1), torch.full_like(found, c, dtype=torch.long))
-            queries += int(torch.clamp(first + 1, max=c).sum())
-            hit = rows_alive[searching[found]]
+            c = _chunk(searching.numel(), s.m - tries)
+            cand = torch.multinomial(probs[searching], c, replacement=True, generator=s.generator)
+
+            def verify(rows, tokens):
+                at = live[searching[rows]]
+                prefixes = torch.cat([responses[at, :i], tokens.view(-1, 1)], 1)
+                return s.reward.check_last(prompts[at], prefixes, {key: v[at] for key, v in columns.items()})
+
+            found, first, q = first_accepted(cand.unsqueeze(-1), verify)
+            queries += q
+            hit = live[searching[found]]
             responses[hit, i] = cand[found, first[found]]
             rewards[hit, i], mask[hit, i] = good, 1.0
-            last_rejected[searching[~found]] = cand[~found, -1]
+            missed = live[searching[~found]]
+            responses[missed, i] = cand[~found, -1]  # the last rejected candidate, kept if the search fails
             searching = searching[~found]
             tries += c
-        failed = rows_alive[searching]
-        responses[failed, i] = last_rejected[searching]
+        failed = live[searching]
         rewards[failed, i], mask[failed, i] = bad, 1.0
         alive[failed] = False
     success = alive & (mask.sum(-1) == N)

@@ -21,6 +21,7 @@ from barrierlab.models import build_model
 from barrierlab.policy import target_stats
 from barrierlab.run import (
     RunDir,
+    fault_point,
     load_dataset_dir,
     make_accelerator,
     save_dataset,
@@ -157,15 +158,16 @@ def main(argv):
         if cfg.run.checkpoint_every and done % cfg.run.checkpoint_every == 0 and done < t.steps:
             run.save_checkpoint(done, acc.unwrap_model(model), tokenizer,
                                 {"step": done, "optimizer": optimizer.state_dict()})
+        fault_point(done)
     bar.close()
 
     if acc.is_main_process:
-        finish(cfg, run, acc.unwrap_model(model).eval(), tokenizer, eval_set, optimizer, acc.device)
+        finish(cfg, run, task, acc.unwrap_model(model).eval(), tokenizer, eval_set, optimizer, acc.device)
     acc.wait_for_everyone()
     run.close()
 
 
-def finish(cfg: PretrainConfig, run: RunDir, model, tokenizer, eval_set, optimizer, device) -> None:
+def finish(cfg: PretrainConfig, run: RunDir, task, model, tokenizer, eval_set, optimizer, device) -> None:
     """Final model, eval prompts with the base likelihoods, support.json and support.png."""
     log_alpha, log_min, _ = cluster_log10_alpha(model, eval_set, cfg.task.k, device)
     eval_set = eval_set.remove_columns([c for c in ("base_alpha", "base_token_min_prob") if c in eval_set.column_names])
@@ -173,7 +175,7 @@ def finish(cfg: PretrainConfig, run: RunDir, model, tokenizer, eval_set, optimiz
     eval_set = eval_set.add_column("base_token_min_prob", log_min.exp().tolist())
     save_dataset(eval_set, run.path / "data" / "eval_prompts")
     task_info = {"task": to_dict(cfg.task), "profile": [to_dict(c) for c in cfg.profile],
-                 "offsupport_threshold": cfg.support.offsupport_threshold}
+                 "offsupport_threshold": cfg.support.offsupport_threshold, "task_state": task.state_dict()}
     save_model_dir(run.path / "model", model, tokenizer, {"task.json": json.dumps(task_info, indent=2),
                                                            "pretrain_config.yaml": dump_yaml(cfg)})
     summary = support_summary(eval_set, cfg.profile, cfg.task.k, cfg.task.N, cfg.support.eps_grid,

@@ -38,6 +38,12 @@ class Task(Protocol):
         """The cluster each prompt belongs to, ``(n,)``."""
         ...
 
+    def state_dict(self) -> dict:
+        """Everything drawn from the task seed, JSON-serialisable (stored in task.json)."""
+        ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
 
 TASKS = {"cluster_bits": ClusterBitsTask}
 
@@ -66,6 +72,15 @@ class TaskConfig:
         require(0.0 <= self.flip_prob <= 1.0, "flip_prob", f"must be a probability in [0, 1], got {self.flip_prob}")
 
 
-def build_task(cfg: TaskConfig, num_clusters: int) -> Task:
+def build_task(cfg: TaskConfig, num_clusters: int, state: dict | None = None) -> Task:
+    """The task of ``cfg``; ``state`` (from task.json) restores exactly what an earlier stage drew."""
     fields = {k: v for k, v in asdict(cfg).items() if k != "name"}
-    return TASKS[cfg.name](num_clusters=num_clusters, **fields)
+    task = TASKS[cfg.name](num_clusters=num_clusters, **fields)
+    if state is not None:
+        task.load_state_dict(state)
+    return task
+
+
+def task_from_info(info: dict) -> Task:
+    """Rebuild the task recorded in a checkpoint's task.json."""
+    return build_task(TaskConfig(**info["task"]), len(info["profile"]), info.get("task_state"))

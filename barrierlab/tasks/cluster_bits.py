@@ -39,6 +39,15 @@ class ClusterBitsTask:
         answers = self.targets(self.centres, torch.arange(C))
         return bool(distance.min() >= max(1, self.d // 4)) and len({tuple(a) for a in answers.tolist()}) == C
 
+    def state_dict(self) -> dict:
+        """The drawn centres and rule, saved beside every checkpoint so later stages rebuild this exact task."""
+        return {"centres": self.centres.tolist(), "W1": self.W1.tolist(), "W2": self.W2.tolist()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.centres = torch.tensor(state["centres"], dtype=torch.long)
+        self.W1 = torch.tensor(state["W1"], dtype=torch.float64)
+        self.W2 = torch.tensor(state["W2"], dtype=torch.float64)
+
     def sample_prompts(self, n, generator, clusters=None):
         if clusters is None:
             clusters = torch.randint(0, self.num_clusters, (n,), generator=generator)

@@ -1,0 +1,37 @@
+"""Shared fixtures: a tiny task and a tiny pretrained base run (built once per session, in seconds)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ROOT / "configs" / "tiny"
+
+
+def run_stage(stage: str, *args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """Run ``python -m <stage> args`` from the repo root, as a user would."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    proc = subprocess.run([sys.executable, "-m", stage, *args], cwd=ROOT, capture_output=True, text=True, env=full_env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{stage} {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory) -> Path:
+    """A base run of the tiny transformer config: model/, data/eval_prompts (with base_alpha), support.json."""
+    run_dir = tmp_path_factory.mktemp("runs") / "base"
+    run_stage("pretrain", "--config", str(TINY / "pretrain.yaml"), "--run.run_dir", str(run_dir))
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_linear_base(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("runs") / "base_linear"
+    run_stage("pretrain", "--config", str(TINY / "pretrain.yaml"), "--run.run_dir", str(run_dir), "--model.kind", "linear")
+    return run_dir

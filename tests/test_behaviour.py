@@ -1,0 +1,133 @@
+"""Behaviour policies: query accounting, Algorithms 1 and 2, and the linear policy gradient in closed form."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from barrierlab.models import LinearPolicyConfig, LinearPolicyLM
+from barrierlab.tokenizer import prompt_ids, vocab_size
+from posttrain.__main__ import policy_gradient_loss
+from posttrain.advantages import advantages
+from posttrain.behaviour import Rollout, Sampler, collect
+from rewards import RewardConfig, make_reward
+
+
+class Counting:
+    """Wraps a reward model and counts every prefix or response actually sent to it."""
+
+    def __init__(self, inner):
+        self.inner, self.sent = inner, 0
+        self.granularity, self.signed = inner.granularity, inner.signed
+
+    def __call__(self, prompts, responses, columns):
+        out = self.inner(prompts, responses, columns)
+        self.sent += out.queries
+        return out
+
+    def check_last(self, prompts, prefixes, columns):
+        ok, q = self.inner.check_last(prompts, prefixes, columns)
+        self.sent += q
+        return ok, q
+
+
+def linear(d=4, k=2, seed=None):
+    model = LinearPolicyLM(LinearPolicyConfig(d=d, k=k, vocab_size=vocab_size(k)))
+    if seed is not None:
+        with torch.no_grad():
+            g = torch.Generator().manual_seed(seed)
+            model.W1.copy_(torch.randn(model.W1.shape, generator=g))
+            model.W2.copy_(torch.randn(model.W2.shape, generator=g))
+    return model.eval()
+
+
+def setup(B, k, N, reward="outcome", m=5, d=4, **kw):
+    g = torch.Generator().manual_seed(0)
+    bits = torch.randint(0, 2, (B, d), generator=g)
+    target = torch.randint(0, k, (B, N), generator=g)
+    counted = Counting(make_reward(RewardConfig(name=reward, **kw)))
+    sampler = Sampler(linear(d, k), linear(d, k), counted, k, N, 1.0, 0.5, m, torch.Generator().manual_seed(1))
+    return sampler, prompt_ids(bits), {"target": target}, counted
+
+
+@pytest.mark.parametrize("behaviour", ["on_policy", "uniform", "mixture", "teacher_forcing"])
+def test_one_query_per_response_under_outcome(behaviour):
+    sampler, prompts, cols, counted = setup(64, 3, 3)
+    rollout = collect(behaviour, sampler, prompts, cols)
+    assert rollout.queries == counted.sent == 64
+    assert rollout.responses.shape == (64, 3)
+    if behaviour == "teacher_forcing":
+        assert rollout.success.all() and (rollout.rewards == 1).all()
+
+
+def test_process_queries_stop_at_the_first_rejected_prefix():
+    sampler, prompts, cols, counted = setup(200, 3, 4, reward="process")
+    rollout = collect("on_policy", sampler, prompts, cols)
+    correct = (rollout.responses == cols["target"]).long().cumprod(-1).sum(-1)
+    assert rollout.queries == counted.sent == int((correct + 1).clamp(max=4).sum())
+
+
+def test_best_of_m_charges_every_try_and_matches_the_geometric_law():
+    B, k, N, m = 4000, 2, 2, 5
+    sampler, prompts, cols, counted = setup(B, k, N, m=m)
+    rollout = collect("best_of_m", sampler, prompts, cols)
+    assert rollout.queries == counted.sent
+    p = k**-N  # the uniform learner and the uniform base both hit y* with probability 1/4
+    per_row = 1 + (1 - p) * (1 - (1 - p) ** m) / p
+    assert abs(rollout.queries / B - per_row) < 0.05
+    assert abs(rollout.success.double().mean().item() - (1 - (1 - p) ** (m + 1))) < 0.025
+    assert torch.equal(rollout.success, (rollout.responses == cols["target"]).all(-1))
+    assert torch.equal(rollout.rewards[:, 0] > 0, rollout.success)
+
+
+def test_token_best_of_m_with_large_m_finds_every_target_and_charges_what_it_checked():
+    B, k, N = 500, 3, 3
+    sampler, prompts, cols, counted = setup(B, k, N, reward="process", m=1000)
+    rollout = collect("token_best_of_m", sampler, prompts, cols)
+    assert rollout.success.all() and torch.equal(rollout.responses, cols["target"])
+    assert (rollout.rewards == 1).all() and (rollout.mask == 1).all()
+    assert rollout.queries == counted.sent
+    # each position is a geometric search with success 1/k: k tries on average, variance (1-p)/p^2
+    std = math.sqrt(N * (1 - 1 / k) * k**2 / B)
+    assert abs(rollout.queries / B - N * k) < 4 * std
+
+
+def test_token_best_of_m_with_small_m_stops_at_the_failed_position():
+    sampler, prompts, cols, counted = setup(300, 4, 3, reward="process", m=1, signed=True)
+    rollout = collect("token_best_of_m", sampler, prompts, cols)
+    assert rollout.queries == counted.sent
+    for b in range(300):
+        n_ok = int((rollout.rewards[b] == 1).sum())
+        if n_ok < 3:
+            assert rollout.rewards[b, n_ok] == -1 and rollout.mask[b, n_ok + 1 :].sum() == 0
+            assert rollout.responses[b, n_ok] != cols["target"][b, n_ok]
+        assert torch.equal(rollout.responses[b, :n_ok], cols["target"][b, :n_ok])
+
+
+def test_linear_policy_gradient_equals_closed_form():
+    """∇ of -mean_b Σ_i A_bi log p(y_bi) for logits W1 s + W2[:, y_{i-1}] is -mean_b Σ_i A_bi (e_y - p) ⊗ features."""
+    d, k, N, B = 4, 3, 3, 5
+    model = linear(d, k, seed=2).train()
+    g = torch.Generator().manual_seed(3)
+    bits = torch.randint(0, 2, (B, d), generator=g)
+    responses = torch.randint(0, k, (B, N), generator=g)
+    rewards = torch.randint(0, 2, (B, N), generator=g).float()
+    rollout = Rollout(prompt_ids(bits), responses, rewards, torch.ones(B, N), torch.zeros(B, dtype=torch.bool), 0)
+    adv = advantages(rewards, "none")
+    loss, _ = policy_gradient_loss(model, rollout, adv, k)
+    loss.backward()
+    W1, W2 = model.W1.detach().double(), model.W2.detach().double()
+    gW1, gW2 = torch.zeros(k, d, dtype=torch.float64), torch.zeros(k, k + 1, dtype=torch.float64)
+    for b in range(B):
+        s = 2.0 * bits[b].double() - 1
+        prev = k
+        for i in range(N):
+            p = torch.softmax(W1 @ s + W2[:, prev], 0)
+            e = torch.nn.functional.one_hot(responses[b, i], k).double()
+            gW1 -= adv[b, i] * torch.outer(e - p, s) / B
+            gW2[:, prev] -= adv[b, i] * (e - p) / B
+            prev = int(responses[b, i])
+    assert torch.allclose(model.W1.grad.double(), gW1, atol=1e-6)
+    assert torch.allclose(model.W2.grad.double(), gW2, atol=1e-6)

@@ -1,0 +1,101 @@
+"""Config errors: each is one line naming file, key and what is allowed; exit code 2; no traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from barrierlab.config import load_config
+from barrierlab.errors import UserError
+from posttrain.config import PosttrainConfig
+from pretrain.config import PretrainConfig
+from tests.conftest import TINY, run_stage
+
+
+def write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "cfg.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def error_of(tmp_path, text: str, cls=PretrainConfig, argv=()) -> str:
+    with pytest.raises(UserError) as info:
+        load_config(cls, ["--config", write(tmp_path, text), *argv])
+    return str(info.value)
+
+
+def test_defaults_and_yaml_load(tmp_path):
+    cfg = load_config(PretrainConfig, ["--config", write(tmp_path, "task: {k: 4, N: 5}\n")])
+    assert (cfg.task.k, cfg.task.N, cfg.task.d) == (4, 5, 16)
+
+
+def test_unknown_key_suggests_the_close_one(tmp_path):
+    msg = error_of(tmp_path, "task:\n  flip_porb: 0.1\n")
+    assert "cfg.yaml" in msg and "task.flip_porb" in msg and "did you mean 'flip_prob'" in msg
+
+
+def test_unknown_top_level_section(tmp_path):
+    msg = error_of(tmp_path, "trian: {steps: 3}\n")
+    assert "key 'trian'" in msg and "did you mean 'train'" in msg
+
+
+def test_misspelt_bool_is_an_error_not_truthy(tmp_path):
+    msg = error_of(tmp_path, "task: {per_cluster_rule: fasle}\n")
+    assert "task.per_cluster_rule" in msg and "true or false" in msg and "'fasle'" in msg
+
+
+def test_posttrain_literal_lists_allowed_values(tmp_path):
+    msg = error_of(tmp_path, "algo: {baseline: fasle}\n", cls=PosttrainConfig)
+    assert "algo.baseline" in msg and "'group_mean'" in msg and "'rloo'" in msg
+
+
+@pytest.mark.parametrize(
+    "text, key, words",
+    [
+        ("task: {N: -3}\n", "task.N", "≥ 1"),
+        ("task: {k: 1}\n", "task.k", "≥ 2"),
+        ("task: {flip_prob: 1.5}\n", "task.flip_prob", "[0, 1]"),
+        ("profile: [{coverage: sequence, p: 1.2}]\n", "profile[0].p", "[0, 1]"),
+        ("profile: [{coverage: token}]\n", "profile[0].q", "needs q"),
+        ("profile: [{coverage: exact, p: 0.5}]\n", "profile[0].p", "only used by coverage 'sequence'"),
+        ("task: {N: 60}\nmodel: {context: 64}\n", "task.N", "exceeds model.context"),
+        ("train: {steps: 10.5}\n", "train.steps", "an integer"),
+    ],
+)
+def test_out_of_range_values(tmp_path, text, key, words):
+    msg = error_of(tmp_path, text)
+    assert f"key '{key}'" in msg and words in msg and "cfg.yaml" in msg
+
+
+def test_command_line_override_and_its_errors(tmp_path):
+    cfg = load_config(PretrainConfig, ["--config", write(tmp_path, "{}"), "--task.k", "5", "--model.kind=linear"])
+    assert cfg.task.k == 5 and cfg.model.kind == "linear"
+    with pytest.raises(UserError, match="command line: key 'task.k'"):
+        load_config(PretrainConfig, ["--config", write(tmp_path, "{}"), "--task.k", "1"])
+    with pytest.raises(UserError, match="did you mean 'steps'"):
+        load_config(PretrainConfig, ["--train.stesp", "3"])
+    with pytest.raises(UserError, match="needs a value"):
+        load_config(PretrainConfig, ["--task.k"])
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        load_config(PretrainConfig, ["--config", str(tmp_path / "nope.yaml")])
+    with pytest.raises(UserError, match="not valid YAML"):
+        load_config(PretrainConfig, ["--config", write(tmp_path, "task: {k: [\n")])
+
+
+def test_cli_prints_one_line_and_exits_2(tmp_path):
+    bad = write(tmp_path, "task: {per_cluster_rule: fasle}\n")
+    proc = run_stage("pretrain", "--config", bad, "--run.run_dir", str(tmp_path / "run"), check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: ")
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "run").exists()  # nothing written for a bad config
+
+
+def test_every_shipped_config_loads():
+    for path in sorted(Path(TINY.parent).rglob("*.yaml")):
+        cls = PosttrainConfig if "posttrain" in path.name else PretrainConfig
+        load_config(cls, ["--config", str(path)])

@@ -1,0 +1,80 @@
+"""End-to-end pretraining: outputs, loadable checkpoint, support.json, resume after a kill, bad paths."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+import barrierlab.models  # noqa: F401  (registers the linear policy with the Auto classes)
+from barrierlab.run import load_dataset_dir
+from tests.conftest import TINY, run_stage
+
+
+def test_pretrain_writes_a_loadable_base_run(tiny_base):
+    for name in ("config.yaml", "metrics.jsonl", "support.json", "support.png", "model/model.safetensors",
+                 "model/tokenizer.json", "model/task.json"):
+        assert (tiny_base / name).exists(), name
+    assert any((tiny_base / "tb").iterdir())
+    model = AutoModelForCausalLM.from_pretrained(tiny_base / "model")
+    assert model.config.model_type == "llama"
+    eval_set = load_dataset_dir(tiny_base / "data" / "eval_prompts",
+                                ["prompt_ids", "target_ids", "cluster", "designed_alpha", "base_alpha", "base_token_min_prob"])
+    assert len(eval_set) == 3 * 16
+    alpha = torch.tensor(eval_set["base_alpha"])
+    token_min = torch.tensor(eval_set["base_token_min_prob"])
+    assert torch.all(alpha <= token_min + 1e-9)  # a product of probabilities is at most its smallest factor
+    rows = [json.loads(line) for line in (tiny_base / "metrics.jsonl").read_text().splitlines()]
+    assert {"train/loss", "train/lr"} <= set(rows[0])
+    assert any("eval/log10_alpha_c0" in r for r in rows)
+
+
+def test_support_json_summarises_the_eval_set(tiny_base):
+    summary = json.loads((tiny_base / "support.json").read_text())
+    eval_set = load_dataset_dir(tiny_base / "data" / "eval_prompts", ["base_alpha"])
+    alpha = torch.tensor(eval_set["base_alpha"], dtype=torch.float64)
+    clusters = torch.tensor(eval_set["cluster"])
+    row = summary["clusters"][1]
+    assert row["coverage"] == "sequence(0.5)" and abs(row["designed_alpha"] - (0.5 + 0.5 / 27)) < 1e-12
+    geo = alpha[clusters == 1].log().mean().exp().item()
+    assert abs(row["alpha_geomean"] - geo) < 1e-9 * max(geo, 1e-300)
+    assert summary["uniform_alpha"] == 3.0**-3
+    assert len(summary["LQ"]) == len(summary["eps"]) == len(summary["token_LQ"])
+    assert all(tl >= q for tl, q in zip(summary["token_LQ"], summary["LQ"]))  # Q^TL ≥ Q always
+
+
+def test_linear_model_pretrains_and_learns(tiny_linear_base):
+    model = AutoModelForCausalLM.from_pretrained(tiny_linear_base / "model")
+    assert model.config.model_type == "barrierlab_linear"
+    summary = json.loads((tiny_linear_base / "support.json").read_text())
+    exact = summary["clusters"][0]
+    assert exact["alpha_geomean"] > 3 * summary["uniform_alpha"]  # moved away from the uniform init
+    config = (tiny_linear_base / "config.yaml").read_text()
+    assert "optimizer: adagrad" in config and "lr: 0.1" in config  # 'auto' resolved in the saved config
+
+
+def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
+    args = ["--config", str(TINY / "pretrain.yaml"), "--train.steps", "20", "--run.checkpoint_every", "5"]
+    run_stage("pretrain", *args, "--run.run_dir", str(tmp_path / "straight"))
+    killed = run_stage("pretrain", *args, "--run.run_dir", str(tmp_path / "resumed"),
+                       env={"BARRIERLAB_KILL_AFTER_STEP": "10"}, check=False)
+    assert killed.returncode == -9
+    assert not (tmp_path / "resumed" / "model").exists()
+    resumed = run_stage("pretrain", *args, "--run.run_dir", str(tmp_path / "resumed"))
+    assert "resuming" in resumed.stdout + resumed.stderr
+    a = load_file(str(tmp_path / "straight" / "model" / "model.safetensors"))
+    b = load_file(str(tmp_path / "resumed" / "model" / "model.safetensors"))
+    assert all(torch.equal(a[name], b[name]) for name in a)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    straight = [json.loads(line)["step"] for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == straight  # no duplicated or lost metric lines
+
+
+def test_rerun_with_a_different_config_is_refused(tiny_base):
+    before = (tiny_base / "config.yaml").read_text()
+    proc = run_stage("pretrain", "--config", str(TINY / "pretrain.yaml"), "--run.run_dir", str(tiny_base),
+                     "--task.k", "4", check=False)
+    assert proc.returncode == 2 and "different config (key 'task.k')" in proc.stderr
+    assert (tiny_base / "config.yaml").read_text() == before

@@ -1,0 +1,77 @@
+"""Exact reward values and queries for every built-in reward and value convention; selection by name or path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from barrierlab.errors import UserError
+from rewards import RewardConfig, make_reward
+
+TARGET = torch.tensor([[1, 2, 3], [1, 2, 3], [1, 2, 3]])
+RESPONSES = torch.tensor([[1, 2, 3], [1, 2, 0], [0, 2, 3]])
+COLUMNS = {"target": TARGET}
+
+
+def score(name, signed=False, **params):
+    out = make_reward(RewardConfig(name=name, signed=signed, params=params))(None, RESPONSES, COLUMNS)
+    return out.values.tolist(), out.queries
+
+
+def test_outcome_values_and_queries():
+    assert score("outcome") == ([[1, 1, 1], [0, 0, 0], [0, 0, 0]], 3)
+    assert score("outcome", signed=True) == ([[1, 1, 1], [-1, -1, -1], [-1, -1, -1]], 3)
+
+
+def test_process_values_and_queries():
+    # prefix checks stop at the first rejected prefix: 3 + 3 (third rejected) + 1 = 7 queries
+    assert score("process") == ([[1, 1, 1], [1, 1, 0], [0, 0, 0]], 7)
+    assert score("process", signed=True) == ([[1, 1, 1], [1, 1, -1], [-1, -1, -1]], 7)
+    # checking every prefix: 3 per response
+    assert score("process", stop_at_first_error=False) == ([[1, 1, 1], [1, 1, 0], [0, 0, 0]], 9)
+
+
+def test_noisy_rewards_flip_every_verdict_at_probability_one():
+    assert score("noisy_outcome", flip_prob=1.0) == ([[0, 0, 0], [1, 1, 1], [1, 1, 1]], 3)
+    assert score("noisy_process", flip_prob=1.0, stop_at_first_error=False) == ([[0, 0, 0], [0, 0, 1], [1, 1, 1]], 9)
+    # with stop_at_first_error the first (flipped) rejection ends the checks of the first response
+    assert score("noisy_process", flip_prob=1.0) == ([[0, 0, 0], [0, 0, 0], [1, 1, 1]], 1 + 1 + 3)
+
+
+def test_noisy_flip_frequency():
+    reward = make_reward(RewardConfig(name="noisy_outcome", params={"flip_prob": 0.2, "seed": 3}))
+    target = torch.zeros(20000, 4, dtype=torch.long)
+    out = reward(None, target.clone(), {"target": target})
+    assert abs((out.values[:, 0] == 0).double().mean().item() - 0.2) < 0.012
+
+
+def test_noisy_state_resumes_the_same_noise():
+    reward = make_reward(RewardConfig(name="noisy_outcome", params={"flip_prob": 0.5}))
+    state = reward.state_dict()
+    first = reward(None, RESPONSES, COLUMNS).values
+    reward.load_state_dict(state)
+    assert torch.equal(first, reward(None, RESPONSES, COLUMNS).values)
+
+
+def test_user_reward_by_import_path():
+    values, queries = score("tests.user_reward:ParityReward")
+    assert values == [[1, 1, 1], [0, 0, 0], [0, 0, 0]] and queries == 3  # sums 6, 3, 5
+    values, _ = score("tests.user_reward:ParityReward", modulus=3)
+    assert values == [[1, 1, 1], [1, 1, 1], [0, 0, 0]]
+
+
+@pytest.mark.parametrize(
+    "name, params, words",
+    [
+        ("outcom", {}, "unknown reward 'outcom'; available: outcome, process, noisy_outcome, noisy_process"),
+        ("tests.no_such_module:Thing", {}, "cannot import module 'tests.no_such_module'"),
+        ("tests.user_reward:Missing", {}, "has no 'Missing'"),
+        ("tests.user_reward:NoGranularity", {}, "must define granularity"),
+        ("process", {"flip": 0.1}, "'flip' is not a parameter of process; allowed: flip_prob, seed, stop_at_first_error"),
+        ("noisy_outcome", {"flip_prob": 2.0}, "bad params"),
+    ],
+)
+def test_bad_reward_names_and_params(name, params, words):
+    with pytest.raises(UserError) as info:
+        make_reward(RewardConfig(name=name, params=params))
+    assert words in str(info.value)

@@ -1,0 +1,22 @@
+"""A user's own reward model, selected in tests as ``tests.user_reward:ParityReward``."""
+
+import torch
+
+from rewards import RewardModel
+
+
+class ParityReward(RewardModel):
+    """Outcome reward 1 when the response's symbols sum to an even number (ignores the target)."""
+
+    granularity = "outcome"
+
+    def __init__(self, signed: bool = False, modulus: int = 2):
+        super().__init__(signed)
+        self.modulus = modulus
+
+    def verdicts(self, prompts, responses, columns):
+        return (responses.sum(-1, keepdim=True) % self.modulus == 0), responses.shape[0]
+
+
+class NoGranularity:
+    pass
