@@ -120,6 +120,10 @@ def make_optimizer(cfg: PosttrainConfig, model):
     return torch.optim.SGD(model.parameters(), lr=o.lr)  # sgd, and the adaptive step (its η is in the gradient)
 
 
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4g}"
+
+
 @cli_entry
 def main(argv):
     cfg = load_config(PosttrainConfig, argv, default_config="configs/posttrain_outcome.yaml", prog="posttrain")
@@ -137,12 +141,12 @@ def main(argv):
     base = load_model_dir(base_dir / "model")[0].to(acc.device).eval() if needs_base else None
     threshold = cfg.eval.offsupport_threshold or task_info["offsupport_threshold"]
 
-    run = RunDir(cfg, cfg.run, is_main=acc.is_main_process)
-    seed_everything(cfg.run.seed)
     rank, world = acc.process_index, acc.num_processes
     prompt_gen = torch.Generator().manual_seed(cfg.run.seed * 7919 + rank)
     sample_gen = torch.Generator(device=acc.device).manual_seed(cfg.run.seed * 104729 + rank)
     prompts_source = PromptSource(cfg, task, prompt_gen)
+    run = RunDir(cfg, cfg.run, is_main=acc.is_main_process)  # validation is done: only now write anything
+    seed_everything(cfg.run.seed)
     optimizer = make_optimizer(cfg, model)
     evaluator = ExactEval(eval_set, threshold, cfg.eval.num_tracked, k, acc.device)
 
@@ -223,8 +227,8 @@ def main(argv):
         out_of_queries = cfg.optim.max_queries is not None and queries >= cfg.optim.max_queries
         if step % cfg.eval.eval_every == 0 or out_of_queries or step == cfg.optim.max_steps:
             last = evaluate()
-            bar.set_postfix(queries=queries, on=f"{last.get('eval/onsupport_likelihood', float('nan')):.3f}",
-                            off=f"{last.get('eval/offsupport_likelihood', float('nan')):.3g}")
+            bar.set_postfix(queries=queries, on=_fmt(last["eval/onsupport_likelihood"]),
+                            off=_fmt(last["eval/offsupport_likelihood"]))
         if cfg.run.checkpoint_every and step % cfg.run.checkpoint_every == 0:
             run.save_checkpoint(step, policy, tokenizer, checkpoint_state())
         fault_point(step)
@@ -246,8 +250,8 @@ def main(argv):
         run.save_checkpoint(step, policy, tokenizer, checkpoint_state())
         run.log(step, {"done/stop_reason": stop_reason, "done/steps": step, "done/reward_queries": queries})
         print(f"stopped ({stop_reason}) after {step} steps, {queries} reward queries: "
-              f"on-support likelihood {last.get('eval/onsupport_likelihood', float('nan')):.4f}, "
-              f"off-support likelihood {last.get('eval/offsupport_likelihood', float('nan')):.4g}")
+              f"on-support likelihood {_fmt(last['eval/onsupport_likelihood'])}, "
+              f"off-support likelihood {_fmt(last['eval/offsupport_likelihood'])}")
     run.close()
 
 

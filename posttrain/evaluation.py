@@ -40,10 +40,10 @@ class ExactEval:
             "eval/expected_error": 1 - p.mean().item(),
             "eval/token_min_prob": log_min.exp().mean().item(),
         }
-        for name, rows in (("onsupport", on), ("offsupport", off)):
-            if rows.any():
-                metrics[f"eval/{name}_likelihood"] = p[rows].mean().item()
-                metrics[f"eval/{name}_error"] = 1 - p[rows].mean().item()
+        for name, rows in (("onsupport", on), ("offsupport", off)):  # null when the split is empty
+            mean = p[rows].mean().item() if rows.any() else None
+            metrics[f"eval/{name}_likelihood"] = mean
+            metrics[f"eval/{name}_error"] = None if mean is None else 1 - mean
         metrics["eval/tracked_likelihood"] = p[self.tracked].tolist()
         return metrics
 

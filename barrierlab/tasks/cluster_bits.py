@@ -21,23 +21,38 @@ class ClusterBitsTask:
         self.per_cluster_rule = per_cluster_rule
         gen = torch.Generator().manual_seed(seed)
         rules = num_clusters if per_cluster_rule else 1
-        # Redraw until the clusters are told apart easily (centres ≥ d/4 bits apart) and no two centres
-        # share a correct response: otherwise an off-support cluster could borrow an on-support answer.
-        for _ in range(1000):
-            self.centres = torch.randint(0, 2, (num_clusters, d), generator=gen)
-            # W1 s and W2 columns on the same scale, so each answer depends on both the prompt and y_{i-1}
-            self.W1 = torch.randn(rules, k, d, generator=gen, dtype=torch.float64) / d**0.5
-            self.W2 = torch.randn(rules, k, k, generator=gen, dtype=torch.float64)
-            if self._well_separated():
-                break
+        # W1 s and W2 columns on the same scale, so each answer depends on both the prompt and y_{i-1}
+        self.W1 = torch.randn(rules, k, d, generator=gen, dtype=torch.float64) / d**0.5
+        self.W2 = torch.randn(rules, k, k, generator=gen, dtype=torch.float64)
+        self.centres = torch.zeros(num_clusters, d, dtype=torch.long)
+        for c in range(num_clusters):
+            self._draw_cluster(c, gen)
 
-    def _well_separated(self) -> bool:
-        C = self.num_clusters
-        if C == 1:
-            return True
-        distance = (self.centres[:, None] != self.centres[None]).sum(-1) + self.d * torch.eye(C, dtype=torch.long)
-        answers = self.targets(self.centres, torch.arange(C))
-        return bool(distance.min() >= max(1, self.d // 4)) and len({tuple(a) for a in answers.tolist()}) == C
+    def _draw_cluster(self, c: int, gen: torch.Generator, attempts: int = 2000) -> None:
+        """Draw cluster c's centre (and its own rule) until it is well placed, keeping the last try otherwise.
+
+        Well placed: ≥ d/4 bits from earlier centres (clusters are told apart easily), a correct response
+        no earlier centre has (an off-support cluster cannot borrow an on-support answer), an answer that is
+        not one symbol repeated (the rule's fixed points are its most stable answers), and at most a
+        quarter of single-bit flips change that response (a cluster's prompts mostly share their answer,
+        which keeps the per-prompt base likelihood close to the cluster's design).
+        """
+        rule = c if self.per_cluster_rule else 0
+        for _ in range(attempts):
+            self.centres[c] = torch.randint(0, 2, (self.d,), generator=gen)
+            if self.per_cluster_rule:
+                self.W1[rule] = torch.randn(self.k, self.d, generator=gen, dtype=torch.float64) / self.d**0.5
+                self.W2[rule] = torch.randn(self.k, self.k, generator=gen, dtype=torch.float64)
+            centre = self.centres[c : c + 1]
+            answer = self.targets(centre, torch.tensor([c]))
+            far = bool(((self.centres[:c] != centre).sum(-1) >= max(1, self.d // 4)).all())
+            earlier = self.targets(self.centres[:c], torch.arange(c)) if c else answer[:0]
+            new_answer = not bool((earlier == answer).all(-1).any())
+            neighbours = centre ^ torch.eye(self.d, dtype=torch.long)
+            moved = (self.targets(neighbours, torch.full((self.d,), c)) != answer).any(-1).double().mean()
+            varied = answer.unique().numel() >= min(2, self.k, self.N)
+            if far and new_answer and varied and moved <= 0.25:
+                return
 
     def state_dict(self) -> dict:
         """The drawn centres and rule, saved beside every checkpoint so later stages rebuild this exact task."""

@@ -1,0 +1,111 @@
+"""End-to-end post-training on the tiny bases: both rewards, both model kinds, resume, budgets, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import TINY, run_stage
+
+CONFIG = str(TINY / "posttrain.yaml")
+
+
+def metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("reward", ["outcome", "process"])
+@pytest.mark.parametrize("kind", ["transformer", "linear"])
+def test_smoke_both_rewards_both_models(tmp_path, tiny_base, tiny_linear_base, reward, kind):
+    base = tiny_base if kind == "transformer" else tiny_linear_base
+    run_dir = tmp_path / "run"
+    run_stage("posttrain", "--config", CONFIG, "--base", str(base), "--run.run_dir", str(run_dir),
+              "--reward.name", reward, "--reward.signed", "true")
+    rows = metrics(run_dir)
+    train = [r for r in rows if "train/reward_mean" in r]
+    assert len(train) == 12
+    queries = [r["train/reward_queries"] for r in train]
+    assert queries == sorted(queries) and queries[0] > 0
+    if reward == "outcome":
+        assert queries == [32 * (i + 1) for i in range(12)]  # one query per response
+    else:
+        assert all(32 <= b - a <= 32 * 3 for a, b in zip([0] + queries, queries))
+    evals = [r for r in rows if "eval/likelihood" in r]
+    assert [r["step"] for r in evals] == [0, 4, 8, 12]
+    for key in ("eval/onsupport_likelihood", "eval/offsupport_likelihood", "eval/expected_error", "eval/tracked_likelihood"):
+        assert key in evals[-1]
+    assert len(evals[-1]["eval/tracked_likelihood"]) == 4
+    for key in ("train/success_rate", "train/entropy", "train/grad_norm", "train/samples"):
+        assert key in train[-1]
+    assert (run_dir / "model" / "model.safetensors").exists() and (run_dir / "model" / "task.json").exists()
+    assert rows[-1]["done/stop_reason"] == "max_steps"
+
+
+def test_resume_after_kill_matches_uninterrupted_run(tmp_path, tiny_base):
+    args = ["--config", CONFIG, "--base", str(tiny_base), "--reward.name", "noisy_process",
+            "--algo.behaviour", "on_policy", "--run.checkpoint_every", "4"]
+    run_stage("posttrain", *args, "--run.run_dir", str(tmp_path / "straight"))
+    killed = run_stage("posttrain", *args, "--run.run_dir", str(tmp_path / "resumed"),
+                       env={"BARRIERLAB_KILL_AFTER_STEP": "6"}, check=False)
+    assert killed.returncode == -9
+    run_stage("posttrain", *args, "--run.run_dir", str(tmp_path / "resumed"))
+    a = load_file(str(tmp_path / "straight" / "model" / "model.safetensors"))
+    b = load_file(str(tmp_path / "resumed" / "model" / "model.safetensors"))
+    assert all(torch.equal(a[name], b[name]) for name in a)
+    assert metrics(tmp_path / "straight") == metrics(tmp_path / "resumed")
+
+
+def test_query_budget_and_target_stop(tmp_path, tiny_base):
+    run_stage("posttrain", "--config", CONFIG, "--base", str(tiny_base), "--run.run_dir", str(tmp_path / "q"),
+              "--optim.max_queries", "100")
+    last = metrics(tmp_path / "q")[-1]
+    assert last["done/stop_reason"] == "max_queries" and last["done/reward_queries"] == 128 and last["done/steps"] == 4
+    run_stage("posttrain", "--config", CONFIG, "--base", str(tiny_base), "--run.run_dir", str(tmp_path / "t"),
+              "--algo.behaviour", "teacher_forcing", "--optim.lr", "0.05", "--optim.max_steps", "400",
+              "--optim.target_likelihood", "0.5", "--optim.stop_on", "all")
+    rows = metrics(tmp_path / "t")
+    assert rows[-1]["done/stop_reason"] == "target_likelihood"
+    assert [r for r in rows if "eval/likelihood" in r][-1]["eval/likelihood"] >= 0.5
+
+
+@pytest.mark.parametrize("behaviour, reward", [("mixture", "outcome"), ("uniform", "outcome"), ("best_of_m", "outcome"),
+                                               ("token_best_of_m", "process")])
+def test_other_behaviours_run(tmp_path, tiny_base, behaviour, reward):
+    run_stage("posttrain", "--config", CONFIG, "--base", str(tiny_base), "--run.run_dir", str(tmp_path / "r"),
+              "--algo.behaviour", behaviour, "--reward.name", reward, "--optim.max_steps", "3",
+              "--algo.baseline", "rloo", "--algo.group_size", "4", "--algo.kl_coef", "0.1")
+    assert metrics(tmp_path / "r")[-1]["done/steps"] == 3
+
+
+def test_adaptive_step_on_the_linear_model(tmp_path, tiny_linear_base):
+    run_stage("posttrain", "--config", CONFIG, "--base", str(tiny_linear_base), "--run.run_dir", str(tmp_path / "a"),
+              "--optim.optimizer", "adaptive", "--optim.lr", "1.0", "--optim.max_steps", "3", "--optim.batch_size", "8")
+    assert metrics(tmp_path / "a")[-1]["done/steps"] == 3
+
+
+def test_user_reward_by_import_path(tmp_path, tiny_base):
+    run_stage("posttrain", "--config", CONFIG, "--base", str(tiny_base), "--run.run_dir", str(tmp_path / "u"),
+              "--reward.name", "tests.user_reward:ParityReward", "--optim.max_steps", "2")
+    assert metrics(tmp_path / "u")[-1]["done/steps"] == 2
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--reward.name", "outcom"], "unknown reward 'outcom'; available: outcome, process"),
+        (["--reward.name", "nowhere.mod:R"], "cannot import module 'nowhere.mod'"),
+        (["--base", "runs/does_not_exist"], "no barrierlab checkpoint at 'runs/does_not_exist/model'"),
+        (["--algo.behaviour", "token_best_of_m"], "needs a process reward"),
+        (["--algo.baseline", "rloo"], "needs group_size ≥ 2"),
+        (["--prompts.clusters", "[7]"], "prompts.clusters"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(tmp_path, tiny_base, args, words):
+    run_dir = tmp_path / "bad"
+    proc = run_stage("posttrain", "--config", CONFIG, "--base", str(tiny_base), "--run.run_dir", str(run_dir),
+                     *args, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert words in proc.stderr and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
