@@ -32,7 +32,7 @@ from barrierlab.tasks import build_task
 from barrierlab.tokenizer import ANSWER0, build_tokenizer
 from pretrain.config import PretrainConfig
 from pretrain.data import build_corpus, build_eval_prompts
-from pretrain.support import plot_support, support_summary
+from pretrain.support import control_check, plot_support, support_summary
 
 
 def resolve(cfg: PretrainConfig) -> PretrainConfig:
@@ -188,6 +188,8 @@ def finish(cfg: PretrainConfig, run: RunDir, task, model, tokenizer, eval_set, o
     for row in summary["clusters"]:
         print(f"  cluster {row['cluster']} {row['coverage']:>14}: designed α {row['designed_alpha']:.3g}, "
               f"measured geo-mean {row['alpha_geomean']:.3g} (median {row['alpha_median']:.3g})")
+    misses = control_check(summary)
+    print("α control holds for every designed cluster" if not misses else "α control missed:\n  " + "\n  ".join(misses))
 
 
 if __name__ == "__main__":

@@ -80,3 +80,22 @@ def plot_support(summary: dict, eval_set, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def control_check(summary: dict, on_factor: float = 3.0, off_factor: float = 10.0) -> list[str]:
+    """Where the measured base likelihood misses its design: clusters with designed α ≥ 1e-3 must have a
+    geometric mean within ``on_factor`` of the design; off-support clusters (``sequence(0)``) within
+    ``off_factor`` of the uniform k^-N. Returns one line per miss (empty: the control holds)."""
+    misses = []
+    for row in summary["clusters"]:
+        design, measured = row["designed_alpha"], row["alpha_geomean"]
+        if row["coverage"] == "sequence(0)":
+            design, factor = summary["uniform_alpha"], off_factor
+        elif math.isfinite(design) and design >= 1e-3:
+            factor = on_factor
+        else:
+            continue
+        if not design / factor <= measured <= design * factor:
+            misses.append(f"cluster {row['cluster']} {row['coverage']}: measured α {measured:.3g} is not within "
+                          f"×{factor:g} of the design {design:.3g}")
+    return misses
