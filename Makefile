@@ -1,40 +1,54 @@
 # barrierlab: every stage is `python -m <stage> --config FILE [--section.key value ...]`.
-# Variables: PYTHON, CONFIG overrides per target, MODEL=transformer|linear, REWARD=outcome|process,
-# ARGS="--key value ..." extra overrides, RUNS=runs.
+# Variables: CONFIGS=configs (configs/gpu for one GPU, configs/tiny for a smoke run), RUNS=runs,
+# MODEL=transformer|linear, REWARD=outcome|process, ARGS="--key value ..." (extra overrides), LAUNCH
+# (e.g. LAUNCH="accelerate launch --num_processes 4" for several GPUs).
 
 PYTHON ?= .venv/bin/python
+LAUNCH ?= $(PYTHON)
+CONFIGS ?= configs
 RUNS ?= runs
 MODEL ?= transformer
 REWARD ?= outcome
 ARGS ?=
-BASE ?= $(RUNS)/base$(if $(filter linear,$(MODEL)),_linear,)
+SUFFIX := $(if $(filter linear,$(MODEL)),_linear,)
+BASE := $(RUNS)/base$(SUFFIX)
 
-.PHONY: help install pretrain posttrain eval pipeline scaling alpha crosscheck bench test test-all lint clean
+.PHONY: help install pretrain posttrain outcome process eval pipeline scaling alpha crosscheck bench test test-all lint clean
 
-help:
+help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/'
 
 .venv/bin/python:
 	python3 -m venv .venv
 
-install: .venv/bin/python  ## create .venv and install (CPU torch unless CUDA is present)
+install: .venv/bin/python  ## create .venv and install the project (CPU torch unless a GPU is present)
 	$(PYTHON) -m pip install -q --upgrade pip
 	@if $(PYTHON) -c "import torch" 2>/dev/null; then echo "torch already installed"; \
 	elif command -v nvidia-smi >/dev/null 2>&1; then $(PYTHON) -m pip install -q "torch>=2.11"; \
 	else $(PYTHON) -m pip install -q torch==2.13.0 || $(PYTHON) -m pip install -q torch --index-url https://download.pytorch.org/whl/cpu; fi
 	$(PYTHON) -m pip install -q -e ".[dev]"
 
-pretrain:  ## pretrain the default base model (MODEL=linear for the log-linear policy)
-	$(PYTHON) -m pretrain --config configs/pretrain.yaml --model.kind $(MODEL) --run.run_dir $(BASE) $(ARGS)
+pretrain:  ## pretrain the base model (MODEL=linear for the log-linear policy)
+	$(LAUNCH) -m pretrain --config $(CONFIGS)/pretrain.yaml --model.kind $(MODEL) --run.run_dir $(BASE) $(ARGS)
 
 posttrain:  ## post-train the base with REWARD=outcome|process
-	$(PYTHON) -m posttrain --config configs/posttrain_$(REWARD).yaml --base $(BASE) --run.run_dir $(RUNS)/$(REWARD)$(if $(filter linear,$(MODEL)),_linear,) $(ARGS)
+	$(LAUNCH) -m posttrain --config $(CONFIGS)/posttrain_$(REWARD).yaml --base $(BASE) --run.run_dir $(RUNS)/$(REWARD)$(SUFFIX) $(ARGS)
 
-eval pipeline scaling alpha:  ## (filled by the evaluation issue)
-	@echo "make $@: not implemented yet (see issue: Evaluation, the barrier experiments, figures and report)"; exit 1
+outcome process:
+	$(MAKE) posttrain REWARD=$@
 
-crosscheck bench:  ## (filled by the TRL backend issue)
-	@echo "make $@: not implemented yet (see issue: TRL backend, cross-check, make bench)"; exit 1
+eval:  ## evaluate base, outcome and process checkpoints; figures and report.md in $(RUNS)/eval
+	$(PYTHON) -m eval --config $(CONFIGS)/eval.yaml --base $(BASE) --out_dir $(RUNS)/eval$(SUFFIX) \
+		--checkpoints.outcome $(RUNS)/outcome$(SUFFIX) --checkpoints.process $(RUNS)/process$(SUFFIX) $(ARGS)
+
+pipeline:  ## pretrain -> outcome PG and process PG at equal query budgets -> eval -> figures -> report
+	$(MAKE) pretrain outcome process eval
+
+scaling alpha:  ## (in progress: issue "Evaluation, the barrier experiments")
+	@echo "make $@: not implemented yet"; exit 1
+
+crosscheck bench:  ## (in progress: issue "TRL backend, cross-check, make bench")
+	@echo "make $@: not implemented yet"; exit 1
 
 test:  ## the fast test suite (what CI runs)
 	$(PYTHON) -m pytest -q
@@ -42,7 +56,7 @@ test:  ## the fast test suite (what CI runs)
 test-all:  ## every test, the slow ones too
 	$(PYTHON) -m pytest -q -m ""
 
-lint:
+lint:  ## ruff
 	$(PYTHON) -m ruff check .
 
 clean:  ## remove runs and caches (keeps .venv)

@@ -84,7 +84,7 @@ def _describe(tp: Any) -> str:
         return " or ".join("null" if a is type(None) else _describe(a) for a in typing.get_args(tp))
     if origin is list:
         return f"a list of {_describe(typing.get_args(tp)[0])}"
-    if origin is dict:
+    if origin is dict or tp is dict:
         return "a mapping"
     if dataclasses.is_dataclass(tp):
         return "a mapping with keys " + ", ".join(f.name for f in dataclasses.fields(tp))
@@ -132,7 +132,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise bad
         (item_tp,) = typing.get_args(tp)
         return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
+    if origin is dict or tp is dict:
         if not isinstance(value, dict):
             raise bad
         return dict(value)
@@ -192,12 +192,16 @@ def _set_path(data: dict, cls: type, path: list[str], raw: str, flag: str) -> No
             raise UserError(f"command line: {flag}: {err.message}")
         tp = typing.get_type_hints(node_cls)[part]
         if i == len(path) - 1:
-            try:
-                node[part] = yaml.safe_load(raw) if raw != "" else ""
-            except yaml.YAMLError:
-                node[part] = raw
-            if tp is str or (typing.get_origin(tp) is Literal and isinstance(raw, str) and raw in typing.get_args(tp)):
-                node[part] = raw  # "--run_dir 007" stays the string it was typed as
+            options = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+            takes_text = str in options or any(typing.get_origin(o) is Literal and raw in typing.get_args(o) for o in options)
+            # "--run.run_dir 007" stays the string it was typed as; "null" still clears an optional field
+            node[part] = raw if takes_text and raw != "null" else _parse_scalar(raw)
+            return
+        if _is_mapping(tp) and i == len(path) - 2:  # --checkpoints.NAME PATH: a user-named entry of a mapping
+            entries = node.setdefault(part, {})
+            if not isinstance(entries, dict):
+                raise UserError(f"command line: {flag}: '{part}' is a list in the config file; give it as a mapping")
+            entries[path[-1]] = _parse_scalar(raw)
             return
         if not dataclasses.is_dataclass(tp):
             raise UserError(f"command line: {flag}: '{part}' is not a section, so it has no keys")
@@ -205,6 +209,22 @@ def _set_path(data: dict, cls: type, path: list[str], raw: str, flag: str) -> No
         if not isinstance(node, dict):
             raise UserError(f"command line: {flag}: '{part}' must be a mapping in the config file")
         node_cls = tp
+
+
+def _parse_scalar(raw: str):
+    """A command-line value read as YAML ("3" → 3, "true" → True, "[1, 2]" → a list), else the string."""
+    if raw == "":
+        return ""
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+
+
+def _is_mapping(tp) -> bool:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return any(_is_mapping(a) for a in typing.get_args(tp))
+    return typing.get_origin(tp) is dict or tp is dict
 
 
 def parse_overrides(argv: list[str]) -> tuple[str | None, list[tuple[str, str]], bool]:

@@ -10,6 +10,7 @@ Every ``eval_every`` steps the likelihood of y* on the base run's eval prompts i
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import torch
@@ -137,7 +138,8 @@ def main(argv):
         raise UserError("optim.optimizer 'adaptive' computes per-response gradients on one process; use adam/adagrad/sgd with several")
     task = task_from_info(task_info)
     k, N = task.k, task.N
-    needs_base = cfg.algo.behaviour in ("mixture", "best_of_m", "token_best_of_m") or cfg.algo.kl_coef > 0
+    needs_base = cfg.backend == "native" and (
+        cfg.algo.behaviour in ("mixture", "best_of_m", "token_best_of_m") or cfg.algo.kl_coef > 0)
     base = load_model_dir(base_dir / "model")[0].to(acc.device).eval() if needs_base else None
     threshold = cfg.eval.offsupport_threshold or task_info["offsupport_threshold"]
 
@@ -147,10 +149,17 @@ def main(argv):
     prompts_source = PromptSource(cfg, task, prompt_gen)
     run = RunDir(cfg, cfg.run, is_main=acc.is_main_process)  # validation is done: only now write anything
     seed_everything(cfg.run.seed)
-    optimizer = make_optimizer(cfg, model)
-    evaluator = ExactEval(eval_set, threshold, cfg.eval.num_tracked, k, acc.device)
+    if cfg.backend == "trl":
+        from posttrain.trl_backend import run_trl  # TRL is imported only when asked for
 
-    step, queries, samples = 0, 0, 0
+        run_trl(cfg, model=model, tokenizer=tokenizer, reward=reward, task=task, base_dir=base_dir,
+                eval_set=eval_set, threshold=threshold, run=run, prompts_source=prompts_source)
+        return
+    optimizer = make_optimizer(cfg, model)
+    evaluator = ExactEval(eval_set, threshold, cfg.eval.num_tracked, k, acc.device, cfg.prompts.clusters)
+
+    step, queries, samples, wall_before = 0, 0, 0, 0.0
+    started = time.time()
     ckpt = run.latest_checkpoint()
     if ckpt is not None:
         from safetensors.torch import load_file
@@ -159,6 +168,7 @@ def main(argv):
         model.load_state_dict(load_file(str(ckpt / "model.safetensors")))
         optimizer.load_state_dict(state["optimizer"])
         step, queries, samples = state["step"], state["queries"], state["samples"]
+        wall_before = state["wall_time_s"]
         prompt_gen.set_state(state["prompt_gen"][rank])
         sample_gen.set_state(state["sample_gen"][rank])
         reward.load_state_dict(state["reward"])
@@ -171,10 +181,15 @@ def main(argv):
     def checkpoint_state():
         gather = (lambda t: [t]) if world == 1 else (lambda t: acc.gather_for_metrics([t]))
         return {"step": step, "queries": queries, "samples": samples, "optimizer": optimizer.state_dict(),
+                "wall_time_s": wall_before + time.time() - started,
                 "prompt_gen": gather(prompt_gen.get_state()), "sample_gen": gather(sample_gen.get_state()),
                 "reward": reward.state_dict()}
 
+    evaluated_at = -1
+
     def evaluate() -> dict:
+        nonlocal evaluated_at
+        evaluated_at = step
         policy.eval()
         metrics = evaluator(policy)
         metrics.update({"train/reward_queries": queries, "train/samples": samples})
@@ -242,13 +257,14 @@ def main(argv):
                 stop_reason = "target_likelihood"
                 break
     bar.close()
-    if last is None or step % cfg.eval.eval_every:
+    if evaluated_at != step:
         last = evaluate()
     if acc.is_main_process:
         extra = {name: (base_dir / "model" / name).read_text() for name in ("task.json",)}
         save_model_dir(run.path / "model", policy, tokenizer, extra)
         run.save_checkpoint(step, policy, tokenizer, checkpoint_state())
-        run.log(step, {"done/stop_reason": stop_reason, "done/steps": step, "done/reward_queries": queries})
+        run.log(step, {"done/stop_reason": stop_reason, "done/steps": step, "done/reward_queries": queries,
+                       "done/wall_time_s": round(wall_before + time.time() - started, 2)})
         print(f"stopped ({stop_reason}) after {step} steps, {queries} reward queries: "
               f"on-support likelihood {_fmt(last['eval/onsupport_likelihood'])}, "
               f"off-support likelihood {_fmt(last['eval/offsupport_likelihood'])}")

@@ -57,8 +57,8 @@ class OptimConfig:
     """Stop once this many reward queries have been spent (null: no query budget)."""
     target_likelihood: float | None = None
     """Stop once the mean likelihood of y* on the `stop_on` eval prompts reaches this (null: never)."""
-    stop_on: Literal["offsupport", "onsupport", "all", "tracked"] = "offsupport"
-    """Eval prompts whose mean likelihood `target_likelihood` refers to."""
+    stop_on: Literal["offsupport", "onsupport", "all", "tracked", "trained"] = "offsupport"
+    """Eval prompts whose mean likelihood `target_likelihood` refers to ('trained': those of prompts.clusters)."""
 
     def check(self):
         require(self.lr > 0, "lr", "must be > 0")
@@ -99,6 +99,8 @@ class EvalConfig:
 
 @dataclass
 class PosttrainConfig:
+    backend: Literal["native", "trl"] = "native"
+    """Who runs the policy-gradient loop: the native engine, or TRL's GRPOTrainer (on_policy, group_size ≥ 2; see posttrain/trl_backend.py)."""
     base: str = "runs/base"
     """Folder of the pretraining run: its model/ is q0 and its data/eval_prompts the eval set."""
     run: RunConfig = field(default_factory=lambda: RunConfig(run_dir="runs/posttrain", checkpoint_every=100))

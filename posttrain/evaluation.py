@@ -21,7 +21,7 @@ def tracked_indices(base_alpha: torch.Tensor, n: int) -> torch.Tensor:
 
 
 class ExactEval:
-    def __init__(self, eval_set, threshold: float, num_tracked: int, k: int, device):
+    def __init__(self, eval_set, threshold: float, num_tracked: int, k: int, device, trained_clusters=None):
         self.k = k
         self.prompts = torch.tensor(eval_set["prompt_ids"], device=device)
         self.targets = torch.tensor(eval_set["target_ids"], device=device) - ANSWER0
@@ -29,6 +29,10 @@ class ExactEval:
         self.offsupport = self.base_alpha < threshold
         self.tracked = tracked_indices(self.base_alpha, num_tracked)
         self.threshold = threshold
+        # the eval prompts of the clusters the run trains on (all of them when it trains on all)
+        self.trained = torch.ones_like(self.offsupport)
+        if trained_clusters is not None and "cluster" in eval_set.column_names:
+            self.trained = torch.isin(torch.tensor(eval_set["cluster"]), torch.tensor(trained_clusters))
 
     @torch.no_grad()
     def __call__(self, model) -> dict:
@@ -40,7 +44,7 @@ class ExactEval:
             "eval/expected_error": 1 - p.mean().item(),
             "eval/token_min_prob": log_min.exp().mean().item(),
         }
-        for name, rows in (("onsupport", on), ("offsupport", off)):  # null when the split is empty
+        for name, rows in (("onsupport", on), ("offsupport", off), ("trained", self.trained)):  # null: empty split
             mean = p[rows].mean().item() if rows.any() else None
             metrics[f"eval/{name}_likelihood"] = mean
             metrics[f"eval/{name}_error"] = None if mean is None else 1 - mean

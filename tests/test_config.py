@@ -96,6 +96,10 @@ def test_cli_prints_one_line_and_exits_2(tmp_path):
 
 
 def test_every_shipped_config_loads():
-    for path in sorted(Path(TINY.parent).rglob("*.yaml")):
-        cls = PosttrainConfig if "posttrain" in path.name else PretrainConfig
-        load_config(cls, ["--config", str(path)])
+    from eval.config import EvalStageConfig
+
+    stages = {"pretrain": PretrainConfig, "posttrain": PosttrainConfig, "eval": EvalStageConfig}
+    paths = sorted(p for p in Path(TINY.parent).rglob("*.yaml") if p.name.split("_")[0].split(".")[0] in stages)
+    assert len(paths) >= 8
+    for path in paths:
+        load_config(stages[path.name.split("_")[0].split(".")[0]], ["--config", str(path)])

@@ -1,0 +1,125 @@
+"""Evaluation stage: score checkpoints on the base run's eval prompts, then write the figures and report.
+
+    python -m eval --config configs/eval.yaml --checkpoints.outcome runs/outcome --checkpoints.process runs/process
+
+Per checkpoint: the exact likelihood of y* and the smallest next-token probability along it for every
+prompt; the expected error overall and on the on-/off-support splits of the *base* α; the LQ Q(ε) and
+token-level LQ Q^TL(ε) curves; unbiased pass@k from n samples per prompt, per split. Writes
+``eval.json``, ``per_prompt.csv``, ``passk.csv``, ``config.yaml``, ``figures/`` and ``report.md`` into
+``out_dir``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from barrierlab.config import dump_yaml, load_config
+from barrierlab.errors import UserError, cli_entry
+from barrierlab.run import atomic_write_text, load_dataset_dir, load_model_dir
+from barrierlab.tokenizer import ANSWER0
+from eval.config import EvalStageConfig
+from eval.evaluate import PromptSet, evaluate_checkpoint, split_masks
+from eval.passk import default_ks
+from eval.report import build_report
+
+def model_folder(path: str) -> Path:
+    """A model folder, given either it or a run folder holding ``model/``."""
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"checkpoint '{path}' does not exist; pass a model folder or a run folder with model/")
+    return p / "model" if (p / "model" / "config.json").exists() else p
+
+
+def load_checkpoints(cfg: EvalStageConfig, base: Path, base_info: dict) -> dict[str, tuple]:
+    """name → (model, folder) for everything to evaluate, all loaded up front so a bad path fails at once."""
+    named = ({"base": str(base / "model")} if cfg.include_base else {}) | cfg.named_checkpoints()
+    models = {}
+    for name, path in named.items():
+        folder = model_folder(path)
+        model, _, info = load_model_dir(folder)
+        if (info["task"], info["task_state"]) != (base_info["task"], base_info["task_state"]):
+            raise UserError(f"checkpoint '{name}' ({folder}) was trained on a different task than the base run '{base}'")
+        models[name] = (model, folder)
+    return models
+
+
+def load_prompt_set(base: Path, threshold: float, device) -> tuple[PromptSet, dict]:
+    """The base run's eval prompts on ``device``, and their cluster, base α and split columns."""
+    eval_set = load_dataset_dir(base / "data" / "eval_prompts", ["prompt_ids", "target_ids", "cluster", "base_alpha"])
+    masks = split_masks(torch.tensor(eval_set["base_alpha"], dtype=torch.float64), threshold)
+    prompt_set = PromptSet(torch.tensor(eval_set["prompt_ids"], device=device),
+                           torch.tensor(eval_set["target_ids"], device=device) - ANSWER0, masks)
+    split = ["offsupport" if off else "onsupport" for off in masks["offsupport"].tolist()]
+    return prompt_set, {"cluster": eval_set["cluster"], "split": split, "base_alpha": eval_set["base_alpha"]}
+
+
+def write_csv(path: Path, header: list[str], rows: list[list]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+@cli_entry
+def main(argv):
+    cfg = load_config(EvalStageConfig, argv, default_config="configs/eval.yaml", prog="eval")
+    base = Path(cfg.base)
+    if not (base / "model" / "task.json").is_file():
+        raise UserError(f"base: no pretraining run at '{base}' (model/task.json expected); run make pretrain or fix --base")
+    base_info = json.loads((base / "model" / "task.json").read_text())
+    models = load_checkpoints(cfg, base, base_info)
+    for name in ("scaling_results", "alpha_results"):
+        path = getattr(cfg, name)
+        if path is not None and not Path(path).is_file():
+            raise UserError(f"{name}: file '{path}' not found")
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    threshold = cfg.offsupport_threshold or base_info["offsupport_threshold"]
+    cfg.offsupport_threshold = threshold  # the saved config says what was used
+    prompt_set, columns = load_prompt_set(base, threshold, device)
+    k, N = base_info["task"]["k"], base_info["task"]["N"]
+    ks = cfg.pass_k or default_ks(cfg.n_samples)
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config.yaml", dump_yaml(cfg))
+
+    results = {
+        "base": str(base), "k": k, "N": N, "uniform_alpha": float(k) ** -N, "offsupport_threshold": threshold,
+        "n_samples": cfg.n_samples, "temperature": cfg.temperature, "seed": cfg.seed, "pass_k": ks,
+        "eps": cfg.eps_grid, "prompts": {s: int(m.sum()) for s, m in prompt_set.masks.items()}, "checkpoints": {},
+    }
+    prompt_rows, passk_rows = [], []
+    for name, (model, folder) in models.items():
+        start = time.perf_counter()
+        # one generator per checkpoint, seeded alike: every model's samples are reproducible on their own
+        generator = torch.Generator(device=device).manual_seed(cfg.seed)
+        summary, per_prompt = evaluate_checkpoint(
+            model.to(device).eval(), prompt_set, k, n=cfg.n_samples, ks=ks, eps_grid=cfg.eps_grid,
+            batch_size=cfg.batch_size, temperature=cfg.temperature, generator=generator, progress=cfg.progress)
+        results["checkpoints"][name] = {"path": str(folder), "seconds": time.perf_counter() - start, **summary}
+        for i, row in enumerate(zip(*columns.values(), *per_prompt.values(), strict=True)):
+            prompt_rows.append([name, i, *row, cfg.n_samples])
+        for split, curve in summary["pass_at_k"].items():  # an empty split has no curve (null)
+            passk_rows += [[name, split, kk, value] for kk, value in zip(ks, curve or [], strict=False)]
+        like = summary["likelihood"]
+        print(f"{name}: likelihood of y* on-support {_fmt(like['onsupport'])}, off-support {_fmt(like['offsupport'])}; "
+              f"pass@1 {_fmt(summary['pass_at_k']['all'][0])}, pass@{ks[-1]} {_fmt(summary['pass_at_k']['all'][-1])}")
+
+    atomic_write_text(out / "eval.json", json.dumps(results, indent=2))
+    write_csv(out / "per_prompt.csv", ["checkpoint", "prompt", *columns, *per_prompt, "n_samples"], prompt_rows)
+    write_csv(out / "passk.csv", ["checkpoint", "split", "k", "pass_at_k"], passk_rows)
+    report = build_report(out, scaling=cfg.scaling_results, alpha=cfg.alpha_results)
+    print(f"results: {out / 'eval.json'}; report: {report}")
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3g}"
+
+
+if __name__ == "__main__":
+    main()

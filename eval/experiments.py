@@ -1,0 +1,189 @@
+"""The barrier experiments: reward queries to reach a target likelihood, against N and against α.
+
+    python -m eval.experiments --config configs/scaling.yaml     # make scaling
+    python -m eval.experiments --config configs/alpha.yaml       # make alpha
+
+``scaling``: for each N (and seed) pretrain a base whose off-support cluster has α ≈ k^-N, then run
+outcome PG and process PG on that cluster's prompts until their mean likelihood of y* reaches the target
+or the query budget runs out (censored). Fits the outcome growth factor per unit N and the process
+growth in N. ``alpha``: one base with on-support clusters of different designed α; outcome PG on each
+cluster alone; the log-log slope of queries against the base α (the theory's is -1).
+
+Every run is a stage subprocess writing its own run folder, so a killed experiment resumes: finished runs
+are reused, unfinished ones resume from their checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from barrierlab.config import dump_yaml, load_config, require
+from barrierlab.errors import UserError, cli_entry
+from barrierlab.run import atomic_write_text
+from eval import figures
+from eval.analysis import queries_to_reach, read_metrics
+
+
+@dataclass
+class ExperimentConfig:
+    experiment: Literal["scaling", "alpha"] = "scaling"
+    """scaling: queries to target against N (outcome and process); alpha: against the base α (outcome)."""
+    out_dir: str = "runs/scaling"
+    """Folder of the experiment: one sub-folder per run, results.json, the figure and report.md."""
+    pretrain_config: str = "configs/scaling/pretrain.yaml"
+    """Pretraining config of the bases (N is overridden per run in the scaling experiment)."""
+    posttrain_configs: dict = field(default_factory=lambda: {"outcome": "configs/scaling/posttrain_outcome.yaml",
+                                                             "process": "configs/scaling/posttrain_process.yaml"})
+    """Arm name → post-training config. Names containing 'process' are fitted ∝ N^b, the others ∝ B^N."""
+    Ns: list[int] = field(default_factory=lambda: [3, 4, 5, 6, 7])
+    """Response lengths (scaling only)."""
+    seeds: list[int] = field(default_factory=lambda: [0])
+    """Seeds; each gives its own base and post-training runs."""
+    clusters: list[int] | None = None
+    """Clusters to post-train on: scaling, their prompts together (null: the off-support ones);
+    alpha, each on-support cluster alone (null: every cluster whose design is on-support)."""
+    target_likelihood: float = 0.5
+    """A run reaches the target when the mean likelihood of y* on its trained prompts gets here."""
+    max_queries: int = 300_000
+    """Query budget of every post-training run; a run that spends it without reaching the target is censored."""
+    extra_args: list[str] = field(default_factory=list)
+    """Extra overrides passed to every stage, e.g. ['--run.mixed_precision', 'bf16']."""
+
+    def check(self):
+        require(len(self.Ns) >= 1 and all(n >= 1 for n in self.Ns), "Ns", "must list response lengths ≥ 1")
+        require(len(self.seeds) >= 1, "seeds", "must list at least one seed")
+        require(0 < self.target_likelihood <= 1, "target_likelihood", "must be in (0, 1]")
+        require(self.max_queries >= 1, "max_queries", "must be ≥ 1")
+        require(len(self.posttrain_configs) >= 1, "posttrain_configs", "must name at least one arm")
+
+
+def stage(name: str, *args: str) -> None:
+    """Run one stage as its own process (stages hand each other files), failing loudly with its message."""
+    proc = subprocess.run([sys.executable, "-m", name, *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise UserError(f"{name} {' '.join(args)} failed: {tail}")
+
+
+def pretrain(cfg: ExperimentConfig, run_dir: Path, seed: int, *overrides: str) -> dict:
+    if not (run_dir / "support.json").exists():
+        stage("pretrain", "--config", cfg.pretrain_config, "--run.run_dir", str(run_dir), "--run.seed", str(seed),
+              "--run.progress", "false", *overrides, *cfg.extra_args)
+    return json.loads((run_dir / "support.json").read_text())
+
+
+def posttrain_to_target(cfg: ExperimentConfig, arm: str, base: Path, run_dir: Path, seed: int,
+                        clusters: list[int]) -> tuple[int, bool]:
+    """Queries this arm spent to reach the target on ``clusters`` (or the budget, censored)."""
+    metrics = run_dir / "metrics.jsonl"
+    done = metrics.exists() and any("done/steps" in row for row in read_metrics(metrics))
+    if not done:
+        stage("posttrain", "--config", cfg.posttrain_configs[arm], "--base", str(base), "--run.run_dir", str(run_dir),
+              "--run.seed", str(seed), "--run.progress", "false", "--prompts.clusters", json.dumps(clusters),
+              "--optim.target_likelihood", str(cfg.target_likelihood), "--optim.stop_on", "trained",
+              "--optim.max_queries", str(cfg.max_queries), "--optim.max_steps", "1000000000", *cfg.extra_args)
+    return queries_to_reach(read_metrics(metrics), "eval/trained_likelihood", cfg.target_likelihood)
+
+
+def run_scaling(cfg: ExperimentConfig, out: Path) -> dict:
+    runs, k = [], None
+    for N in cfg.Ns:
+        for seed in cfg.seeds:
+            base = out / f"N{N}_s{seed}" / "base"
+            support = pretrain(cfg, base, seed, "--task.N", str(N))
+            k = support["k"]
+            clusters = cfg.clusters or [r["cluster"] for r in support["clusters"] if r["coverage"] == "sequence(0)"]
+            for arm in cfg.posttrain_configs:
+                queries, censored = posttrain_to_target(cfg, arm, base, base.parent / arm, seed, clusters)
+                runs.append({"arm": arm, "N": N, "seed": seed, "queries": queries, "censored": censored})
+                print(f"N={N} seed={seed} {arm}: {queries} queries{' (censored)' if censored else ''}", flush=True)
+    return {"k": k, "target_likelihood": cfg.target_likelihood, "max_queries": cfg.max_queries, "runs": runs}
+
+
+def run_alpha(cfg: ExperimentConfig, out: Path) -> dict:
+    runs = []
+    for seed in cfg.seeds:
+        base = out / f"s{seed}" / "base"
+        support = pretrain(cfg, base, seed)
+        threshold = support["offsupport_threshold"]
+        rows = {r["cluster"]: r for r in support["clusters"]}
+        chosen = cfg.clusters or [c for c, r in rows.items() if math.isfinite(r["designed_alpha"]) and r["designed_alpha"] >= threshold]
+        for c in chosen:
+            arm = next(iter(cfg.posttrain_configs))
+            queries, censored = posttrain_to_target(cfg, arm, base, base.parent / f"{arm}_c{c}", seed, [c])
+            runs.append({"cluster": c, "seed": seed, "alpha": rows[c]["alpha_geomean"],
+                         "designed_alpha": rows[c]["designed_alpha"], "queries": queries, "censored": censored})
+            print(f"seed={seed} cluster {c} (α {rows[c]['alpha_geomean']:.3g}): {queries} queries"
+                  f"{' (censored)' if censored else ''}", flush=True)
+    return {"target_likelihood": cfg.target_likelihood, "max_queries": cfg.max_queries, "runs": runs}
+
+
+def scaling_verdict(results: dict) -> list[str]:
+    """The fitted shapes in words, against the theory's: outcome ∝ k^N, process ∝ N."""
+    lines, k = [], results["k"]
+    for arm in sorted({r["arm"] for r in results["runs"]}):
+        mine = [r for r in results["runs"] if r["arm"] == arm]
+        censored = sum(r["censored"] for r in mine)
+        fit = figures.scaling_fit(results["runs"], arm)
+        note = f" ({censored} of {len(mine)} runs censored at the budget and left out of the fit)" if censored else ""
+        if fit is None:
+            lines.append(f"- **{arm}**: too few uncensored runs to fit{note}.")
+            continue
+        shape, (_, b) = fit
+        if shape == "exp":
+            lines.append(f"- **{arm}**: queries grow by a factor **{b:.2f} per unit N** (theory: k = {k}; "
+                         f"accepted range [k/2, 2k] = [{k / 2:g}, {2 * k:g}]){note}.")
+        else:
+            reached = sorted((r["N"], r["queries"]) for r in mine if not r["censored"])
+            (n0, q0), (n1, q1) = reached[0], reached[-1]
+            lines.append(f"- **{arm}**: queries ∝ N^{b:.2f}; from N={n0} to N={n1} they grow ×{q1 / q0:.2f} while N "
+                         f"grows ×{n1 / n0:.2f} (at most linear means ≤ 2 × {n1 / n0:.2f} = {2 * n1 / n0:.2f}){note}.")
+    return lines
+
+
+def write_report(cfg: ExperimentConfig, out: Path, results: dict) -> None:
+    atomic_write_text(out / "results.json", json.dumps(results, indent=2))
+    if cfg.experiment == "scaling":
+        figure = figures.scaling_figure(results["runs"], out / "scaling.png", k=results["k"],
+                                        target=results["target_likelihood"])
+        title, lines = "Reward queries to reach the target against N", scaling_verdict(results)
+    else:
+        figure = figures.alpha_figure(results["runs"], out / "alpha.png", target=results["target_likelihood"])
+        fit = figures.alpha_fit(results["runs"])
+        title = "Outcome-PG reward queries against the base likelihood α"
+        lines = [f"- fitted log-log slope **{fit[1]:.2f}** (theory: -1; accepted range [-1.5, -0.5])." if fit
+                 else "- too few uncensored runs to fit a slope."]
+    header = "| " + " | ".join(results["runs"][0]) + " |" if results["runs"] else ""
+    table = [header, "|" + "---|" * len(results["runs"][0])] if results["runs"] else []
+    table += ["| " + " | ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in r.values()) + " |"
+              for r in results["runs"]]
+    text = "\n".join([f"# {title}", "", f"![{cfg.experiment}]({Path(figure).name})", "",
+                      f"Target: mean likelihood of y* ≥ {results['target_likelihood']} on the trained prompts; "
+                      f"budget {results['max_queries']} reward queries per run (censored runs hit it).", "",
+                      *lines, "", *table, "", "<details><summary>experiment config</summary>", "", "```yaml",
+                      dump_yaml(cfg).rstrip(), "```", "</details>", ""])
+    atomic_write_text(out / "report.md", text)
+    print("\n".join(lines))
+    print(f"report: {out / 'report.md'}")
+
+
+@cli_entry
+def main(argv):
+    cfg = load_config(ExperimentConfig, argv, default_config="configs/scaling.yaml", prog="eval.experiments")
+    for path in [cfg.pretrain_config, *cfg.posttrain_configs.values()]:
+        if not Path(path).is_file():
+            raise UserError(f"config file '{path}' not found; fix pretrain_config / posttrain_configs")
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    results = run_scaling(cfg, out) if cfg.experiment == "scaling" else run_alpha(cfg, out)
+    write_report(cfg, out, results)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,273 @@
+"""``report.md``: the figures, the headline numbers, the resolved configs and what was observed, in one file.
+
+``build_report(run_dir)`` reads what ``python -m eval`` wrote into ``run_dir`` (eval.json, per_prompt.csv,
+config.yaml). Checkpoints that live in a post-training run folder (beside its metrics.jsonl) become the
+arms of the barrier figure and the training table. The sentences are generated from the numbers.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+import yaml
+
+from barrierlab.errors import UserError
+from barrierlab.run import atomic_write_text
+from eval import figures
+from eval.analysis import eval_rows, queries_to_reach, read_metrics
+from posttrain.evaluation import tracked_indices
+from rewards import resolve_class
+
+REACH = 0.5  # "queries to reach": the first evaluation with a mean likelihood of y* at least this
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3g}"
+
+
+def _arm_runs(results: dict) -> dict[str, Path]:
+    """Checkpoints that are the final model of a run folder with metrics and config: name → run folder
+    (pretraining runs too; ``_Arm``s without reward-query evaluations are dropped by the caller)."""
+    arms = {}
+    for name, ckpt in results["checkpoints"].items():
+        run = Path(ckpt["path"]).parent
+        if Path(ckpt["path"]).name == "model" and (run / "metrics.jsonl").exists() and (run / "config.yaml").exists():
+            arms[name] = run
+    return arms
+
+
+def _granularity(config: dict) -> str | None:
+    """'outcome' or 'process': the kind of reward a post-training run's config names (None if unknown)."""
+    try:
+        return resolve_class(config["reward"]["name"]).granularity
+    except (UserError, KeyError, TypeError):
+        return None
+
+
+class _Arm:
+    """One post-training run as the report sees it: its config, metric rows and final numbers."""
+
+    def __init__(self, name: str, run: Path):
+        self.name, self.run = name, run
+        self.config = yaml.safe_load((run / "config.yaml").read_text())
+        self.rows = read_metrics(run / "metrics.jsonl")
+        evals = eval_rows(self.rows)
+        self.first, self.last = (evals[0], evals[-1]) if evals else ({}, {})
+        done = [r for r in self.rows if "done/reward_queries" in r]
+        self.done = done[-1] if done else {}
+        self.queries = self.done.get("done/reward_queries", self.last.get("train/reward_queries"))
+        self.kind = _granularity(self.config)
+
+    def label(self) -> str:
+        reward = self.config.get("reward", {}).get("name", "?")
+        behaviour = self.config.get("algo", {}).get("behaviour", "?")
+        return f"{reward} reward, {behaviour} behaviour"
+
+    def sentence(self) -> str:
+        on0, on1 = self.first.get("eval/onsupport_likelihood"), self.last.get("eval/onsupport_likelihood")
+        off0, off1 = self.first.get("eval/offsupport_likelihood"), self.last.get("eval/offsupport_likelihood")
+        stop = self.done.get("done/stop_reason", "unfinished")
+        return (f"**{self.name}** ({self.label()}) spent {self.queries or 0:,} reward queries over "
+                f"{self.last.get('step', 0)} steps (stop: {stop}); the mean likelihood of y* went from {_num(on0)} "
+                f"to {_num(on1)} on on-support prompts and from {_num(off0)} to {_num(off1)} on off-support prompts.")
+
+
+def _barrier_sentences(arms: list[_Arm]) -> list[str]:
+    """Outcome against process arm on the off-support prompts: the barrier, stated in numbers."""
+    outcome = [a for a in arms if a.kind == "outcome"]
+    process = [a for a in arms if a.kind == "process"]
+    if not outcome or not process:
+        return []
+    o, p = outcome[0], process[0]
+    off_o, off_p = o.last.get("eval/offsupport_likelihood"), p.last.get("eval/offsupport_likelihood")
+    if off_o is None or off_p is None:
+        return ["The eval prompts hold no off-support prompt, so the barrier cannot be observed on them."]
+    lines = [f"Outcome PG ({o.name}) left the mean off-support likelihood at {_num(off_o)} after {o.queries or 0:,} "
+             f"reward queries, while process PG ({p.name}) raised it to {_num(off_p)} after {p.queries or 0:,}."]
+    reach = []
+    for arm in (o, p):
+        queries, censored = queries_to_reach(arm.rows, "eval/offsupport_likelihood", REACH)
+        reach.append(f"{arm.name}: not reached within its {queries:,}" if censored else f"{arm.name}: {queries:,}")
+    lines.append(f"Reward queries to reach a mean off-support likelihood of {REACH}: " + "; ".join(reach) + ".")
+    return lines
+
+
+def _passk_sentences(results: dict) -> list[str]:
+    ks, lines = results["pass_k"], []
+    for split in ("onsupport", "offsupport"):
+        at = {name: c["pass_at_k"][split] for name, c in results["checkpoints"].items() if c["pass_at_k"][split]}
+        if not at:
+            continue
+        best_1 = max(at, key=lambda n: at[n][0])
+        best_n = max(at, key=lambda n: at[n][-1])
+        values = ", ".join(f"{n} {_num(v[0])} → {_num(v[-1])}" for n, v in at.items())
+        lines.append(f"pass@k on {figures.SPLIT_TITLES[split]} (k = 1 → {ks[-1]}): {values}; "
+                     f"best at k = 1: {best_1}, at k = {ks[-1]}: {best_n}.")
+    return lines
+
+
+def _coverage_sentence(results: dict) -> str:
+    eps = results["eps"]
+    j = eps.index(0.1) if 0.1 in eps else len(eps) // 2
+    parts = [f"{n}: Q = {_num(c['LQ'][j])}, Q^TL = {_num(c['token_LQ'][j])}" for n, c in results["checkpoints"].items()]
+    n_off, n_all = results["prompts"]["offsupport"], results["prompts"]["all"]
+    return (f"{n_off} of {n_all} eval prompts are off-support (base α < {results['offsupport_threshold']:g}). "
+            f"At ε = {eps[j]:g}: " + "; ".join(parts) + f" (uniform policy: Q = k^-N = {_num(results['uniform_alpha'])}, "
+            f"Q^TL = 1/k = {_num(1 / results['k'])}).")
+
+
+def _scaling_sentences(data: dict) -> list[str]:
+    runs, lines = data["runs"], []
+    for arm in dict.fromkeys(r["arm"] for r in runs):
+        fitted = figures.scaling_fit(runs, arm)
+        censored = sum(r["censored"] for r in runs if r["arm"] == arm)
+        if fitted is None:
+            shape = "too few finished runs to fit"
+        else:
+            kind, (_, b) = fitted
+            shape = f"queries ∝ {math.exp(b):.3g}^N" if kind == "exponential" else f"queries ∝ N^{b:.2f}"
+        lines.append(f"{arm}: {shape} ({censored} run(s) censored at the budget).")
+    return lines
+
+
+def _alpha_sentence(data: dict) -> str:
+    fitted = figures.alpha_fit(data["runs"])
+    censored = sum(r["censored"] for r in data["runs"])
+    slope = "too few finished runs to fit a slope" if fitted is None else f"fitted slope {fitted[1]:.2f}"
+    return f"Outcome PG queries against base α: {slope} (theory: −1) over {len(data['runs'])} cluster(s), {censored} censored."
+
+
+def _per_prompt(run_dir: Path) -> dict[str, dict[str, list]]:
+    """per_prompt.csv as checkpoint → column → values (in prompt order)."""
+    columns: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    with open(run_dir / "per_prompt.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            for key in ("log10_likelihood", "base_alpha"):
+                columns[row["checkpoint"]][key].append(float(row[key]))
+    return columns
+
+
+def _tracked_alpha(arm: _Arm, base: Path, base_alpha: list[float]) -> list[float] | None:
+    """Base α of the prompts the run tracked (the same pick as posttrain's), if it ran on this eval's base."""
+    tracked = arm.last.get("eval/tracked_likelihood")
+    if not tracked or not Path(arm.config.get("base", "")).resolve() == base.resolve():
+        return None
+    alpha = torch.tensor(base_alpha, dtype=torch.float64)
+    return alpha[tracked_indices(alpha, len(tracked))].tolist()
+
+
+def _load_experiment(path, keys: tuple[str, ...]) -> dict:
+    """A scaling-experiment JSON (schemas in ``eval.figures``), or one line saying what is wrong with it."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise UserError(f"'{path}': cannot read it as JSON ({err})") from None
+    runs = data.get("runs") if isinstance(data, dict) else None
+    if not runs or not all(isinstance(r, dict) and all(key in r for key in keys) for r in runs):
+        raise UserError(f"'{path}': expected {{\"runs\": [...]}} with keys {', '.join(keys)} in every run")
+    return data
+
+
+def _config_block(title: str, path: Path) -> str:
+    text = path.read_text() if path.exists() else "(not found)\n"
+    return f"<details><summary>{title}: <code>{path}</code></summary>\n\n```yaml\n{text}```\n</details>\n"
+
+
+def _make_figures(fig_dir: Path, results: dict, per_prompt: dict, arms: list[_Arm], scaling: dict | None,
+                  alpha: dict | None) -> dict[str, str]:
+    """Draw every figure the inputs allow; title → file name."""
+    made = {}
+    if arms:
+        base_alpha = next(iter(per_prompt.values()))["base_alpha"]  # the same column for every checkpoint
+        tracked = {a.name: _tracked_alpha(a, Path(results["base"]), base_alpha) for a in arms}
+        figures.barrier_figure({a.name: a.rows for a in arms}, fig_dir / "barrier.png",
+                               {n: t for n, t in tracked.items() if t is not None})
+        made["Barrier: off-support likelihood and expected error against reward queries"] = "barrier.png"
+    ckpts = results["checkpoints"]
+    figures.coverage_figure(
+        {n: {"log10_likelihood": per_prompt[n]["log10_likelihood"], "LQ": c["LQ"], "token_LQ": c["token_LQ"]}
+         for n, c in ckpts.items()},
+        results["eps"], fig_dir / "coverage.png", k=results["k"], N=results["N"],
+        threshold=results["offsupport_threshold"])
+    made["Coverage: CDF of log10 likelihood, Q(ε) and Q^TL(ε)"] = "coverage.png"
+    figures.passk_figure({n: c["pass_at_k"] for n, c in ckpts.items()}, results["pass_k"], fig_dir / "passk.png")
+    made["pass@k, on- and off-support"] = "passk.png"
+    if scaling:
+        figures.scaling_figure(scaling["runs"], fig_dir / "scaling.png", k=scaling.get("k", results["k"]),
+                               target=scaling.get("target_likelihood"))
+        made["Scaling in N: reward queries to reach the target"] = "scaling.png"
+    if alpha:
+        figures.alpha_figure(alpha["runs"], fig_dir / "alpha.png", target=alpha.get("target_likelihood"))
+        made["α dependence of outcome PG"] = "alpha.png"
+    return made
+
+
+def _arm_table(arms: list[_Arm]) -> list[str]:
+    lines = ["| arm | reward / behaviour | reward queries | steps | stop | on-support likelihood | "
+             "off-support likelihood | expected error | wall time (s) |", "|---|---|---|---|---|---|---|---|---|"]
+    for a in arms:
+        lines.append(f"| {a.name} | {a.label()} | {a.queries or 0:,} | {a.last.get('step', 0)} | "
+                     f"{a.done.get('done/stop_reason', 'unfinished')} | {_num(a.last.get('eval/onsupport_likelihood'))} | "
+                     f"{_num(a.last.get('eval/offsupport_likelihood'))} | {_num(a.last.get('eval/expected_error'))} | "
+                     f"{_num(a.done.get('done/wall_time_s'))} |")
+    return lines
+
+
+def _checkpoint_table(results: dict) -> list[str]:
+    ks = results["pass_k"]
+    lines = [f"| checkpoint | on-support likelihood | off-support likelihood | expected error | "
+             f"pass@{ks[0]} on / off | pass@{ks[-1]} on / off | eval time (s) |", "|---|---|---|---|---|---|---|"]
+    for name, c in results["checkpoints"].items():
+        on, off = c["pass_at_k"]["onsupport"] or [None], c["pass_at_k"]["offsupport"] or [None]
+        lines.append(f"| {name} | {_num(c['likelihood']['onsupport'])} | {_num(c['likelihood']['offsupport'])} | "
+                     f"{_num(c['expected_error']['all'])} | {_num(on[0])} / {_num(off[0])} | "
+                     f"{_num(on[-1])} / {_num(off[-1])} | {c['seconds']:.1f} |")
+    return lines
+
+
+def build_report(run_dir, *, scaling=None, alpha=None) -> Path:
+    """Write ``run_dir/report.md`` and ``run_dir/figures/*.png`` from the eval stage's outputs in ``run_dir``.
+
+    ``scaling`` and ``alpha``: optional JSON files of the N-scaling and α-dependence experiments (schemas in
+    ``eval.figures``). Returns the report's path.
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / "eval.json").exists():
+        raise UserError(f"no eval.json in '{run_dir}'; run python -m eval with --out_dir {run_dir} first")
+    results = json.loads((run_dir / "eval.json").read_text())
+    base = Path(results["base"])
+    arms = [a for a in (_Arm(name, run) for name, run in _arm_runs(results).items()) if a.last]  # not pretraining runs
+    scaling_data = _load_experiment(scaling, ("arm", "N", "queries", "censored")) if scaling else None
+    alpha_data = _load_experiment(alpha, ("alpha", "queries", "censored")) if alpha else None
+    made = _make_figures(run_dir / "figures", results, _per_prompt(run_dir), arms, scaling_data, alpha_data)
+
+    observed = [a.sentence() for a in arms] + _barrier_sentences(arms) + [_coverage_sentence(results)]
+    observed += _passk_sentences(results)
+    observed += _scaling_sentences(scaling_data) if scaling_data else []
+    observed += [_alpha_sentence(alpha_data)] if alpha_data else []
+
+    lines = [f"# Evaluation report: `{run_dir}`", "",
+             f"Base run `{base}` (k = {results['k']}, N = {results['N']}); {results['prompts']['all']} eval prompts, "
+             f"off-support when base α < {results['offsupport_threshold']:g}; pass@k from n = {results['n_samples']} "
+             f"samples per prompt at temperature {results['temperature']:g}.", "", "## What was observed", ""]
+    lines += [f"- {s}" for s in observed]
+    if arms:
+        lines += ["", "## Post-training runs", "", *_arm_table(arms)]
+    lines += ["", "## Checkpoints on the eval prompts", "", *_checkpoint_table(results), "", "## Figures", ""]
+    for title, file in made.items():
+        lines += [f"### {title}", "", f"![{title}](figures/{file})", ""]
+    if not scaling_data:
+        lines += ["(No scaling figure: pass a scaling-results JSON as `scaling_results`.)", ""]
+    if not alpha_data:
+        lines += ["(No α figure: pass an α-dependence JSON as `alpha_results`.)", ""]
+    lines += ["## Resolved configs", "", _config_block("evaluation", run_dir / "config.yaml"),
+              _config_block("base (pretraining)", base / "config.yaml")]
+    lines += [_config_block(f"{a.name} (post-training)", a.run / "config.yaml") for a in arms]
+    path = run_dir / "report.md"
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path

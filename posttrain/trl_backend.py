@@ -1,0 +1,375 @@
+"""TRL as a second post-training backend: the same run through ``trl.GRPOTrainer``.
+
+``posttrain --backend trl`` hands the policy-gradient loop to TRL and keeps everything else of the native
+engine: the same prompts (drawn step by step from the same ``PromptSource``), the same reward models (the
+queries they charge are counted), the same exact evaluation, the same run folder (metrics.jsonl names,
+TensorBoard, ``checkpoints/step_N`` through ``RunDir.save_checkpoint``, ``model/`` with task.json).
+
+How the native engine maps onto TRL
+- Outcome reward with baseline ``group_mean``: the stock ``GRPOTrainer``. The project's reward model is
+  wrapped as a TRL reward function (``RewardFunction``: completion ids → symbols, ``target`` from a dataset
+  column). TRL's advantage is ``r - mean_group(r)``, divided by the unbiased group std + 1e-4 when
+  ``algo.scale_std``: the native ``group_mean`` exactly.
+- Process rewards, and the baselines TRL lacks (none, batch_mean, position_mean, rloo): ``PrefixAdvantageTrainer``
+  replaces TRL's (B,) advantages by the native (B, N) ones, ``posttrain.advantages.advantages`` of the per-prefix
+  rewards; TRL's ``_compute_loss`` uses 2-D advantages as they are.
+- Loss: ``loss_type="luspo"`` at token level is ``Σ_tokens loss / B``, the native normalisation. On-policy with
+  one update per generation the ratio is exp(logp - sg(logp)) = 1 and no clipping is active, so its gradient is
+  the native ``-Σ_i A_i ∇log p(y_i | x, y_<i)`` averaged over responses. (``dr_grpo`` divides by B·N instead:
+  the same up to 1/N, which changes SGD's step. TRL logs a warning that luspo is meant for
+  ``importance_sampling_level="sequence"``; at sequence level a (B, T) advantage would be mixed over positions,
+  so token level is the right one here.)
+- The policy is the next-token distribution over the k answer symbols. Generation is restricted with
+  ``suppress_tokens`` (every other id) and ``min_new_tokens = max_new_tokens = N``; the training log-probs and the
+  entropy are restricted by a frozen ``lm_head.bias`` of -1e4 on every other id (TRL's fused LM head reads it),
+  so the gradient is that of log softmax over the k answers, as ``barrierlab.policy.answer_logits`` computes.
+  The bias is removed whenever the model is saved: saved models are plain ``LlamaForCausalLM``s.
+
+Remaining differences from the native engine, and why
+- Behaviour policy: on_policy only. TRL samples from the policy it trains; uniform, mixture, best-of-m and
+  teacher forcing have no TRL counterpart (UserError).
+- ``algo.group_size`` ≥ 2: TRL's ``num_generations`` must be at least 2 (UserError otherwise).
+- Optimiser: adam (TRL/transformers' AdamW with weight decay 0, which is Adam), adagrad, sgd with a constant
+  learning rate; the theory's ``adaptive`` step needs per-response gradients that Trainer does not expose
+  (UserError).
+- Sampling randomness: TRL samples with the global torch RNG (seeded by ``run.seed``); the native engine uses
+  its own generator. Same distribution, different draws, so the two backends' curves are not identical.
+- ``train/loss`` is TRL's surrogate: ``-Σ A·exp(logp - sg(logp)) / B`` has the native gradient but the value
+  ``-Σ A / B`` (the native engine logs ``-Σ A log p / B``). Compare gradients and rewards, not loss values.
+- ``algo.temperature`` ≠ 1: TRL also divides the logits by the temperature when it computes the training
+  log-probs, so the gradient is that of the tempered policy (native: of the untempered one).
+- ``algo.kl_coef`` > 0: TRL's k3 estimator at the sampled tokens, with q0 loaded by TRL from the base model's
+  folder (restricted to the answers by the same bias); the native engine adds the exact KL over the answers.
+  Same KL in expectation, different gradient.
+- No resume: Trainer has its own resume format. Our checkpoints hold model, tokenizer, optimizer state and
+  counters, but a folder that already has one raises UserError instead of resuming.
+- One process, transformer models only: the per-token baselines and the query count use the local batch, and
+  TRL's fused LM head needs an ``lm_head`` (the linear policy has none). Both raise UserError.
+- The final evaluation after the loop runs only if the last step was not already evaluated (the native engine
+  re-evaluates when max_steps is not a multiple of eval_every, writing the eval line twice).
+- The reward model gets CPU tensors (TRL hands the reward function Python lists); native: the run's device.
+- TRL needs an eos token: it gets a copy of the tokenizer with eos ``[UNK]`` (never in a prompt, suppressed);
+  the tokenizer saved with the model is the original.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+import time
+from contextlib import contextmanager
+
+import torch
+from tqdm import tqdm
+
+from barrierlab.errors import UserError
+from barrierlab.run import RunDir, save_model_dir
+from barrierlab.tokenizer import ANSWER0, BIT0, prompt_text
+from posttrain.advantages import advantages
+from posttrain.evaluation import ExactEval
+
+_MASKED = -1e4  # logit bias of non-answer ids: exp(-1e4) is 0 in float32 and bfloat16
+
+
+def _offline() -> None:
+    """No hub access and no telemetry ping from TRL. huggingface_hub reads the variables at import (barrierlab
+    has imported transformers by now), so set its constants too."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    from huggingface_hub import constants
+
+    constants.HF_HUB_OFFLINE = True
+    constants.HF_HUB_DISABLE_TELEMETRY = True
+
+
+def check_supported(cfg, model) -> None:
+    """What the TRL backend cannot run, as one-line UserErrors (see the module docstring for why)."""
+    if cfg.algo.behaviour != "on_policy":
+        raise UserError(f"algo.behaviour '{cfg.algo.behaviour}': the trl backend samples on-policy only; "
+                        "use --backend native for other behaviour policies")
+    if cfg.algo.group_size < 2:
+        raise UserError(f"algo.group_size {cfg.algo.group_size}: the trl backend needs ≥ 2 (TRL's num_generations); "
+                        "set --algo.group_size 2 or more (and a baseline, e.g. group_mean)")
+    if cfg.optim.optimizer == "adaptive":
+        raise UserError("optim.optimizer 'adaptive' needs per-response gradients: use adam/adagrad/sgd with the trl backend")
+    if model.get_output_embeddings() is None:
+        raise UserError("the trl backend needs a transformer base (model.kind transformer); the linear policy has no lm_head")
+
+
+def add_answer_bias(model, k: int) -> None:
+    """Frozen -1e4 logit bias on every non-answer id: sampling, training log-probs and entropy see only the k answers."""
+    head = model.get_output_embeddings()
+    bias = torch.full((head.out_features,), _MASKED, device=head.weight.device, dtype=head.weight.dtype)
+    bias[ANSWER0 : ANSWER0 + k] = 0.0
+    head.bias = torch.nn.Parameter(bias, requires_grad=False)
+
+
+@contextmanager
+def as_saved(model, config: dict):
+    """Save the project's model class: without the answer bias (not part of LlamaConfig, it would be an unexpected
+    key) and with the config fields that Trainer/TRL change for training (eos from TRL's tokenizer, use_cache)."""
+    head = model.get_output_embeddings()
+    bias, head.bias = head.bias, None
+    changed = {key: getattr(model.config, key) for key in config}
+    gen_eos, model.generation_config.eos_token_id = model.generation_config.eos_token_id, config["eos_token_id"]
+    for key, value in config.items():
+        setattr(model.config, key, value)
+    try:
+        yield model
+    finally:
+        head.bias = bias
+        for key, value in changed.items():
+            setattr(model.config, key, value)
+        model.generation_config.eos_token_id = gen_eos
+
+
+def prompt_dataset(prompts_source, steps: int, per_step: int):
+    """The prompts the native engine would draw, step by step: text for TRL, plus every column (target, cluster)."""
+    from datasets import Dataset
+
+    rows: dict[str, list] = {"prompt": []}
+    for _ in range(steps):
+        ids, columns = prompts_source.draw(per_step)
+        rows["prompt"] += prompt_text(ids[:, 1:-1] - BIT0)  # ids are [BOS] bits [SEP]
+        for key, values in columns.items():
+            rows.setdefault(key, []).extend(values.tolist())
+    return Dataset.from_dict(rows)
+
+
+class RewardFunction:
+    """A project ``RewardModel`` as a TRL reward function; counts queries and samples, keeps the last batch.
+
+    TRL passes every dataset column by keyword, one entry per completion (prompts repeated G times in a row).
+    """
+
+    __name__ = "reward"  # TRL names its reward metrics after the function
+
+    def __init__(self, reward, tokenizer, N: int):
+        self.reward, self.tokenizer, self.N = reward, tokenizer, N
+        self.queries = self.samples = 0
+        self.values = self.success = None
+
+    def __call__(self, prompts, completions, completion_ids, **kwargs) -> list[float]:
+        if any(len(ids) != self.N for ids in completion_ids):
+            raise RuntimeError(f"TRL generated completions of lengths {sorted({len(i) for i in completion_ids})}, expected {self.N}")
+        responses = torch.tensor(completion_ids) - ANSWER0
+        prompt_ids = torch.tensor(self.tokenizer(prompts, add_special_tokens=False)["input_ids"])
+        columns = {key: torch.tensor(kwargs[key]) for key in ("target", "cluster") if key in kwargs}
+        out = self.reward(prompt_ids, responses, columns)
+        self.queries += int(out.queries)
+        self.samples += len(completion_ids)
+        self.values = out.values.float()  # (B, N) per-prefix rewards, for the per-token advantages and the logs
+        self.success = (responses == columns["target"]).all(-1)
+        return self.values[:, -1].tolist()  # the whole response's verdict: what TRL's outcome advantage needs
+
+
+def _trainer_classes():
+    from trl import GRPOTrainer
+
+    class PrefixAdvantageTrainer(GRPOTrainer):
+        """GRPOTrainer whose advantages are the native (B, N) ones of the per-prefix rewards."""
+
+        def __init__(self, *args, reward_fn: RewardFunction, algo, **kwargs):
+            super().__init__(*args, reward_funcs=reward_fn, **kwargs)
+            self.reward_fn, self.algo = reward_fn, algo
+
+        def _generate_and_score_completions(self, inputs):
+            out = super()._generate_and_score_completions(inputs)  # calls reward_fn on these rows, in this order
+            out["advantages"] = self.token_advantages(self.reward_fn.values, out["completion_mask"])
+            return out
+
+        def token_advantages(self, rewards: torch.Tensor, completion_mask: torch.Tensor) -> torch.Tensor:
+            """(B, T) advantages on TRL's completion grid; rows come in groups of G, as the native layout."""
+            a = self.algo
+            adv = advantages(rewards.to(completion_mask.device), a.baseline, a.group_size, a.scale_std)
+            full = torch.zeros(completion_mask.shape, dtype=torch.float32, device=completion_mask.device)
+            full[:, : adv.shape[1]] = adv  # T ≥ N if TRL ever pads
+            return full * completion_mask
+
+    return GRPOTrainer, PrefixAdvantageTrainer
+
+
+def grpo_config(cfg, N: int, k: int, vocab: int, output_dir: str):
+    """The native config in TRL's terms; every field that matters is set, not left to TRL's defaults."""
+    from trl import GRPOConfig
+
+    cuda = torch.cuda.is_available()
+    precision = cfg.run.mixed_precision
+    bf16 = cuda and precision in ("auto", "bf16")  # native: bf16 autocast on a GPU only
+    B = cfg.optim.batch_size
+    return GRPOConfig(
+        output_dir=output_dir,
+        seed=cfg.run.seed,
+        use_cpu=not cuda,
+        bf16=bf16,
+        fp16=False,
+        activation_checkpointing=False,
+        # optimiser: native step sizes, no schedule, no weight decay, clipping only if asked (0: none)
+        optim={"adam": "adamw_torch", "adagrad": "adagrad", "sgd": "sgd"}[cfg.optim.optimizer],
+        learning_rate=cfg.optim.lr,
+        weight_decay=0.0,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        max_grad_norm=cfg.optim.grad_clip,
+        max_steps=cfg.optim.max_steps,
+        # one generation of B completions (B/G prompts × G) per step, one update on it: on-policy
+        per_device_train_batch_size=B,
+        gradient_accumulation_steps=1,
+        generation_batch_size=B,
+        num_generations=cfg.algo.group_size,
+        num_iterations=1,
+        shuffle_dataset=False,  # keep the PromptSource order: the native prompt sequence
+        # exactly N answer tokens
+        max_completion_length=N,
+        temperature=cfg.algo.temperature,
+        top_k=0,
+        top_p=1.0,
+        min_p=None,
+        repetition_penalty=1.0,
+        pad_to_multiple_of=None,
+        generation_kwargs={"min_new_tokens": N,
+                           "suppress_tokens": [i for i in range(vocab) if not ANSWER0 <= i < ANSWER0 + k]},
+        mask_truncated_completions=False,  # no eos is ever generated: every completion counts as "truncated"
+        # loss and advantages (see the module docstring)
+        loss_type="luspo",
+        importance_sampling_level="token",
+        scale_rewards="group" if cfg.algo.scale_std else "none",
+        beta=cfg.algo.kl_coef,
+        disable_dropout=False,  # native keeps the model's dropout in the loss pass
+        remove_unused_columns=False,  # target/cluster must reach the reward function
+        # we log and save ourselves
+        logging_steps=1,
+        report_to="none",
+        save_strategy="no",
+        log_completions=False,
+        disable_tqdm=True,
+    )
+
+
+def build_trainer(cfg, model, tokenizer, reward_fn: RewardFunction, dataset, k: int, N: int, output_dir: str):
+    """The stock GRPOTrainer where TRL's advantages are the native ones (outcome, group_mean), else the per-token one."""
+    add_answer_bias(model, k)
+    trl_tokenizer = copy.deepcopy(tokenizer)
+    trl_tokenizer.eos_token = "[UNK]"  # TRL needs an eos id; [UNK] never occurs and is suppressed
+    args = grpo_config(cfg, N, k, model.config.vocab_size, output_dir)
+    stock, prefix = _trainer_classes()
+    common = dict(model=model, args=args, train_dataset=dataset, processing_class=trl_tokenizer)
+    if reward_fn.reward.granularity == "outcome" and cfg.algo.baseline == "group_mean":
+        trainer = stock(**common, reward_funcs=reward_fn)
+    else:
+        trainer = prefix(**common, reward_fn=reward_fn, algo=cfg.algo)
+    if trainer.accelerator.num_processes > 1:
+        raise UserError("the trl backend runs on one process; launch it without accelerate/torchrun")
+    if trainer.ref_model is not None:  # kl_coef > 0: q0 over the answers too
+        add_answer_bias(trainer.ref_model, k)
+    return trainer
+
+
+def run_trl(cfg, *, model, tokenizer, reward, task, base_dir, eval_set, threshold, run: RunDir, prompts_source) -> dict:
+    """Post-train ``model`` with TRL; writes the run folder as the native loop does and closes ``run``.
+
+    Arguments are what ``posttrain.__main__.main`` has built by then: ``reward`` is its ``make_reward(cfg.reward)``
+    (already checked, and its noise generator is the run's); task.json is copied from ``base_dir``.
+    Returns ``{"stop_reason", "steps", "queries", "last"}``.
+    """
+    _offline()
+    from transformers import TrainerCallback
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    check_supported(cfg, model)
+    if run.latest_checkpoint() is not None:
+        raise UserError(f"{run.path} has checkpoints: the trl backend cannot resume; pass a new --run.run_dir")
+    started = time.time()
+    k, N, G, B = task.k, task.N, cfg.algo.group_size, cfg.optim.batch_size
+    saved_config = {"eos_token_id": model.config.eos_token_id, "use_cache": model.config.use_cache}
+    reward_fn = RewardFunction(reward, tokenizer, N)
+    dataset = prompt_dataset(prompts_source, cfg.optim.max_steps, B // G)
+    task_json = (base_dir / "model" / "task.json").read_text()
+    scratch = tempfile.TemporaryDirectory(prefix="barrierlab_trl_")  # TRL's output_dir: nothing is saved there
+    trainer = build_trainer(cfg, model, tokenizer, reward_fn, dataset, k, N, scratch.name)
+    trainer.remove_callback(PrinterCallback)  # our own bar and metrics.jsonl instead of printed dicts
+    trainer.remove_callback(ProgressCallback)
+    evaluator = ExactEval(eval_set, threshold, cfg.eval.num_tracked, k, trainer.accelerator.device, cfg.prompts.clusters)
+
+    class RunLogger(TrainerCallback):
+        """After each step's log: the train/ line, evaluation, checkpoint and stop rules of the native loop."""
+
+        def __init__(self):
+            self.step, self.last, self.last_eval, self.stop_reason = 0, None, -1, "max_steps"
+            self.bar = tqdm(total=cfg.optim.max_steps, desc=f"posttrain[{cfg.reward.name}, trl]",
+                            disable=not cfg.run.progress, mininterval=1.0)
+
+        def evaluate(self):
+            model.eval()
+            self.last = evaluator(model)
+            self.last.update({"train/reward_queries": reward_fn.queries, "train/samples": reward_fn.samples})
+            run.log(self.step, self.last)
+            model.train()
+            self.last_eval = self.step
+            self.bar.set_postfix(queries=reward_fn.queries, on=_fmt(self.last["eval/onsupport_likelihood"]),
+                                 off=_fmt(self.last["eval/offsupport_likelihood"]))
+
+        def checkpoint(self, optimizer):
+            state = {"backend": "trl", "step": self.step, "queries": reward_fn.queries, "samples": reward_fn.samples,
+                     "optimizer": optimizer.state_dict(), "reward": reward.state_dict(),
+                     "wall_time_s": time.time() - started}
+            with as_saved(model, saved_config):
+                run.save_checkpoint(self.step, model, tokenizer, state)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if "loss" not in logs or state.global_step == self.step:  # the end-of-training summary, not a step
+                return
+            self.step = step = state.global_step
+            self.bar.update(1)
+            if step % cfg.eval.log_every == 0:
+                metrics = {
+                    "train/reward_queries": reward_fn.queries,
+                    "train/samples": reward_fn.samples,
+                    "train/reward_mean": reward_fn.values.mean().item(),
+                    "train/success_rate": reward_fn.success.float().mean().item(),
+                    "train/loss": logs["loss"],
+                    "train/grad_norm": logs["grad_norm"],
+                    "train/entropy": logs["entropy"],
+                }
+                if "kl" in logs:
+                    metrics["train/kl"] = logs["kl"]
+                run.log(step, metrics)
+            out_of_queries = cfg.optim.max_queries is not None and reward_fn.queries >= cfg.optim.max_queries
+            if step % cfg.eval.eval_every == 0 or out_of_queries or step == cfg.optim.max_steps:
+                self.evaluate()
+            if cfg.run.checkpoint_every and step % cfg.run.checkpoint_every == 0:
+                self.checkpoint(kwargs["optimizer"])
+            target = cfg.optim.target_likelihood
+            if out_of_queries:
+                self.stop_reason = "max_queries"
+            elif target is not None and step % cfg.eval.eval_every == 0:
+                value = evaluator.stop_value(self.last, cfg.optim.stop_on)
+                if value is not None and value >= target:
+                    self.stop_reason = "target_likelihood"
+            control.should_training_stop = self.stop_reason != "max_steps"
+
+    logger = RunLogger()
+    trainer.add_callback(logger)
+    logger.evaluate()  # step 0: the base model
+    model.train()
+    trainer.train()
+    logger.bar.close()
+    if logger.last_eval != logger.step:
+        logger.evaluate()
+    step, queries = logger.step, reward_fn.queries
+    with as_saved(model, saved_config):
+        save_model_dir(run.path / "model", model, tokenizer, {"task.json": task_json})
+    logger.checkpoint(trainer.optimizer)
+    run.log(step, {"done/stop_reason": logger.stop_reason, "done/steps": step, "done/reward_queries": queries,
+                   "done/wall_time_s": round(time.time() - started, 2)})
+    print(f"stopped ({logger.stop_reason}) after {step} steps, {queries} reward queries: "
+          f"on-support likelihood {_fmt(logger.last['eval/onsupport_likelihood'])}, "
+          f"off-support likelihood {_fmt(logger.last['eval/offsupport_likelihood'])}")
+    run.close()
+    scratch.cleanup()
+    return {"stop_reason": logger.stop_reason, "steps": step, "queries": queries, "last": logger.last}
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4g}"

@@ -1,0 +1,219 @@
+"""The evaluation stage: pass@k, quantiles, the on/off split, figures, ``python -m eval`` and the report."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import math
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+
+from barrierlab.config import build
+from barrierlab.run import load_dataset_dir
+from eval.__main__ import take_checkpoint_flags
+from eval.config import EvalStageConfig
+from eval.evaluate import split_masks, summarise
+from eval.passk import default_ks, pass_at_k
+from eval.report import build_report
+from tests.conftest import TINY, run_stage
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+# ----------------------------------------------------------------------------- pass@k
+
+
+@pytest.mark.parametrize("n", range(1, 8))
+def test_pass_at_k_matches_brute_force_over_all_k_subsets(n):
+    for c, k in itertools.product(range(n + 1), range(1, n + 1)):
+        samples = [1] * c + [0] * (n - c)
+        subsets = list(itertools.combinations(samples, k))
+        expected = sum(any(s) for s in subsets) / len(subsets)
+        assert pass_at_k([c], n, k)[0] == pytest.approx(expected, abs=1e-12), (n, c, k)
+
+
+def test_pass_at_k_known_values_and_large_n():
+    assert pass_at_k([2], 5, 2)[0] == pytest.approx(0.7)  # 1 − C(3,2)/C(5,2) = 1 − 3/10
+    assert pass_at_k([0, 3, 256], 256, 1).tolist() == pytest.approx([0.0, 3 / 256, 1.0])
+    assert pass_at_k([250], 256, 7)[0] == 1.0  # fewer than k wrong samples: every k-subset holds a correct one
+    counts = np.array([0, 1, 5, 40, 128, 255])
+    for k in (1, 2, 16, 100, 256):  # n = 256: the binomials are huge, the product form is not
+        exact = [float(1 - Fraction(math.comb(256 - c, k), math.comb(256, k))) for c in counts]
+        assert pass_at_k(counts, 256, k) == pytest.approx(exact, rel=1e-9, abs=1e-15)
+    curve = [pass_at_k([3], 256, k)[0] for k in default_ks(256)]
+    assert curve == sorted(curve) and not str(pass_at_k([0], 10, 3)[0]).startswith("-")
+    with pytest.raises(ValueError):
+        pass_at_k([1], 4, 5)
+
+
+def test_default_ks():
+    assert default_ks(256) == [1, 2, 4, 8, 16, 32, 64, 128, 256]
+    assert default_ks(12) == [1, 2, 4, 8, 12] and default_ks(1) == [1]
+
+
+# ----------------------------------------------------------------------------- quantiles and splits
+
+
+def test_lq_and_token_lq_against_hand_computed_quantiles():
+    likelihood = torch.tensor([0.5, 0.1, 0.9, 0.3, 0.7], dtype=torch.float64)
+    token_min = torch.tensor([0.8, 0.4, 0.95, 0.6, 0.2], dtype=torch.float64)
+    eps = [0.0, 0.1, 0.2, 0.3, 0.5, 0.8]
+    masks = split_masks(torch.ones(5), 0.5)
+    out = summarise(likelihood.log(), token_min.log(), torch.zeros(5, dtype=torch.long), masks, 4, [1], eps)
+    # Q(ε) = sup{a : P(v ≤ a) ≤ ε}: with 5 prompts, the (⌊5ε⌋ + 1)-th smallest value
+    assert out["LQ"] == pytest.approx([0.1, 0.1, 0.3, 0.3, 0.5, 0.9])
+    assert out["token_LQ"] == pytest.approx([0.2, 0.2, 0.4, 0.4, 0.6, 0.95])
+
+
+def test_on_off_split_uses_the_base_alpha_and_fills_every_split():
+    base_alpha = torch.tensor([1e-9, 1e-5, 0.5, 2e-6, 0.9], dtype=torch.float64)
+    masks = split_masks(base_alpha, 1e-5)
+    assert masks["offsupport"].tolist() == [True, False, False, True, False]  # strictly below the threshold
+    assert (masks["onsupport"] == ~masks["offsupport"]).all() and masks["all"].all()
+    p = torch.tensor([0.1, 0.2, 0.3, 0.4, 0.5], dtype=torch.float64)
+    correct = torch.tensor([0, 1, 2, 3, 4])
+    out = summarise(p.log(), p.log(), correct, masks, 4, [1, 2], [0.5])
+    assert out["likelihood"]["offsupport"] == pytest.approx(0.25) and out["likelihood"]["onsupport"] == pytest.approx(1 / 3)
+    assert out["expected_error"]["all"] == pytest.approx(0.7)
+    assert out["pass_at_k"]["offsupport"][0] == pytest.approx((0 + 3) / 4 / 2)
+    assert out["pass_at_k"]["onsupport"][1] == pytest.approx(np.mean(pass_at_k([1, 2, 4], 4, 2)))
+    empty = summarise(p.log(), p.log(), correct, split_masks(base_alpha, 1e-12), 4, [1], [0.5])
+    assert empty["likelihood"]["offsupport"] is None and empty["pass_at_k"]["offsupport"] is None
+
+
+# ----------------------------------------------------------------------------- config and command line
+
+
+def test_checkpoints_config_and_command_line_flags():
+    cfg = build(EvalStageConfig, {"checkpoints": ["runs/o1/model", "runs/pr1"]})
+    assert cfg.named_checkpoints() == {"o1": "runs/o1/model", "pr1": "runs/pr1"}
+    rest, named = take_checkpoint_flags(["--n_samples", "8", "--checkpoints.outcome", "runs/a", "--checkpoints.p=runs/b"])
+    assert rest == ["--n_samples", "8"] and named == {"outcome": "runs/a", "p": "runs/b"}
+    with pytest.raises(Exception, match="n_samples"):
+        build(EvalStageConfig, {"n_samples": 4, "pass_k": [8]})
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def _metrics(off_final: float, seed: int) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    return [{"step": s, "eval/likelihood": 0.3, "eval/expected_error": 0.7 - 0.05 * s,
+             "eval/onsupport_likelihood": 0.5, "eval/offsupport_likelihood": 1e-6 * (off_final / 1e-6) ** (s / 5),
+             "eval/tracked_likelihood": rng.uniform(0, 1, 4).tolist(), "train/reward_queries": 1000 * s}
+            for s in range(6)]
+
+
+def test_figure_functions_write_non_empty_pngs(tmp_path):
+    from eval import figures
+
+    arms = {"outcome": _metrics(1e-12, 0), "process": _metrics(0.9, 1)}
+    alpha = [1e-8, 1e-4, 0.1, 0.9]
+    paths = [
+        figures.barrier_figure(arms, tmp_path / "barrier.png", {"outcome": alpha, "process": alpha}),
+        figures.coverage_figure({"base": {"log10_likelihood": [-8, -3, -1, 0], "LQ": [1e-8, 1e-3], "token_LQ": [0.1, 0.5]},
+                                 "process": {"log10_likelihood": [-1, -0.5, 0, 0], "LQ": [0.1, 0.9], "token_LQ": [0.5, 1]}},
+                                [0.1, 0.5], tmp_path / "coverage.png", k=3, N=4, threshold=1e-5),
+        figures.passk_figure({"base": {"onsupport": [0.2, 0.4, 0.6], "offsupport": [0.0, 0.0, 0.01]},
+                              "outcome": {"onsupport": [0.8, 0.8, 0.8], "offsupport": None}}, [1, 2, 4],
+                             tmp_path / "passk.png"),
+        figures.scaling_figure([{"arm": "outcome", "N": n, "queries": 30 * 4**n, "censored": n == 5} for n in (2, 3, 4, 5)]
+                               + [{"arm": "process", "N": n, "queries": 200 * n, "censored": False} for n in (2, 3, 4, 5)],
+                               tmp_path / "scaling.png", k=4, target=0.5),
+        figures.alpha_figure([{"cluster": c, "alpha": a, "queries": int(500 / a), "censored": c == 3}
+                              for c, a in enumerate([0.9, 0.3, 0.05, 1e-3])], tmp_path / "alpha.png", target=0.5),
+    ]
+    for path in paths:
+        data = path.read_bytes()
+        assert data.startswith(PNG) and len(data) > 5000, path
+
+
+def test_scaling_fits_recover_the_generating_shapes():
+    from eval.figures import alpha_fit, scaling_fit
+
+    runs = [{"arm": "outcome", "N": n, "queries": 7 * 8.0**n, "censored": False} for n in (2, 3, 4)]
+    runs += [{"arm": "outcome", "N": 6, "queries": 10, "censored": True}]  # censored: out of the fit
+    runs += [{"arm": "process", "N": n, "queries": 50.0 * n, "censored": False} for n in (2, 4, 8)]
+    kind, (_, b) = scaling_fit(runs, "outcome")
+    assert kind == "exponential" and math.exp(b) == pytest.approx(8)
+    kind, (_, b) = scaling_fit(runs, "process")
+    assert kind == "power" and b == pytest.approx(1)
+    assert alpha_fit([{"alpha": a, "queries": 3 / a, "censored": False} for a in (1, 0.1, 0.01)])[1] == pytest.approx(-1)
+
+
+# ----------------------------------------------------------------------------- the stage and the report
+
+
+@pytest.fixture(scope="module")
+def tiny_eval(tmp_path_factory, tiny_base):
+    """Outcome and process runs on the tiny base, evaluated with ``python -m eval``."""
+    root = tmp_path_factory.mktemp("eval")
+    for reward in ("outcome", "process"):
+        run_stage("posttrain", "--config", str(TINY / "posttrain_outcome.yaml"), "--base", str(tiny_base),
+                  "--run.run_dir", str(root / reward), "--reward.name", reward, "--optim.lr", "0.05")
+    out = root / "eval"
+    run_stage("eval", "--config", str(TINY / "eval.yaml"), "--base", str(tiny_base), "--out_dir", str(out),
+              "--checkpoints.outcome", str(root / "outcome"), "--checkpoints.process", str(root / "process" / "model"),
+              "--checkpoints.base_again", str(tiny_base / "model"))
+    return out
+
+
+def test_eval_stage_end_to_end(tiny_eval, tiny_base):
+    results = json.loads((tiny_eval / "eval.json").read_text())
+    assert list(results["checkpoints"]) == ["base", "outcome", "process", "base_again"]
+    assert results["n_samples"] == 16 and results["pass_k"] == [1, 2, 4, 8, 16] and results["offsupport_threshold"] == 0.06
+    assert results["prompts"]["all"] == 48 == results["prompts"]["onsupport"] + results["prompts"]["offsupport"]
+    base, again = results["checkpoints"]["base"], results["checkpoints"]["base_again"]
+    assert base["pass_at_k"] == again["pass_at_k"]  # each checkpoint's samples are seeded alike: reproducible
+    eval_set = load_dataset_dir(tiny_base / "data" / "eval_prompts", ["base_alpha"])
+    alpha = torch.tensor(eval_set["base_alpha"], dtype=torch.float64)
+    assert base["likelihood"]["all"] == pytest.approx(alpha.mean().item(), rel=1e-5)
+    off = alpha < 0.06
+    assert base["likelihood"]["offsupport"] == pytest.approx(alpha[off].mean().item(), rel=1e-5)
+    for ckpt in results["checkpoints"].values():
+        assert set(ckpt) >= {"path", "seconds", "likelihood", "expected_error", "token_min_prob", "LQ", "token_LQ", "pass_at_k"}
+        assert all(tl >= q for tl, q in zip(ckpt["token_LQ"], ckpt["LQ"], strict=True))  # Q^TL ≥ Q
+        curve = ckpt["pass_at_k"]["all"]
+        assert len(curve) == 5 and curve == sorted(curve) and 0 <= curve[0] <= curve[-1] <= 1
+        assert ckpt["expected_error"]["all"] == pytest.approx(1 - ckpt["likelihood"]["all"])
+    with open(tiny_eval / "per_prompt.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4 * 48 and {r["split"] for r in rows} <= {"onsupport", "offsupport"}
+    assert all(0 <= int(r["correct"]) <= 16 for r in rows)
+    with open(tiny_eval / "passk.csv", newline="") as f:
+        assert {r["k"] for r in csv.DictReader(f)} == {"1", "2", "4", "8", "16"}
+    assert "n_samples: 16" in (tiny_eval / "config.yaml").read_text()
+
+
+def test_report_on_tiny_finished_runs(tiny_eval, tmp_path):
+    report = (tiny_eval / "report.md").read_text()
+    for name in ("barrier.png", "coverage.png", "passk.png"):
+        assert f"(figures/{name})" in report and (tiny_eval / "figures" / name).read_bytes().startswith(PNG)
+    assert "## What was observed" in report and "Outcome PG (outcome) left the mean off-support likelihood" in report
+    assert "| outcome | outcome reward, on_policy behaviour | 384 | 12 | max_steps |" in report
+    assert report.count("<details>") == 4  # eval, base, outcome and process configs
+    assert "reward:" in report and "profile:" in report
+    scaling = tmp_path / "scaling.json"
+    scaling.write_text(json.dumps({"k": 3, "target_likelihood": 0.5, "runs": [
+        {"arm": arm, "N": n, "queries": q, "censored": False}
+        for arm, f in (("outcome", lambda n: 10 * 3**n), ("process", lambda n: 40 * n)) for n in (2, 3, 4)
+        for q in [f(n)]]}))
+    alpha = tmp_path / "alpha.json"
+    alpha.write_text(json.dumps({"runs": [{"cluster": c, "alpha": a, "queries": int(100 / a), "censored": False}
+                                          for c, a in enumerate([0.9, 0.2, 0.01])]}))
+    report = build_report(tiny_eval, scaling=scaling, alpha=alpha).read_text()
+    assert "(figures/scaling.png)" in report and "(figures/alpha.png)" in report
+    assert "outcome: queries ∝ 3^N" in report and "process: queries ∝ N^1.00" in report and "fitted slope -1.00" in report
+
+
+def test_eval_rejects_bad_paths_in_one_line(tmp_path, tiny_base):
+    proc = run_stage("eval", "--config", str(TINY / "eval.yaml"), "--base", str(tiny_base), "--out_dir",
+                     str(tmp_path / "e"), "--checkpoints.ghost", str(tmp_path / "nowhere"), check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0
+    assert "checkpoint" in proc.stderr and "nowhere" in proc.stderr and not (tmp_path / "e").exists()
+    proc = run_stage("eval", "--config", str(TINY / "eval.yaml"), "--base", str(tmp_path / "nobase"), check=False)
+    assert proc.returncode == 2 and "nobase" in proc.stderr and "Traceback" not in proc.stderr

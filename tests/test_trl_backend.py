@@ -1,0 +1,168 @@
+"""The TRL backend: a few steps of each reward type on the tiny base, the standard outputs, and the per-token
+advantages the process trainer hands TRL. Calls ``run_trl`` with the arguments ``posttrain.__main__.main`` builds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from barrierlab.config import load_config
+from barrierlab.errors import UserError
+from barrierlab.run import RunDir, load_dataset_dir, load_model_dir, make_accelerator, seed_everything
+from barrierlab.tasks import task_from_info
+from barrierlab.tokenizer import ANSWER0
+from posttrain.__main__ import PromptSource, policy_gradient_loss
+from posttrain.advantages import advantages
+from posttrain.config import PosttrainConfig
+from rewards import make_reward
+from tests.conftest import TINY
+
+pytest.importorskip("trl")
+from posttrain.trl_backend import RewardFunction, _trainer_classes, build_trainer, prompt_dataset, run_trl  # noqa: E402
+
+SMALL = ["--optim.batch_size", "8", "--algo.group_size", "4", "--optim.max_steps", "3",
+         "--eval.eval_every", "2", "--run.checkpoint_every", "2"]
+
+
+def prepare(run_dir: Path, base: Path, *overrides: str) -> dict:
+    """What main() builds before its loop: the arguments of run_trl."""
+    cfg = load_config(PosttrainConfig, ["--config", str(TINY / "posttrain_outcome.yaml"), "--base", str(base),
+                                        "--run.run_dir", str(run_dir), *SMALL, *overrides])
+    reward = make_reward(cfg.reward)
+    base_dir = Path(cfg.base)
+    model, tokenizer, task_info = load_model_dir(base_dir / "model")
+    eval_set = load_dataset_dir(base_dir / "data" / "eval_prompts", ["prompt_ids", "target_ids", "base_alpha"])
+    make_accelerator(cfg.run)  # main() has one before it dispatches: TRL's Trainer must agree with its state
+    task = task_from_info(task_info)
+    threshold = cfg.eval.offsupport_threshold or task_info["offsupport_threshold"]
+    prompts_source = PromptSource(cfg, task, torch.Generator().manual_seed(cfg.run.seed * 7919))
+    run = RunDir(cfg, cfg.run)
+    seed_everything(cfg.run.seed)
+    return dict(cfg=cfg, model=model, tokenizer=tokenizer, reward=reward, task=task, base_dir=base_dir,
+                eval_set=eval_set, threshold=threshold, run=run, prompts_source=prompts_source)
+
+
+def run_backend(run_dir: Path, base: Path, *overrides: str) -> dict:
+    kw = prepare(run_dir, base, *overrides)
+    return run_trl(kw.pop("cfg"), **kw)
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("reward, extra", [
+    ("outcome", ["--algo.baseline", "group_mean"]),               # stock GRPOTrainer, TRL's own advantages
+    ("process", ["--algo.baseline", "none", "--reward.signed", "true"]),  # the per-token subclass
+])
+def test_trl_backend_writes_the_standard_outputs(tmp_path, tiny_base, reward, extra):
+    run_dir = tmp_path / "run"
+    result = run_backend(run_dir, tiny_base, "--reward.name", reward, *extra)
+    rows = metrics(run_dir)
+    train = [r for r in rows if "train/reward_mean" in r]
+    assert [r["step"] for r in train] == [1, 2, 3]
+    for key in ("train/reward_queries", "train/samples", "train/success_rate", "train/loss", "train/grad_norm",
+                "train/entropy"):
+        assert all(r[key] is not None for r in train), key
+    assert [r["train/samples"] for r in train] == [8, 16, 24]
+    queries = [r["train/reward_queries"] for r in train]
+    if reward == "outcome":
+        assert queries == [8, 16, 24]  # one query per response
+    else:
+        assert all(8 <= b - a <= 8 * 3 for a, b in zip([0] + queries[:-1], queries, strict=True))  # 1..N per response
+    # TRL's entropy is over the k = 3 answers only (the answer bias), as the native train/entropy
+    assert all(0 <= r["train/entropy"] <= torch.log(torch.tensor(3.0)).item() + 1e-4 for r in train)
+    evals = [r for r in rows if "eval/likelihood" in r]
+    assert [r["step"] for r in evals] == [0, 2, 3]
+    assert len(evals[-1]["eval/tracked_likelihood"]) == 4 and "eval/offsupport_likelihood" in evals[-1]
+    done = {"step": 3, "done/stop_reason": "max_steps", "done/steps": 3, "done/reward_queries": queries[-1]}
+    assert done.items() <= rows[-1].items()
+    assert result["steps"] == 3 and result["queries"] == queries[-1]
+
+    ckpts = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert ckpts == ["step_0000002", "step_0000003"]
+    state = torch.load(run_dir / "checkpoints" / "step_0000003" / "trainer_state.pt", weights_only=False)
+    assert state["step"] == 3 and state["queries"] == queries[-1] and state["optimizer"]["state"]
+    # the final model loads as the base did, without the training-time answer bias, and has moved
+    model, _, info = load_model_dir(run_dir / "model")
+    assert info == json.loads((tiny_base / "model" / "task.json").read_text())
+    weights = load_file(str(run_dir / "model" / "model.safetensors"))
+    base = load_file(str(tiny_base / "model" / "model.safetensors"))
+    assert set(weights) == set(base)  # no lm_head.bias
+    for name in ("config.json", "generation_config.json"):  # nor TRL's eos / use_cache changes
+        assert json.loads((run_dir / "model" / name).read_text()) == json.loads((tiny_base / "model" / name).read_text())
+    if reward == "process":  # ±1 prefix rewards without baseline: every step has a gradient
+        assert any(not torch.equal(weights[n], base[n]) for n in base)
+
+
+def test_query_budget_stops_the_trl_run(tmp_path, tiny_base):
+    run_backend(tmp_path / "q", tiny_base, "--algo.baseline", "group_mean", "--optim.max_queries", "12")
+    rows = metrics(tmp_path / "q")
+    assert rows[-1]["done/stop_reason"] == "max_queries" and rows[-1]["done/steps"] == 2
+    assert rows[-1]["done/reward_queries"] == 16
+    assert [r["step"] for r in rows if "eval/likelihood" in r] == [0, 2]
+
+
+def test_group_size_one_is_a_user_error(tmp_path, tiny_base):
+    with pytest.raises(UserError, match="group_size 1: the trl backend needs ≥ 2"):
+        run_backend(tmp_path / "g", tiny_base, "--algo.group_size", "1")
+
+
+@pytest.mark.parametrize("baseline, expected", [
+    # two prompts (G = 2) with per-prefix rewards; group mean of prompt 0 is [1, .5, 0], of prompt 1 [.5, .5, .5]
+    ("group_mean", [[0.0, 0.5, 0.0], [0.0, -0.5, 0.0], [-0.5, -0.5, -0.5], [0.5, 0.5, 0.5]]),
+    ("none", [[1.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]),
+    ("batch_mean", [[0.5, 0.5, -0.5], [0.5, -0.5, -0.5], [-0.5] * 3, [0.5] * 3]),  # batch mean 6 / 12
+])
+def test_process_trainer_hands_trl_its_per_token_advantages(monkeypatch, baseline, expected):
+    stock, prefix = _trainer_classes()
+    rewards = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
+    mask = torch.ones(4, 3)
+    trl_out = {"completion_ids": torch.zeros(4, 3, dtype=torch.long), "completion_mask": mask,
+               "advantages": torch.full((4,), 7.0)}  # TRL's own (B,) advantages: must be replaced
+    monkeypatch.setattr(stock, "_generate_and_score_completions", lambda self, inputs: dict(trl_out))
+    trainer = prefix.__new__(prefix)  # only the override is under test: no model, no generation
+    trainer.reward_fn = SimpleNamespace(values=rewards)
+    trainer.algo = SimpleNamespace(baseline=baseline, group_size=2, scale_std=False)
+    out = trainer._generate_and_score_completions([{}] * 4)
+    assert out["advantages"].shape == (4, 3)
+    assert torch.allclose(out["advantages"], torch.tensor(expected))
+
+
+@pytest.mark.parametrize("reward, extra", [
+    ("outcome", ["--algo.baseline", "group_mean", "--algo.scale_std", "true"]),  # TRL's own advantages
+    ("process", ["--algo.baseline", "rloo"]),                                    # ours, (B, N)
+])
+def test_trl_gradient_is_the_native_policy_gradient(tmp_path, tiny_base, reward, extra):
+    """One TRL batch: the gradient of TRL's loss equals the native -Σ_i A_i ∇log p(y_i|x, y_<i) / B on it
+    (luspo normalisation, answer bias, on-policy ratio 1)."""
+    # full precision on both sides (on a GPU both backends would otherwise use bf16 autocast)
+    kw = prepare(tmp_path / "run", tiny_base, "--reward.name", reward, "--optim.batch_size", "32",
+                 "--run.mixed_precision", "no", *extra)
+    cfg, model, task = kw["cfg"], kw["model"], kw["task"]
+    G = cfg.algo.group_size
+    reward_fn = RewardFunction(kw["reward"], kw["tokenizer"], task.N)
+    dataset = prompt_dataset(kw["prompts_source"], 1, cfg.optim.batch_size // G)
+    trainer = build_trainer(cfg, model, kw["tokenizer"], reward_fn, dataset, task.k, task.N, str(tmp_path / "trl"))
+    batch = trainer._generate_and_score_completions([row for row in dataset for _ in range(G)])  # as RepeatSampler
+    model.train()
+    trainer.current_gradient_accumulation_steps = 1  # set by the training loop
+    trainer._compute_loss(model, batch).backward()
+    trl_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad()
+
+    responses = batch["completion_ids"] - ANSWER0
+    assert responses.shape == (32, task.N) and responses.min() >= 0 and responses.max() < task.k
+    rollout = SimpleNamespace(prompts=batch["prompt_ids"], responses=responses, mask=torch.ones(responses.shape, device=responses.device))
+    adv = advantages(reward_fn.values, cfg.algo.baseline, G, cfg.algo.scale_std).to(responses.device)
+    assert adv.abs().sum() > 0  # a batch with a learning signal, or the comparison says nothing
+    loss, _ = policy_gradient_loss(model, rollout, adv, task.k)
+    loss.backward()
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            assert torch.allclose(trl_grads[name], p.grad, rtol=1e-4, atol=1e-7), name
