@@ -44,11 +44,17 @@ eval:  ## evaluate base, outcome and process checkpoints; figures and report.md 
 pipeline:  ## pretrain -> outcome PG and process PG at equal query budgets -> eval -> figures -> report
 	$(MAKE) pretrain outcome process eval
 
-scaling alpha:  ## (in progress: issue "Evaluation, the barrier experiments")
-	@echo "make $@: not implemented yet"; exit 1
+scaling:  ## reward queries to target against N, outcome vs process (fits, figure, report.md in $(RUNS)/scaling)
+	$(PYTHON) -m eval.experiments --config $(CONFIGS)/scaling.yaml --out_dir $(RUNS)/scaling $(ARGS)
 
-crosscheck bench:  ## (in progress: issue "TRL backend, cross-check, make bench")
-	@echo "make $@: not implemented yet"; exit 1
+alpha:  ## outcome-PG reward queries to target against the base α of on-support clusters
+	$(PYTHON) -m eval.experiments --config $(CONFIGS)/alpha.yaml --out_dir $(RUNS)/alpha $(ARGS)
+
+bench:  ## native engine vs TRL: completions/s, queries/s, s/update, peak memory (bench.json in $(RUNS)/bench)
+	$(PYTHON) -m posttrain.bench --config $(CONFIGS)/bench.yaml --out_dir $(RUNS)/bench $(ARGS)
+
+crosscheck:  ## the same base, task and budget through the native engine and TRL, several seeds; figure + table
+	$(PYTHON) -m posttrain.crosscheck --config $(CONFIGS)/crosscheck.yaml --out_dir $(RUNS)/crosscheck $(ARGS)
 
 test:  ## the fast test suite (what CI runs)
 	$(PYTHON) -m pytest -q

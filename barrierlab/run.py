@@ -229,3 +229,18 @@ def fault_point(step: int) -> None:
     """Fault injection for the resume tests: ``BARRIERLAB_KILL_AFTER_STEP=n`` SIGKILLs the process after step n."""
     if os.environ.get("BARRIERLAB_KILL_AFTER_STEP") == str(step):
         os.kill(os.getpid(), 9)
+
+
+def peak_memory_mb(device) -> float:
+    """Peak memory of this process: allocated GPU memory on CUDA, resident set size on CPU."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def synchronize(device) -> None:
+    """Wait for queued GPU work, so wall-clock timings mean what they say."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)

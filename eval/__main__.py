@@ -27,6 +27,7 @@ from eval.evaluate import PromptSet, evaluate_checkpoint, split_masks
 from eval.passk import default_ks
 from eval.report import build_report
 
+
 def model_folder(path: str) -> Path:
     """A model folder, given either it or a run folder holding ``model/``."""
     p = Path(path)

@@ -41,10 +41,11 @@ class ExperimentConfig:
     posttrain_configs: dict = field(default_factory=lambda: {"outcome": "configs/scaling/posttrain_outcome.yaml",
                                                              "process": "configs/scaling/posttrain_process.yaml"})
     """Arm name → post-training config. Names containing 'process' are fitted ∝ N^b, the others ∝ B^N."""
-    Ns: list[int] = field(default_factory=lambda: [3, 4, 5, 6, 7])
+    Ns: list[int] = field(default_factory=lambda: [4, 5, 6, 7, 8])
     """Response lengths (scaling only)."""
-    seeds: list[int] = field(default_factory=lambda: [0])
-    """Seeds; each gives its own base and post-training runs."""
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    """Post-training seeds. Each base is pretrained once (its config's seed): the spread that matters is
+    when outcome PG first samples y*, a geometric waiting time, so seeds go to post-training."""
     clusters: list[int] | None = None
     """Clusters to post-train on: scaling, their prompts together (null: the off-support ones);
     alpha, each on-support cluster alone (null: every cluster whose design is on-support)."""
@@ -71,10 +72,10 @@ def stage(name: str, *args: str) -> None:
         raise UserError(f"{name} {' '.join(args)} failed: {tail}")
 
 
-def pretrain(cfg: ExperimentConfig, run_dir: Path, seed: int, *overrides: str) -> dict:
+def pretrain(cfg: ExperimentConfig, run_dir: Path, *overrides: str) -> dict:
     if not (run_dir / "support.json").exists():
-        stage("pretrain", "--config", cfg.pretrain_config, "--run.run_dir", str(run_dir), "--run.seed", str(seed),
-              "--run.progress", "false", *overrides, *cfg.extra_args)
+        stage("pretrain", "--config", cfg.pretrain_config, "--run.run_dir", str(run_dir), "--run.progress", "false",
+              *overrides, *cfg.extra_args)
     return json.loads((run_dir / "support.json").read_text())
 
 
@@ -94,13 +95,13 @@ def posttrain_to_target(cfg: ExperimentConfig, arm: str, base: Path, run_dir: Pa
 def run_scaling(cfg: ExperimentConfig, out: Path) -> dict:
     runs, k = [], None
     for N in cfg.Ns:
+        base = out / f"N{N}" / "base"
+        support = pretrain(cfg, base, "--task.N", str(N))
+        k = support["k"]
+        clusters = cfg.clusters or [r["cluster"] for r in support["clusters"] if r["coverage"] == "sequence(0)"]
         for seed in cfg.seeds:
-            base = out / f"N{N}_s{seed}" / "base"
-            support = pretrain(cfg, base, seed, "--task.N", str(N))
-            k = support["k"]
-            clusters = cfg.clusters or [r["cluster"] for r in support["clusters"] if r["coverage"] == "sequence(0)"]
             for arm in cfg.posttrain_configs:
-                queries, censored = posttrain_to_target(cfg, arm, base, base.parent / arm, seed, clusters)
+                queries, censored = posttrain_to_target(cfg, arm, base, base.parent / f"{arm}_s{seed}", seed, clusters)
                 runs.append({"arm": arm, "N": N, "seed": seed, "queries": queries, "censored": censored})
                 print(f"N={N} seed={seed} {arm}: {queries} queries{' (censored)' if censored else ''}", flush=True)
     return {"k": k, "target_likelihood": cfg.target_likelihood, "max_queries": cfg.max_queries, "runs": runs}
@@ -108,15 +109,15 @@ def run_scaling(cfg: ExperimentConfig, out: Path) -> dict:
 
 def run_alpha(cfg: ExperimentConfig, out: Path) -> dict:
     runs = []
+    base = out / "base"
+    support = pretrain(cfg, base)
+    threshold = support["offsupport_threshold"]
+    rows = {r["cluster"]: r for r in support["clusters"]}
+    chosen = cfg.clusters or [c for c, r in rows.items() if math.isfinite(r["designed_alpha"]) and r["designed_alpha"] >= threshold]
+    arm = next(iter(cfg.posttrain_configs))
     for seed in cfg.seeds:
-        base = out / f"s{seed}" / "base"
-        support = pretrain(cfg, base, seed)
-        threshold = support["offsupport_threshold"]
-        rows = {r["cluster"]: r for r in support["clusters"]}
-        chosen = cfg.clusters or [c for c, r in rows.items() if math.isfinite(r["designed_alpha"]) and r["designed_alpha"] >= threshold]
         for c in chosen:
-            arm = next(iter(cfg.posttrain_configs))
-            queries, censored = posttrain_to_target(cfg, arm, base, base.parent / f"{arm}_c{c}", seed, [c])
+            queries, censored = posttrain_to_target(cfg, arm, base, out / f"{arm}_c{c}_s{seed}", seed, [c])
             runs.append({"cluster": c, "seed": seed, "alpha": rows[c]["alpha_geomean"],
                          "designed_alpha": rows[c]["designed_alpha"], "queries": queries, "censored": censored})
             print(f"seed={seed} cluster {c} (α {rows[c]['alpha_geomean']:.3g}): {queries} queries"
@@ -136,8 +137,8 @@ def scaling_verdict(results: dict) -> list[str]:
             lines.append(f"- **{arm}**: too few uncensored runs to fit{note}.")
             continue
         shape, (_, b) = fit
-        if shape == "exp":
-            lines.append(f"- **{arm}**: queries grow by a factor **{b:.2f} per unit N** (theory: k = {k}; "
+        if shape == "exponential":
+            lines.append(f"- **{arm}**: queries grow by a factor **{math.exp(b):.2f} per unit N** (theory: k = {k}; "
                          f"accepted range [k/2, 2k] = [{k / 2:g}, {2 * k:g}]){note}.")
         else:
             reached = sorted((r["N"], r["queries"]) for r in mine if not r["censored"])

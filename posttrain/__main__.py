@@ -19,7 +19,17 @@ from tqdm import tqdm
 from barrierlab.config import load_config
 from barrierlab.errors import UserError, cli_entry
 from barrierlab.policy import answer_logits
-from barrierlab.run import RunDir, fault_point, load_dataset_dir, load_model_dir, make_accelerator, save_model_dir, seed_everything
+from barrierlab.run import (
+    RunDir,
+    fault_point,
+    load_dataset_dir,
+    load_model_dir,
+    make_accelerator,
+    peak_memory_mb,
+    save_model_dir,
+    seed_everything,
+    synchronize,
+)
 from barrierlab.tasks import task_from_info
 from barrierlab.tokenizer import ANSWER0, prompt_ids
 from posttrain.advantages import advantages
@@ -198,12 +208,16 @@ def main(argv):
         return metrics
 
     G, per_rank = cfg.algo.group_size, cfg.optim.batch_size // world
-    bar = tqdm(total=cfg.optim.max_steps, initial=step, desc=f"posttrain[{cfg.reward.name}]",
+    # with a query budget the bar counts reward queries (the resource that ends the run), else steps
+    by_queries = cfg.optim.max_queries is not None
+    bar = tqdm(total=cfg.optim.max_queries if by_queries else cfg.optim.max_steps, initial=queries if by_queries else step,
+               unit=" queries" if by_queries else " steps", unit_scale=by_queries, desc=f"posttrain[{cfg.reward.name}]",
                disable=not (cfg.run.progress and acc.is_main_process), mininterval=1.0)
     last = evaluate() if step == 0 else None
     stop_reason = "max_steps"
     model.train()
     while step < cfg.optim.max_steps:
+        tick = time.perf_counter()
         prompts, columns = prompts_source.draw(per_rank // G)
         prompts = prompts.repeat_interleave(G, 0).to(acc.device)
         columns = {key: v.repeat_interleave(G, 0).to(acc.device) for key, v in columns.items()}
@@ -221,12 +235,14 @@ def main(argv):
             grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip or math.inf)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        synchronize(acc.device)
+        update_time = time.perf_counter() - tick  # sampling, rewards and the update; not evaluation
 
         step_queries = int(acc.reduce(torch.tensor(rollout.queries, device=acc.device), "sum"))
         queries += step_queries
         samples += per_rank * world
         step += 1
-        bar.update(1)
+        bar.update(step_queries if by_queries else 1)
         if step % cfg.eval.log_every == 0:
             reward_sum = (rollout.rewards * rollout.mask).sum() / rollout.mask.sum().clamp_min(1)
             metrics = {
@@ -236,13 +252,14 @@ def main(argv):
                 "train/success_rate": acc.reduce(rollout.success.float().mean(), "mean").item(),
                 "train/loss": acc.reduce(loss.detach().float(), "mean").item(),
                 "train/grad_norm": float(grad_norm),
+                "train/update_time_s": update_time,
                 **{f"train/{name}": acc.reduce(v.float(), "mean").item() for name, v in stats.items()},
             }
             run.log(step, metrics)
         out_of_queries = cfg.optim.max_queries is not None and queries >= cfg.optim.max_queries
         if step % cfg.eval.eval_every == 0 or out_of_queries or step == cfg.optim.max_steps:
             last = evaluate()
-            bar.set_postfix(queries=queries, on=_fmt(last["eval/onsupport_likelihood"]),
+            bar.set_postfix(step=step, on=_fmt(last["eval/onsupport_likelihood"]),
                             off=_fmt(last["eval/offsupport_likelihood"]))
         if cfg.run.checkpoint_every and step % cfg.run.checkpoint_every == 0:
             run.save_checkpoint(step, policy, tokenizer, checkpoint_state())
@@ -264,7 +281,8 @@ def main(argv):
         save_model_dir(run.path / "model", policy, tokenizer, extra)
         run.save_checkpoint(step, policy, tokenizer, checkpoint_state())
         run.log(step, {"done/stop_reason": stop_reason, "done/steps": step, "done/reward_queries": queries,
-                       "done/wall_time_s": round(wall_before + time.time() - started, 2)})
+                       "done/wall_time_s": round(wall_before + time.time() - started, 2),
+                       "done/peak_memory_mb": round(peak_memory_mb(acc.device), 1)})
         print(f"stopped ({stop_reason}) after {step} steps, {queries} reward queries: "
               f"on-support likelihood {_fmt(last['eval/onsupport_likelihood'])}, "
               f"off-support likelihood {_fmt(last['eval/offsupport_likelihood'])}")

@@ -131,7 +131,7 @@ def _best_of_m(s: Sampler, prompts, columns, responses, rewards, queries):
         c = _chunk(searching.numel(), s.m - tries)
         cand = s.mixture(prompts[searching].repeat_interleave(c, 0)).view(searching.numel(), c, s.N)
 
-        def verify(rows, cands):
+        def verify(rows, cands, searching=searching):  # bound now: called before the loop moves on
             at = searching[rows]
             out = s.reward(prompts[at], cands, {key: v[at] for key, v in columns.items()})
             return _accepted(out.values), out.queries
@@ -172,7 +172,7 @@ def _token_best_of_m(s: Sampler, prompts, columns) -> Rollout:
             c = _chunk(searching.numel(), s.m - tries)
             cand = torch.multinomial(probs[searching], c, replacement=True, generator=s.generator)
 
-            def verify(rows, tokens):
+            def verify(rows, tokens, live=live, searching=searching, i=i):  # bound now, called right away
                 at = live[searching[rows]]
                 prefixes = torch.cat([responses[at, :i], tokens.view(-1, 1)], 1)
                 return s.reward.check_last(prompts[at], prefixes, {key: v[at] for key, v in columns.items()})

@@ -45,8 +45,6 @@ Remaining differences from the native engine, and why
   counters, but a folder that already has one raises UserError instead of resuming.
 - One process, transformer models only: the per-token baselines and the query count use the local batch, and
   TRL's fused LM head needs an ``lm_head`` (the linear policy has none). Both raise UserError.
-- The final evaluation after the loop runs only if the last step was not already evaluated (the native engine
-  re-evaluates when max_steps is not a multiple of eval_every, writing the eval line twice).
 - The reward model gets CPU tensors (TRL hands the reward function Python lists); native: the run's device.
 - TRL needs an eos token: it gets a copy of the tokenizer with eos ``[UNK]`` (never in a prompt, suppressed);
   the tokenizer saved with the model is the original.
@@ -64,7 +62,7 @@ import torch
 from tqdm import tqdm
 
 from barrierlab.errors import UserError
-from barrierlab.run import RunDir, save_model_dir
+from barrierlab.run import RunDir, peak_memory_mb, save_model_dir, synchronize
 from barrierlab.tokenizer import ANSWER0, BIT0, prompt_text
 from posttrain.advantages import advantages
 from posttrain.evaluation import ExactEval
@@ -320,6 +318,8 @@ def run_trl(cfg, *, model, tokenizer, reward, task, base_dir, eval_set, threshol
         def on_log(self, args, state, control, logs=None, **kwargs):
             if "loss" not in logs or state.global_step == self.step:  # the end-of-training summary, not a step
                 return
+            synchronize(trainer.accelerator.device)
+            update_time = time.perf_counter() - self.tick  # generation, rewards and the update since the last step
             self.step = step = state.global_step
             self.bar.update(1)
             if step % cfg.eval.log_every == 0:
@@ -331,6 +331,7 @@ def run_trl(cfg, *, model, tokenizer, reward, task, base_dir, eval_set, threshol
                     "train/loss": logs["loss"],
                     "train/grad_norm": logs["grad_norm"],
                     "train/entropy": logs["entropy"],
+                    "train/update_time_s": update_time,
                 }
                 if "kl" in logs:
                     metrics["train/kl"] = logs["kl"]
@@ -348,11 +349,13 @@ def run_trl(cfg, *, model, tokenizer, reward, task, base_dir, eval_set, threshol
                 if value is not None and value >= target:
                     self.stop_reason = "target_likelihood"
             control.should_training_stop = self.stop_reason != "max_steps"
+            self.tick = time.perf_counter()
 
     logger = RunLogger()
     trainer.add_callback(logger)
     logger.evaluate()  # step 0: the base model
     model.train()
+    logger.tick = time.perf_counter()
     trainer.train()
     logger.bar.close()
     if logger.last_eval != logger.step:
@@ -362,7 +365,8 @@ def run_trl(cfg, *, model, tokenizer, reward, task, base_dir, eval_set, threshol
         save_model_dir(run.path / "model", model, tokenizer, {"task.json": task_json})
     logger.checkpoint(trainer.optimizer)
     run.log(step, {"done/stop_reason": logger.stop_reason, "done/steps": step, "done/reward_queries": queries,
-                   "done/wall_time_s": round(time.time() - started, 2)})
+                   "done/wall_time_s": round(time.time() - started, 2),
+                   "done/peak_memory_mb": round(peak_memory_mb(trainer.accelerator.device), 1)})
     print(f"stopped ({logger.stop_reason}) after {step} steps, {queries} reward queries: "
           f"on-support likelihood {_fmt(logger.last['eval/onsupport_likelihood'])}, "
           f"off-support likelihood {_fmt(logger.last['eval/offsupport_likelihood'])}")

@@ -15,7 +15,8 @@ TINY = ROOT / "configs" / "tiny"
 
 def run_stage(stage: str, *args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
     """Run ``python -m <stage> args`` from the repo root, as a user would."""
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    # one thread per stage process: the tiny models gain nothing from more, and pytest-xdist runs two at once
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
     proc = subprocess.run([sys.executable, "-m", stage, *args], cwd=ROOT, capture_output=True, text=True, env=full_env)
     if check and proc.returncode != 0:
         raise AssertionError(f"{stage} {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")

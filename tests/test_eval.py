@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from barrierlab.config import build
+from barrierlab.config import build, load_config
 from barrierlab.run import load_dataset_dir
-from eval.__main__ import take_checkpoint_flags
 from eval.config import EvalStageConfig
 from eval.evaluate import split_masks, summarise
 from eval.passk import default_ks, pass_at_k
@@ -91,8 +90,8 @@ def test_on_off_split_uses_the_base_alpha_and_fills_every_split():
 def test_checkpoints_config_and_command_line_flags():
     cfg = build(EvalStageConfig, {"checkpoints": ["runs/o1/model", "runs/pr1"]})
     assert cfg.named_checkpoints() == {"o1": "runs/o1/model", "pr1": "runs/pr1"}
-    rest, named = take_checkpoint_flags(["--n_samples", "8", "--checkpoints.outcome", "runs/a", "--checkpoints.p=runs/b"])
-    assert rest == ["--n_samples", "8"] and named == {"outcome": "runs/a", "p": "runs/b"}
+    cfg = load_config(EvalStageConfig, ["--n_samples", "8", "--checkpoints.outcome", "runs/a", "--checkpoints.p=runs/b"])
+    assert cfg.n_samples == 8 and cfg.named_checkpoints() == {"outcome": "runs/a", "p": "runs/b"}
     with pytest.raises(Exception, match="n_samples"):
         build(EvalStageConfig, {"n_samples": 4, "pass_k": [8]})
 

@@ -34,11 +34,12 @@ def test_hand_example_with_fixed_weights():
 
 
 def test_shared_rule_ignores_cluster_and_centres_are_separated():
-    task = build_task(TaskConfig(d=12, k=4, N=3, per_cluster_rule=False), num_clusters=5)
+    task = build_task(TaskConfig(d=16, k=8, N=4, per_cluster_rule=False), num_clusters=5)
     bits, _ = task.sample_prompts(50, torch.Generator().manual_seed(1))
     assert torch.equal(task.targets(bits, torch.zeros(50, dtype=torch.long)), task.targets(bits, torch.full((50,), 4)))
-    d = (task.centres[:, None] != task.centres[None]).sum(-1) + 12 * torch.eye(5, dtype=torch.long)
-    assert d.min() >= 3
+    assert task.well_placed == [True] * 5
+    d = (task.centres[:, None] != task.centres[None]).sum(-1) + 16 * torch.eye(5, dtype=torch.long)
+    assert d.min() >= 4
     answers = task.targets(task.centres, torch.arange(5))
     assert len({tuple(a) for a in answers.tolist()}) == 5
 

@@ -1,6 +1,5 @@
 """A user's own reward model, selected in tests as ``tests.user_reward:ParityReward``."""
 
-import torch
 
 from rewards import RewardModel
 

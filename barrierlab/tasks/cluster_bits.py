@@ -9,6 +9,8 @@ learnt on one cluster transfers to another.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 
@@ -25,10 +27,13 @@ class ClusterBitsTask:
         self.W1 = torch.randn(rules, k, d, generator=gen, dtype=torch.float64) / d**0.5
         self.W2 = torch.randn(rules, k, k, generator=gen, dtype=torch.float64)
         self.centres = torch.zeros(num_clusters, d, dtype=torch.long)
-        for c in range(num_clusters):
-            self._draw_cluster(c, gen)
+        self.well_placed = [self._draw_cluster(c, gen) for c in range(num_clusters)]
+        if not all(self.well_placed):
+            bad = [c for c, ok in enumerate(self.well_placed) if not ok]
+            warnings.warn(f"clusters {bad} could not be well placed (too few bits d, symbols k or length N for "
+                          f"{num_clusters} clusters): their answers may coincide or vary within the cluster", stacklevel=2)
 
-    def _draw_cluster(self, c: int, gen: torch.Generator, attempts: int = 2000) -> None:
+    def _draw_cluster(self, c: int, gen: torch.Generator, attempts: int = 2000) -> bool:
         """Draw cluster c's centre (and its own rule) until it is well placed, keeping the last try otherwise.
 
         Well placed: ≥ d/4 bits from earlier centres (clusters are told apart easily), a correct response
@@ -52,14 +57,17 @@ class ClusterBitsTask:
             moved = (self.targets(neighbours, torch.full((self.d,), c)) != answer).any(-1).double().mean()
             varied = answer.unique().numel() >= min(2, self.k, self.N)
             if far and new_answer and varied and moved <= 0.25:
-                return
+                return True
+        return False
 
     def state_dict(self) -> dict:
         """The drawn centres and rule, saved beside every checkpoint so later stages rebuild this exact task."""
-        return {"centres": self.centres.tolist(), "W1": self.W1.tolist(), "W2": self.W2.tolist()}
+        return {"centres": self.centres.tolist(), "W1": self.W1.tolist(), "W2": self.W2.tolist(),
+                "well_placed": self.well_placed}
 
     def load_state_dict(self, state: dict) -> None:
         self.centres = torch.tensor(state["centres"], dtype=torch.long)
+        self.well_placed = state.get("well_placed", self.well_placed)
         self.W1 = torch.tensor(state["W1"], dtype=torch.float64)
         self.W2 = torch.tensor(state["W2"], dtype=torch.float64)
 

@@ -1,0 +1,110 @@
+"""``make bench``: the native engine against TRL's GRPOTrainer on the same model, task, N and batch.
+
+    python -m posttrain.bench --config configs/bench.yaml      # or configs/gpu/bench.yaml
+
+Every measurement is a real ``posttrain`` run (same base, outcome reward, group baseline, one update per
+generation) of a few steps; a step's time covers sampling, rewards and the update (the per-step
+``train/update_time_s``), the first step is a warm-up and is left out. Both backends run in the same
+invocation, one after the other, so their ratio is measured side by side. Writes ``bench.json`` and prints
+a table: completions/s, reward queries/s, seconds per update, peak memory, native/TRL ratio.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from barrierlab.config import load_config, require
+from barrierlab.errors import UserError, cli_entry
+from barrierlab.run import atomic_write_text
+
+
+@dataclass
+class BenchConfig:
+    out_dir: str = "runs/bench"
+    """Folder of the benchmark runs and bench.json."""
+    pretrain_config: str = "configs/bench/pretrain.yaml"
+    """The base: the default transformer at N = 16 (briefly pretrained: throughput does not depend on it)."""
+    backends: list[str] = field(default_factory=lambda: ["native", "trl"])
+    """Backends to measure: native, trl."""
+    batch_sizes: list[int] = field(default_factory=lambda: [64, 256])
+    """Completions per update."""
+    trl_max_batch: int = 4096
+    """Largest batch given to TRL (its generation pads and copies per sample: larger ones take minutes)."""
+    group_size: int = 8
+    """Completions per prompt (TRL needs ≥ 2); both backends use the group-mean baseline."""
+    steps: int = 6
+    """Updates per run; the first is a warm-up and not timed."""
+    extra_args: list[str] = field(default_factory=list)
+    """Overrides passed to every posttrain run, e.g. ['--run.mixed_precision', 'bf16']."""
+
+    def check(self):
+        require(all(b in ("native", "trl") for b in self.backends), "backends", "allowed: native, trl")
+        require(all(b >= self.group_size and b % self.group_size == 0 for b in self.batch_sizes), "batch_sizes",
+                f"each must be a multiple of group_size = {self.group_size}")
+        require(self.group_size >= 2, "group_size", "must be ≥ 2 (TRL's minimum)")
+        require(self.steps >= 2, "steps", "must be ≥ 2 (the first is a warm-up)")
+
+
+def run(*args: str) -> None:
+    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise UserError(f"{' '.join(args[:2])} failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+
+
+def measure(cfg: BenchConfig, base: Path, backend: str, batch: int) -> dict:
+    run_dir = Path(cfg.out_dir) / f"{backend}_b{batch}"
+    if not (run_dir / "model").exists():
+        run("-m", "posttrain", "--config", "configs/posttrain_outcome.yaml", "--base", str(base),
+            "--run.run_dir", str(run_dir), "--backend", backend, "--optim.batch_size", str(batch),
+            "--algo.group_size", str(cfg.group_size), "--algo.baseline", "group_mean", "--optim.max_steps", str(cfg.steps),
+            "--optim.max_queries", "null", "--eval.eval_every", "1000000", "--eval.num_tracked", "0",
+            "--run.checkpoint_every", "0", "--run.progress", "false", "--run.report_to", "[]", *cfg.extra_args)
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "train/update_time_s" in r][1:]  # the first step warms up
+    seconds = statistics.median(r["train/update_time_s"] for r in steps)
+    queries = [b["train/reward_queries"] - a["train/reward_queries"] for a, b in zip(steps, steps[1:])] or [batch]
+    done = rows[-1]
+    return {"backend": backend, "batch": batch, "seconds_per_update": seconds,
+            "completions_per_s": batch / seconds, "queries_per_s": statistics.median(queries) / seconds,
+            "peak_memory_mb": done["done/peak_memory_mb"]}
+
+
+def device_name() -> str:
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({torch.get_num_threads()} threads)"
+
+
+def table(results: list[dict]) -> str:
+    lines = ["| backend | batch | completions/s | reward queries/s | s/update | peak MB | native/TRL |",
+             "|---|---|---|---|---|---|---|"]
+    trl = {r["batch"]: r["completions_per_s"] for r in results if r["backend"] == "trl"}
+    for r in results:
+        ratio = f"{r['completions_per_s'] / trl[r['batch']]:.1f}×" if r["backend"] == "native" and r["batch"] in trl else ""
+        lines.append(f"| {r['backend']} | {r['batch']} | {r['completions_per_s']:,.0f} | {r['queries_per_s']:,.0f} | "
+                     f"{r['seconds_per_update']:.3f} | {r['peak_memory_mb']:,.0f} | {ratio} |")
+    return "\n".join(lines)
+
+
+@cli_entry
+def main(argv):
+    cfg = load_config(BenchConfig, argv, default_config="configs/bench.yaml", prog="posttrain.bench")
+    out = Path(cfg.out_dir)
+    base = out / "base"
+    if not (base / "support.json").exists():
+        run("-m", "pretrain", "--config", cfg.pretrain_config, "--run.run_dir", str(base), "--run.progress", "false",
+            *cfg.extra_args)
+    results = [measure(cfg, base, backend, batch) for batch in cfg.batch_sizes for backend in cfg.backends
+               if backend == "native" or batch <= cfg.trl_max_batch]
+    text = table(results)
+    atomic_write_text(out / "bench.json", json.dumps({"device": device_name(), "results": results}, indent=2))
+    print(f"device: {device_name()}\n{text}\nwritten: {out / 'bench.json'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+"""The α control holds beyond the default: real pretraining runs on other k, N and profiles (slow)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pretrain.support import control_check
+from tests.conftest import ROOT, run_stage
+
+CONFIGS = ["pretrain.yaml", "variants/pretrain_k4_n12.yaml", "variants/pretrain_k16_n4.yaml"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", CONFIGS)
+def test_measured_alpha_matches_the_design(tmp_path, config):
+    run_stage("pretrain", "--config", str(ROOT / "configs" / config), "--run.run_dir", str(tmp_path / "base"),
+              "--run.progress", "false")
+    summary = json.loads((tmp_path / "base" / "support.json").read_text())
+    assert control_check(summary) == []
+
+
+def test_control_check_flags_misses():
+    summary = {"uniform_alpha": 1e-8, "clusters": [
+        {"cluster": 0, "coverage": "exact", "designed_alpha": 1.0, "alpha_geomean": 0.5},
+        {"cluster": 1, "coverage": "sequence(0.1)", "designed_alpha": 0.1, "alpha_geomean": 0.02},
+        {"cluster": 2, "coverage": "token(0.9)", "designed_alpha": 1e-6, "alpha_geomean": 1e-9},  # below 1e-3: not checked
+        {"cluster": 3, "coverage": "sequence(0)", "designed_alpha": 1e-8, "alpha_geomean": 2e-7},
+    ]}
+    misses = control_check(summary)
+    assert [m.split(":")[0] for m in misses] == ["cluster 1 sequence(0.1)", "cluster 3 sequence(0)"]
