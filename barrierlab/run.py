@@ -222,7 +222,8 @@ def make_accelerator(run: RunConfig):
     precision = run.mixed_precision
     if precision == "auto":
         precision = "bf16" if torch.cuda.is_available() else "no"
-    return Accelerator(mixed_precision=precision)
+    # cpu=True without CUDA: under torchrun / accelerate launch the processes then form a gloo group
+    return Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
 
 
 def fault_point(step: int) -> None:

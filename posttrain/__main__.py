@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import torch
+from accelerate.utils import gather_object
 from tqdm import tqdm
 
 from barrierlab.config import load_config
@@ -189,7 +190,8 @@ def main(argv):
     sampler = Sampler(policy, base, reward, k, N, cfg.algo.temperature, cfg.algo.mixture_weight, cfg.algo.m, sample_gen)
 
     def checkpoint_state():
-        gather = (lambda t: [t]) if world == 1 else (lambda t: acc.gather_for_metrics([t]))
+        # every process's generator states (a collective: all processes must call this)
+        gather = (lambda t: [t]) if world == 1 else (lambda t: gather_object([t]))
         return {"step": step, "queries": queries, "samples": samples, "optimizer": optimizer.state_dict(),
                 "wall_time_s": wall_before + time.time() - started,
                 "prompt_gen": gather(prompt_gen.get_state()), "sample_gen": gather(sample_gen.get_state()),
@@ -276,10 +278,11 @@ def main(argv):
     bar.close()
     if evaluated_at != step:
         last = evaluate()
+    state = checkpoint_state()
     if acc.is_main_process:
         extra = {name: (base_dir / "model" / name).read_text() for name in ("task.json",)}
         save_model_dir(run.path / "model", policy, tokenizer, extra)
-        run.save_checkpoint(step, policy, tokenizer, checkpoint_state())
+        run.save_checkpoint(step, policy, tokenizer, state)
         run.log(step, {"done/stop_reason": stop_reason, "done/steps": step, "done/reward_queries": queries,
                        "done/wall_time_s": round(wall_before + time.time() - started, 2),
                        "done/peak_memory_mb": round(peak_memory_mb(acc.device), 1)})

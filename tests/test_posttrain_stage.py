@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import TINY, run_stage
+from tests.conftest import ROOT, TINY, run_stage
 
 CONFIG = str(TINY / "posttrain_outcome.yaml")
 
@@ -115,3 +118,22 @@ def test_bad_input_is_one_line_exit_2(tmp_path, tiny_base, capsys, args, words):
     err = capsys.readouterr().err
     assert info.value.code == 2 and words in err and err.count("\n") == 1
     assert not run_dir.exists()  # nothing written for bad input
+
+
+@pytest.mark.parametrize("stage", ["pretrain", "posttrain"])
+def test_data_parallel_on_two_cpu_processes(tmp_path, tiny_base, stage):
+    """torchrun with 2 processes (gloo on CPU): one run folder, global counts, every process's RNG state saved."""
+    run_dir = tmp_path / "ddp"
+    args = (["--config", str(TINY / "pretrain.yaml")] if stage == "pretrain"
+            else ["--config", str(TINY / "posttrain_process.yaml"), "--base", str(tiny_base)])
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", stage, *args,
+                           "--run.run_dir", str(run_dir)], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (run_dir / "model" / "model.safetensors").exists()
+    if stage == "posttrain":
+        rows = metrics(run_dir)
+        assert sum("done/steps" in r for r in rows) == 1
+        assert [r for r in rows if "train/samples" in r][-1]["train/samples"] == 12 * 32  # the global batch
+        state = torch.load(run_dir / "checkpoints" / "step_0000012" / "trainer_state.pt", weights_only=False)
+        assert len(state["sample_gen"]) == 2
