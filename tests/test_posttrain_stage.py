@@ -126,7 +126,7 @@ def test_data_parallel_on_two_cpu_processes(tmp_path, tiny_base, stage):
     run_dir = tmp_path / "ddp"
     args = (["--config", str(TINY / "pretrain.yaml")] if stage == "pretrain"
             else ["--config", str(TINY / "posttrain_process.yaml"), "--base", str(tiny_base)])
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", stage, *args,
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", stage, *args,
                            "--run.run_dir", str(run_dir)], cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-2000:]
