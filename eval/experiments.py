@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -26,6 +24,7 @@ from typing import Literal
 from barrierlab.config import dump_yaml, load_config, require
 from barrierlab.errors import UserError, cli_entry
 from barrierlab.run import atomic_write_text
+from barrierlab.stages import ensure_base, run_stage
 from eval import figures
 from eval.analysis import queries_to_reach, read_metrics
 
@@ -64,19 +63,8 @@ class ExperimentConfig:
         require(len(self.posttrain_configs) >= 1, "posttrain_configs", "must name at least one arm")
 
 
-def stage(name: str, *args: str) -> None:
-    """Run one stage as its own process (stages hand each other files), failing loudly with its message."""
-    proc = subprocess.run([sys.executable, "-m", name, *args], capture_output=True, text=True)
-    if proc.returncode != 0:
-        tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise UserError(f"{name} {' '.join(args)} failed: {tail}")
-
-
 def pretrain(cfg: ExperimentConfig, run_dir: Path, *overrides: str) -> dict:
-    if not (run_dir / "support.json").exists():
-        stage("pretrain", "--config", cfg.pretrain_config, "--run.run_dir", str(run_dir), "--run.progress", "false",
-              *overrides, *cfg.extra_args)
-    return json.loads((run_dir / "support.json").read_text())
+    return ensure_base(cfg.pretrain_config, run_dir, *overrides, *cfg.extra_args)
 
 
 def posttrain_to_target(cfg: ExperimentConfig, arm: str, base: Path, run_dir: Path, seed: int,
@@ -85,7 +73,7 @@ def posttrain_to_target(cfg: ExperimentConfig, arm: str, base: Path, run_dir: Pa
     metrics = run_dir / "metrics.jsonl"
     done = metrics.exists() and any("done/steps" in row for row in read_metrics(metrics))
     if not done:
-        stage("posttrain", "--config", cfg.posttrain_configs[arm], "--base", str(base), "--run.run_dir", str(run_dir),
+        run_stage("posttrain", "--config", cfg.posttrain_configs[arm], "--base", str(base), "--run.run_dir", str(run_dir),
               "--run.seed", str(seed), "--run.progress", "false", "--prompts.clusters", json.dumps(clusters),
               "--optim.target_likelihood", str(cfg.target_likelihood), "--optim.stop_on", "trained",
               "--optim.max_queries", str(cfg.max_queries), "--optim.max_steps", "1000000000", *cfg.extra_args)

@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import json
 import statistics
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from barrierlab.config import load_config, require
-from barrierlab.errors import UserError, cli_entry
+from barrierlab.errors import cli_entry
 from barrierlab.run import atomic_write_text
+from barrierlab.stages import ensure_base, run_stage
 
 
 @dataclass
@@ -52,16 +51,10 @@ class BenchConfig:
         require(self.steps >= 2, "steps", "must be ≥ 2 (the first is a warm-up)")
 
 
-def run(*args: str) -> None:
-    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise UserError(f"{' '.join(args[:2])} failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
-
-
 def measure(cfg: BenchConfig, base: Path, backend: str, batch: int) -> dict:
     run_dir = Path(cfg.out_dir) / f"{backend}_b{batch}"
     if not (run_dir / "model").exists():
-        run("-m", "posttrain", "--config", "configs/posttrain_outcome.yaml", "--base", str(base),
+        run_stage("posttrain", "--config", "configs/posttrain_outcome.yaml", "--base", str(base),
             "--run.run_dir", str(run_dir), "--backend", backend, "--optim.batch_size", str(batch),
             "--algo.group_size", str(cfg.group_size), "--algo.baseline", "group_mean", "--optim.max_steps", str(cfg.steps),
             "--optim.max_queries", "null", "--eval.eval_every", "1000000", "--eval.num_tracked", "0",
@@ -96,9 +89,7 @@ def main(argv):
     cfg = load_config(BenchConfig, argv, default_config="configs/bench.yaml", prog="posttrain.bench")
     out = Path(cfg.out_dir)
     base = out / "base"
-    if not (base / "support.json").exists():
-        run("-m", "pretrain", "--config", cfg.pretrain_config, "--run.run_dir", str(base), "--run.progress", "false",
-            *cfg.extra_args)
+    ensure_base(cfg.pretrain_config, base, *cfg.extra_args)
     results = [measure(cfg, base, backend, batch) for batch in cfg.batch_sizes for backend in cfg.backends
                if backend == "native" or batch <= cfg.trl_max_batch]
     text = table(results)

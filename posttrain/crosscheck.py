@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,8 +21,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from barrierlab.config import dump_yaml, load_config, require  # noqa: E402
-from barrierlab.errors import UserError, cli_entry  # noqa: E402
+from barrierlab.errors import cli_entry  # noqa: E402
 from barrierlab.run import atomic_write_text  # noqa: E402
+from barrierlab.stages import ensure_base, run_stage  # noqa: E402
 from eval.analysis import eval_rows, read_metrics  # noqa: E402
 
 OFF, ON, QUERIES = "eval/offsupport_likelihood", "eval/onsupport_likelihood", "train/reward_queries"
@@ -54,12 +53,6 @@ class CrosscheckConfig:
         require(all(b in ("native", "trl") for b in self.backends), "backends", "allowed: native, trl")
         require(len(self.seeds) >= 1, "seeds", "must list at least one seed")
         require(self.max_queries >= 1, "max_queries", "must be ≥ 1")
-
-
-def stage(*args: str) -> None:
-    proc = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise UserError(f"{' '.join(args[:3])} failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
 
 
 def final(rows: list[dict], key: str) -> float | None:
@@ -130,16 +123,14 @@ def main(argv):
     cfg = load_config(CrosscheckConfig, argv, default_config="configs/crosscheck.yaml", prog="posttrain.crosscheck")
     out = Path(cfg.out_dir)
     base = out / "base"
-    if not (base / "support.json").exists():
-        stage("pretrain", "--config", cfg.pretrain_config, "--run.run_dir", str(base), "--run.progress", "false",
-              *cfg.pretrain_args)
+    ensure_base(cfg.pretrain_config, base, *cfg.pretrain_args)
     runs: dict = {}
     for arm, config in cfg.posttrain_configs.items():
         for backend in cfg.backends:
             for seed in cfg.seeds:
                 run_dir = out / f"{arm}_{backend}_s{seed}"
                 if not (run_dir / "model").exists():
-                    stage("posttrain", "--config", config, "--base", str(base), "--run.run_dir", str(run_dir),
+                    run_stage("posttrain", "--config", config, "--base", str(base), "--run.run_dir", str(run_dir),
                           "--backend", backend, "--run.seed", str(seed), "--optim.max_queries", str(cfg.max_queries),
                           "--optim.max_steps", "1000000000", "--run.progress", "false", "--run.checkpoint_every", "0",
                           *cfg.posttrain_args)

@@ -1,0 +1,26 @@
+"""Running stages from the experiment drivers: each stage is its own process, handing files to the next."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from barrierlab.errors import UserError
+
+
+def run_stage(stage: str, *args: str) -> None:
+    """``python -m <stage> args``; a failure becomes a UserError carrying the stage's own last line."""
+    proc = subprocess.run([sys.executable, "-m", stage, *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise UserError(f"{stage} {' '.join(args[:4])} ... failed: {tail}")
+
+
+def ensure_base(pretrain_config: str, run_dir: Path, *overrides: str) -> dict:
+    """Pretrain a base into ``run_dir`` unless it is already there; its support.json."""
+    if not (run_dir / "support.json").exists():
+        run_stage("pretrain", "--config", pretrain_config, "--run.run_dir", str(run_dir), "--run.progress", "false",
+                  *overrides)
+    return json.loads((run_dir / "support.json").read_text())
