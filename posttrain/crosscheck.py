@@ -130,9 +130,11 @@ def main(argv):
             for seed in cfg.seeds:
                 run_dir = out / f"{arm}_{backend}_s{seed}"
                 if not (run_dir / "model").exists():
+                    # every step spends at least one query, so max_queries steps never bind first (TRL
+                    # materialises max_steps batches of prompts up front: no larger number than that)
                     run_stage("posttrain", "--config", config, "--base", str(base), "--run.run_dir", str(run_dir),
                           "--backend", backend, "--run.seed", str(seed), "--optim.max_queries", str(cfg.max_queries),
-                          "--optim.max_steps", "1000000000", "--run.progress", "false", "--run.checkpoint_every", "0",
+                          "--optim.max_steps", str(cfg.max_queries), "--run.progress", "false", "--run.checkpoint_every", "0",
                           *cfg.posttrain_args)
                 runs.setdefault((arm, backend), {})[seed] = read_metrics(run_dir / "metrics.jsonl")
                 print(f"{arm} {backend} seed {seed}: off-support {final(runs[(arm, backend)][seed], OFF):.3g}", flush=True)

@@ -1,0 +1,31 @@
+"""make crosscheck and make bench end to end on the tiny configs: both backends, the table, the figure."""
+
+from __future__ import annotations
+
+import json
+
+from tests.conftest import TINY, run_stage
+
+
+def test_crosscheck_on_tiny_configs(tmp_path):
+    out = tmp_path / "crosscheck"
+    run_stage("posttrain.crosscheck", "--config", "configs/crosscheck.yaml", "--out_dir", str(out),
+              "--pretrain_config", str(TINY / "pretrain.yaml"), "--pretrain_args", "[]", "--seeds", "[0, 1]",
+              "--max_queries", "96", "--posttrain_configs",
+              f"{{outcome: {TINY / 'posttrain_outcome.yaml'}, process: {TINY / 'posttrain_process.yaml'}}}")
+    table = json.loads((out / "crosscheck.json").read_text())["table"]
+    assert {(r["arm"], r["backend"]) for r in table} == {(a, b) for a in ("outcome", "process") for b in ("native", "trl")}
+    assert all(r["seeds"] == 2 and 0 <= r["offsupport_mean"] <= 1 for r in table)
+    assert (out / "crosscheck.png").stat().st_size > 10_000 and "native" in (out / "report.md").read_text()
+
+
+def test_bench_on_a_tiny_base(tmp_path):
+    out = tmp_path / "bench"
+    run_stage("posttrain.bench", "--config", "configs/bench.yaml", "--out_dir", str(out),
+              "--pretrain_config", str(TINY / "pretrain.yaml"), "--batch_sizes", "[8, 16]", "--group_size", "4",
+              "--steps", "3")
+    results = json.loads((out / "bench.json").read_text())["results"]
+    assert {(r["backend"], r["batch"]) for r in results} == {(b, n) for b in ("native", "trl") for n in (8, 16)}
+    for r in results:
+        assert r["completions_per_s"] > 0 and r["peak_memory_mb"] > 0
+        assert abs(r["completions_per_s"] * r["seconds_per_update"] - r["batch"]) < 1e-6 * r["batch"]
