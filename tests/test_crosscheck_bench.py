@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.conftest import TINY, run_stage
 
 
+@pytest.mark.slow  # eight post-training runs, half of them through TRL: about 3 minutes
 def test_crosscheck_on_tiny_configs(tmp_path):
     out = tmp_path / "crosscheck"
     run_stage("posttrain.crosscheck", "--config", "configs/crosscheck.yaml", "--out_dir", str(out),
