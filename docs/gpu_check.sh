@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One-call GPU check (device tool): every stage on the GPU, then native vs TRL throughput. Results in $OUT.
+# The GPU check behind the README numbers: every stage on the GPU, then native vs TRL throughput.
+# Run from the repo root with trl/datasets wheels in .whl/ (the GPU image lacks them); results in $OUT.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 TOKENIZERS_PARALLELISM=false
 exec > >(tee -a "$OUT/gpu.log") 2>&1
