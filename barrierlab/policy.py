@@ -13,6 +13,7 @@ import inspect
 import torch
 from transformers import DynamicCache, LlamaForCausalLM
 
+from barrierlab import fastllama
 from barrierlab.models import LinearPolicyLM
 from barrierlab.tokenizer import ANSWER0
 
@@ -20,11 +21,14 @@ from barrierlab.tokenizer import ANSWER0
 _CACHE_KW = "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"
 
 
-def answer_logits(model, prompt_ids: torch.Tensor, responses: torch.Tensor, k: int) -> torch.Tensor:
+def answer_logits(model, prompt_ids: torch.Tensor, responses: torch.Tensor, k: int, fast: bool = True) -> torch.Tensor:
     """Logits ``(B, N, k)`` of each response symbol given the prompt and the response prefix.
 
-    ``responses`` are symbol indices in ``[0, k)``. ``model`` may be wrapped (DDP) so gradients sync.
+    ``responses`` are symbol indices in ``[0, k)``. ``model`` may be wrapped (DDP) so gradients sync; a bare
+    Llama policy goes through ``barrierlab.fastllama`` unless ``fast=False`` (the HF forward, its reference).
     """
+    if fast and fastllama.supports(model):
+        return fastllama.answer_logits(model, prompt_ids, responses, k)
     P, N = prompt_ids.shape[1], responses.shape[1]
     input_ids = torch.cat([prompt_ids, responses[:, :-1] + ANSWER0], dim=1)
     logits = model(input_ids=input_ids).logits
@@ -49,15 +53,19 @@ def target_stats(model, prompt_ids, targets, k, batch_size: int = 4096) -> tuple
 
 
 def _draw(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    """One symbol per row from softmax(logits / temperature), by inverting the CDF at a uniform draw: exact, and
+    a few elementwise ops where ``torch.multinomial`` costs more than a whole model step at this size."""
+    scaled = logits.float() / temperature
+    cdf = torch.exp(scaled - scaled.max(-1, keepdim=True).values).cumsum(-1)
+    u = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device) * cdf[:, -1:]
+    return (cdf <= u).sum(-1)
 
 
 @torch.no_grad()
 def sample(
-    model, prompt_ids: torch.Tensor, N: int, k: int, *, temperature: float = 1.0, generator=None
+    model, prompt_ids: torch.Tensor, N: int, k: int, *, temperature: float = 1.0, generator=None, fast: bool = True
 ) -> torch.Tensor:
-    """Draw one response ``(B, N)`` per prompt from the (unwrapped) model."""
+    """Draw one response ``(B, N)`` per prompt from the (unwrapped) model (``fast``: as in ``answer_logits``)."""
     B = prompt_ids.shape[0]
     out = torch.empty(B, N, dtype=torch.long, device=prompt_ids.device)
     if isinstance(model, LinearPolicyLM):
@@ -66,6 +74,8 @@ def sample(
         for i in range(N):
             out[:, i] = prev = _draw(model.step_logits(s, prev), temperature, generator)
         return out
+    if fast and fastllama.supports(model):
+        return fastllama.sample(model, prompt_ids, N, k, lambda logits: _draw(logits, temperature, generator))
     cache = {_CACHE_KW: DynamicCache(config=model.config)}  # filled in place by every forward
     logits = model(input_ids=prompt_ids, use_cache=True, **cache).logits[:, -1]
     for i in range(N):

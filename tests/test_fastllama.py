@@ -1,0 +1,110 @@
+"""The lean Llama forward equals the Hugging Face forward: logits, gradients and samples."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from barrierlab import fastllama
+from barrierlab.models import LinearPolicyLM, LinearPolicyConfig, ModelConfig, build_model
+from barrierlab.policy import _draw, answer_logits, sample
+from barrierlab.tokenizer import prompt_ids
+from posttrain.trl_backend import add_answer_bias
+
+K, N, D = 5, 6, 8
+
+
+def llama(kv_heads: int | None = None, bias: bool = False) -> LlamaForCausalLM:
+    """A small Llama with large random weights, so that logits and gradients are far from trivial."""
+    model = build_model(ModelConfig(layers=2, width=32, heads=4, context=32), d=D, k=K, N=N, seed=0)
+    if kv_heads is not None:  # grouped-query attention: the same model class, fewer key/value heads
+        config = LlamaConfig(**{**model.config.to_dict(), "num_key_value_heads": kv_heads})
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.4, generator=torch.Generator().manual_seed(p.numel()))
+    if bias:
+        add_answer_bias(model, K)  # what the TRL backend adds: -1e4 on non-answer ids
+    return model
+
+
+def batch(groups: int = 4, group_size: int = 3):
+    """Prompts in groups of equal consecutive rows (the layout of every stage), plus a repeat that is not adjacent."""
+    gen = torch.Generator().manual_seed(1)
+    bits = torch.randint(0, 2, (groups, D), generator=gen).repeat_interleave(group_size, 0)
+    bits = torch.cat([bits, bits[:1]])  # the first prompt again, after the others
+    return prompt_ids(bits), torch.randint(0, K, (bits.shape[0], N), generator=gen)
+
+
+def test_shared_prompts_runs_of_equal_rows():
+    rows = torch.tensor([[1, 2], [1, 2], [3, 4], [1, 2], [1, 2], [1, 2]])
+    prompts, groups = fastllama.shared_prompts(rows)
+    assert prompts.tolist() == [[1, 2], [3, 4], [1, 2]]
+    assert groups.index.tolist() == [0, 0, 1, 2, 2, 2] and groups.size is None
+    assert torch.equal(groups.spread(prompts), rows)
+    prompts, groups = fastllama.shared_prompts(rows[1:3].repeat_interleave(2, 0))  # equal runs of two
+    assert groups.size == 2 and torch.equal(groups.spread(prompts), rows[1:3].repeat_interleave(2, 0))
+
+
+@pytest.mark.parametrize("equal_groups", [True, False])
+@pytest.mark.parametrize("variant", [{}, {"kv_heads": 2}, {"bias": True}])
+def test_logits_and_gradients_equal_the_hf_forward(variant, equal_groups):
+    model = llama(**variant).train()
+    prompts, responses = batch()
+    if equal_groups:  # the native engine's layout; otherwise runs of 3, 3, 3, 3 and 1
+        prompts, responses = prompts[:-1], responses[:-1]
+    assert (fastllama.shared_prompts(prompts)[1].size is not None) == equal_groups
+    assert fastllama.supports(model)
+    grads = []
+    for fast in (True, False):
+        logits = answer_logits(model, prompts, responses, K, fast=fast)
+        model.zero_grad()
+        (logits.log_softmax(-1).gather(-1, responses[..., None]) * torch.linspace(-1, 2, N)).sum().backward()
+        grads.append((logits.detach(), [p.grad.clone() for p in model.parameters() if p.requires_grad]))
+    (fast_logits, fast_grads), (hf_logits, hf_grads) = grads
+    assert hf_logits.abs().max() > 1.0  # the comparison is not between near-zero numbers
+    torch.testing.assert_close(fast_logits, hf_logits, atol=2e-5, rtol=1e-5)
+    for f, h in zip(fast_grads, hf_grads):
+        torch.testing.assert_close(f, h, atol=1e-4, rtol=1e-4)
+
+
+def test_single_answer_position():
+    model = llama().eval()
+    prompts, responses = batch()
+    torch.testing.assert_close(answer_logits(model, prompts, responses[:, :1], K),
+                               answer_logits(model, prompts, responses[:, :1], K, fast=False), atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+@pytest.mark.parametrize("variant", [{}, {"kv_heads": 2}])
+def test_sampling_draws_the_same_responses_as_the_hf_cache_loop(temperature, variant):
+    # same generator, same uniform draws: equal step logits give equal symbols
+    model = llama(**variant).eval()
+    prompts, _ = batch(groups=8, group_size=4)
+    fast = sample(model, prompts, N, K, temperature=temperature, generator=torch.Generator().manual_seed(3))
+    slow = sample(model, prompts, N, K, temperature=temperature, generator=torch.Generator().manual_seed(3), fast=False)
+    assert torch.equal(fast, slow)
+    assert len(set(map(tuple, fast.tolist()))) > 10  # and they are not all one response
+
+
+def test_draw_frequencies_match_the_softmax():
+    n = 60_000
+    logits = torch.tensor([[0.0, 0.6931472, 1.0986123, -1e4]])  # log 1, log 2, log 3, masked
+    draws = _draw(logits.expand(n, -1), 1.0, torch.Generator().manual_seed(0))
+    freq = torch.bincount(draws, minlength=4).double() / n
+    exact = torch.tensor([1 / 6, 2 / 6, 3 / 6, 0.0], dtype=torch.double)
+    assert freq[3] == 0  # a masked symbol is never drawn
+    assert torch.all((freq - exact).abs() <= 4.5 * (exact * (1 - exact) / n).sqrt() + 1e-12), freq
+    # temperature 0.5 squares the odds: 1 : 4 : 9
+    freq = torch.bincount(_draw(logits.expand(n, -1), 0.5, torch.Generator().manual_seed(1)), minlength=4).double() / n
+    exact = torch.tensor([1 / 14, 4 / 14, 9 / 14, 0.0], dtype=torch.double)
+    assert torch.all((freq - exact).abs() <= 4.5 * (exact * (1 - exact) / n).sqrt() + 1e-12), freq
+
+
+def test_other_models_use_their_own_forward():
+    assert not fastllama.supports(LinearPolicyLM(LinearPolicyConfig(d=D, k=K, vocab_size=K + 6)))
+    scaled = LlamaConfig(**{**llama().config.to_dict(), "rope_parameters": {"rope_type": "linear", "factor": 2.0,
+                                                                             "rope_theta": 10000.0}})
+    assert not fastllama.supports(LlamaForCausalLM(scaled))
