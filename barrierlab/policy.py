@@ -24,8 +24,8 @@ _CACHE_KW = "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).pa
 def answer_logits(model, prompt_ids: torch.Tensor, responses: torch.Tensor, k: int, fast: bool = True) -> torch.Tensor:
     """Logits ``(B, N, k)`` of each response symbol given the prompt and the response prefix.
 
-    ``responses`` are symbol indices in ``[0, k)``. ``model`` may be wrapped (DDP) so gradients sync; a bare
-    Llama policy goes through ``barrierlab.fastllama`` unless ``fast=False`` (the HF forward, its reference).
+    ``responses`` are symbol indices in ``[0, k)``. A Llama policy goes through ``barrierlab.fastllama`` unless
+    ``fast=False`` (the HF forward, its reference). To train under DDP, wrap ``AnswerLogits`` rather than the model.
     """
     if fast and fastllama.supports(model):
         return fastllama.answer_logits(model, prompt_ids, responses, k)
@@ -33,6 +33,18 @@ def answer_logits(model, prompt_ids: torch.Tensor, responses: torch.Tensor, k: i
     input_ids = torch.cat([prompt_ids, responses[:, :-1] + ANSWER0], dim=1)
     logits = model(input_ids=input_ids).logits
     return logits[:, P - 1 : P - 1 + N, ANSWER0 : ANSWER0 + k].float()
+
+
+class AnswerLogits(torch.nn.Module):
+    """``answer_logits`` of ``model`` as a module ``(prompt_ids, responses) → (B, N, k)``: the unit to hand to
+    ``accelerate.prepare``, so that DDP synchronises the gradients of whichever forward computes the logits."""
+
+    def __init__(self, model: torch.nn.Module, k: int):
+        super().__init__()
+        self.model, self.k = model, k
+
+    def forward(self, prompt_ids: torch.Tensor, responses: torch.Tensor) -> torch.Tensor:
+        return answer_logits(self.model, prompt_ids, responses, self.k)
 
 
 def token_logprobs(model, prompt_ids, responses, k) -> torch.Tensor:

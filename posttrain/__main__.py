@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from barrierlab.config import load_config
 from barrierlab.errors import UserError, cli_entry
-from barrierlab.policy import answer_logits
+from barrierlab.policy import AnswerLogits, answer_logits
 from barrierlab.run import (
     RunDir,
     fault_point,
@@ -82,9 +82,10 @@ def check_pairing(cfg: PosttrainConfig, reward) -> None:
                         f"reward '{cfg.reward.name}' is an outcome reward: use best_of_m")
 
 
-def policy_gradient_loss(model, rollout, adv, k, base=None, kl_coef=0.0):
-    """``-Σ_i A_i log p(y_i | x, y_<i)`` averaged over responses, plus the exact KL to q0 if asked."""
-    logits = answer_logits(model, rollout.prompts, rollout.responses, k)
+def policy_gradient_loss(learner, rollout, adv, k, base=None, kl_coef=0.0):
+    """``-Σ_i A_i log p(y_i | x, y_<i)`` averaged over responses, plus the exact KL to q0 if asked.
+    ``learner`` is the (possibly DDP-wrapped) ``AnswerLogits`` of the policy."""
+    logits = learner(rollout.prompts, rollout.responses)
     logp = torch.log_softmax(logits, -1)
     token_logp = logp.gather(-1, rollout.responses.unsqueeze(-1)).squeeze(-1)
     loss = -(adv * token_logp).sum(-1).mean()
@@ -100,16 +101,16 @@ def policy_gradient_loss(model, rollout, adv, k, base=None, kl_coef=0.0):
     return loss, stats
 
 
-def adaptive_gradient(model, rollout, adv, k) -> torch.Tensor:
+def adaptive_gradient(learner, rollout, adv) -> torch.Tensor:
     """Set ``.grad`` to ``-mean_b η_b ∇ Σ_i A_bi log p(y_bi)`` with the theory's ``η_b = 1/(4 + 2‖∇ log p(y_b|x_b)‖²)``.
 
     One backward pair per response (per-sample gradient norms): meant for the linear model and small batches.
     """
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = [p for p in learner.parameters() if p.requires_grad]
     total = [torch.zeros_like(p) for p in params]
     B = rollout.responses.shape[0]
     for b in range(B):
-        lp = answer_logits(model, rollout.prompts[b : b + 1], rollout.responses[b : b + 1], k).log_softmax(-1)
+        lp = learner(rollout.prompts[b : b + 1], rollout.responses[b : b + 1]).log_softmax(-1)
         lp = lp.gather(-1, rollout.responses[b : b + 1].unsqueeze(-1)).squeeze(-1)[0]
         grad_seq = torch.autograd.grad(lp.sum(), params, retain_graph=True, allow_unused=True)
         grad_adv = torch.autograd.grad((adv[b] * lp).sum(), params, allow_unused=True)
@@ -185,8 +186,8 @@ def main(argv):
         reward.load_state_dict(state["reward"])
         run.truncate_metrics(step)
         acc.print(f"resuming {run.path} from step {step} ({queries} reward queries spent)")
-    model, optimizer = acc.prepare(model, optimizer)
-    policy = acc.unwrap_model(model)
+    learner, optimizer = acc.prepare(AnswerLogits(model, k), optimizer)
+    policy = acc.unwrap_model(learner).model
     sampler = Sampler(policy, base, reward, k, N, cfg.algo.temperature, cfg.algo.mixture_weight, cfg.algo.m, sample_gen)
 
     def checkpoint_state():
@@ -228,13 +229,13 @@ def main(argv):
         policy.train()
         adv = advantages(rollout.rewards, cfg.algo.baseline, G, cfg.algo.scale_std, rollout.mask)
         if cfg.optim.optimizer == "adaptive":
-            grad_norm = adaptive_gradient(model, rollout, adv, k)
+            grad_norm = adaptive_gradient(learner, rollout, adv)
             loss, stats = torch.zeros(()), {}
         else:
             with acc.autocast():
-                loss, stats = policy_gradient_loss(model, rollout, adv, k, base, cfg.algo.kl_coef)
+                loss, stats = policy_gradient_loss(learner, rollout, adv, k, base, cfg.algo.kl_coef)
             acc.backward(loss)
-            grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip or math.inf)
+            grad_norm = acc.clip_grad_norm_(learner.parameters(), cfg.optim.grad_clip or math.inf)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         synchronize(acc.device)

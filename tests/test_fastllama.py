@@ -7,7 +7,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from barrierlab import fastllama
-from barrierlab.models import LinearPolicyLM, LinearPolicyConfig, ModelConfig, build_model
+from barrierlab.models import LinearPolicyConfig, LinearPolicyLM, ModelConfig, build_model
 from barrierlab.policy import _draw, answer_logits, sample
 from barrierlab.tokenizer import prompt_ids
 from posttrain.trl_backend import add_answer_bias
