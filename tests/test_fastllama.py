@@ -108,3 +108,14 @@ def test_other_models_use_their_own_forward():
     scaled = LlamaConfig(**{**llama().config.to_dict(), "rope_parameters": {"rope_type": "linear", "factor": 2.0,
                                                                              "rope_theta": 10000.0}})
     assert not fastllama.supports(LlamaForCausalLM(scaled))
+
+
+def test_bf16_autocast_follows_the_hf_forward():
+    # what a GPU run does (bf16 autocast): same casts, so the two agree to bf16 precision
+    model = llama().train()
+    prompts, responses = batch()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fast = answer_logits(model, prompts, responses, K)
+        slow = answer_logits(model, prompts, responses, K, fast=False)
+    assert fast.dtype == slow.dtype == torch.float32
+    assert (fast - slow).abs().max() < 0.05 * slow.abs().max()
