@@ -81,10 +81,8 @@ def _weights(model: LlamaForCausalLM, k: int) -> _Weights:
 
 
 def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """LlamaRMSNorm: normalise in float32, scale in the input's dtype."""
-    dtype = x.dtype
-    x = x.float()
-    return weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)).to(dtype)
+    """LlamaRMSNorm as one fused op (the residual stream stays float32 here, also under autocast)."""
+    return F.rms_norm(x, weight.shape, weight, eps)
 
 
 def _projections(w: _Weights, qkv: torch.Tensor, positions: int) -> torch.Tensor:

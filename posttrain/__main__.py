@@ -82,20 +82,36 @@ def check_pairing(cfg: PosttrainConfig, reward) -> None:
                         f"reward '{cfg.reward.name}' is an outcome reward: use best_of_m")
 
 
+def _entropy(logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Summed entropy of the policy over the unmasked positions."""
+    return (-(logp.exp() * logp).sum(-1) * mask).sum()
+
+
 def policy_gradient_loss(learner, rollout, adv, k, base=None, kl_coef=0.0):
     """``-Σ_i A_i log p(y_i | x, y_<i)`` averaged over responses, plus the exact KL to q0 if asked.
-    ``learner`` is the (possibly DDP-wrapped) ``AnswerLogits`` of the policy."""
-    logits = learner(rollout.prompts, rollout.responses)
-    logp = torch.log_softmax(logits, -1)
-    token_logp = logp.gather(-1, rollout.responses.unsqueeze(-1)).squeeze(-1)
-    loss = -(adv * token_logp).sum(-1).mean()
-    probs = logp.exp()
-    entropy = -(probs * logp).sum(-1)
-    stats = {"entropy": (entropy * rollout.mask).sum() / rollout.mask.sum().clamp_min(1)}
+    ``learner`` is the (possibly DDP-wrapped) ``AnswerLogits`` of the policy.
+
+    A response whose advantages are all zero adds nothing to the loss or its gradient (outcome PG with 0/1
+    rewards: every failure), so without a KL term only the others go through the graph; the logged entropy
+    still covers every response, through a forward without grad."""
+    B = adv.shape[0]
+    learn = (adv != 0).any(-1) if kl_coef == 0 else torch.ones(B, dtype=torch.bool, device=adv.device)
+    learn[0] |= ~learn.any()  # one row at least: under DDP every process must run its backward
+    prompts, responses, mask = rollout.prompts[learn], rollout.responses[learn], rollout.mask[learn]
+    logp = torch.log_softmax(learner(prompts, responses), -1)
+    token_logp = logp.gather(-1, responses.unsqueeze(-1)).squeeze(-1)
+    loss = -(adv[learn] * token_logp).sum() / B
+    entropy = _entropy(logp.detach(), mask)
+    if not learn.all():
+        with torch.no_grad():
+            rest = ~learn
+            rest_logp = torch.log_softmax(learner(rollout.prompts[rest], rollout.responses[rest]), -1)
+            entropy = entropy + _entropy(rest_logp, rollout.mask[rest])
+    stats = {"entropy": entropy / rollout.mask.sum().clamp_min(1)}
     if kl_coef > 0:
         with torch.no_grad():
-            base_logp = torch.log_softmax(answer_logits(base, rollout.prompts, rollout.responses, k), -1)
-        kl = ((probs * (logp - base_logp)).sum(-1) * rollout.mask).sum(-1).mean()
+            base_logp = torch.log_softmax(answer_logits(base, prompts, responses, k), -1)
+        kl = ((logp.exp() * (logp - base_logp)).sum(-1) * mask).sum(-1).mean()
         loss = loss + kl_coef * kl
         stats["kl"] = kl.detach()
     return loss, stats

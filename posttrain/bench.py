@@ -2,9 +2,11 @@
 
     python -m posttrain.bench --config configs/bench.yaml      # or configs/gpu/bench.yaml
 
-Every measurement is a real ``posttrain`` run (same base, outcome reward, group baseline, one update per
-generation) of a few steps; a step's time covers sampling, rewards and the update (the per-step
-``train/update_time_s``), the first step is a warm-up and is left out. Both backends run in the same
+Every measurement is a real ``posttrain`` run (same base, on-policy outcome PG with ±1 rewards and no baseline,
+G responses per prompt, one update per generation) of a few steps. With ±1 rewards every response carries a
+learning signal, so both backends do the whole update (the native engine skips responses whose advantages are
+all zero, which an untrained base's 0/1 rewards would make of every response). A step's time covers sampling,
+rewards and the update (the per-step ``train/update_time_s``); the first step is a warm-up and is left out. Both backends run in the same
 invocation, one after the other, so their ratio is measured side by side. Writes ``bench.json`` and prints
 a table: completions/s, reward queries/s, seconds per update, peak memory, native/TRL ratio.
 """
@@ -37,7 +39,7 @@ class BenchConfig:
     trl_max_batch: int = 4096
     """Largest batch given to TRL (its generation pads and copies per sample: larger ones take minutes)."""
     group_size: int = 8
-    """Completions per prompt (TRL needs ≥ 2); both backends use the group-mean baseline."""
+    """Completions per prompt (TRL's num_generations, ≥ 2)."""
     steps: int = 6
     """Updates per run; the first is a warm-up and not timed."""
     extra_args: list[str] = field(default_factory=list)
@@ -56,7 +58,8 @@ def measure(cfg: BenchConfig, base: Path, backend: str, batch: int) -> dict:
     if not (run_dir / "model").exists():
         run_stage("posttrain", "--config", "configs/posttrain_outcome.yaml", "--base", str(base),
             "--run.run_dir", str(run_dir), "--backend", backend, "--optim.batch_size", str(batch),
-            "--algo.group_size", str(cfg.group_size), "--algo.baseline", "group_mean", "--optim.max_steps", str(cfg.steps),
+            "--algo.group_size", str(cfg.group_size), "--reward.signed", "true", "--algo.baseline", "none",
+            "--optim.max_steps", str(cfg.steps),
             "--optim.max_queries", "null", "--eval.eval_every", "1000000", "--eval.num_tracked", "0",
             "--run.checkpoint_every", "0", "--run.progress", "false", "--run.report_to", "[]", *cfg.extra_args)
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
