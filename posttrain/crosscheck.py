@@ -25,6 +25,7 @@ from barrierlab.errors import cli_entry  # noqa: E402
 from barrierlab.run import atomic_write_text  # noqa: E402
 from barrierlab.stages import ensure_base, run_stage  # noqa: E402
 from eval.analysis import eval_rows, read_metrics  # noqa: E402
+from posttrain.config import PosttrainConfig  # noqa: E402
 
 OFF, ON, QUERIES = "eval/offsupport_likelihood", "eval/onsupport_likelihood", "train/reward_queries"
 
@@ -44,7 +45,7 @@ class CrosscheckConfig:
     """Backends to compare."""
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     """Post-training seeds per (arm, backend)."""
-    max_queries: int = 30_000
+    max_queries: int = 60_000
     """Equal reward-query budget of every run."""
     posttrain_args: list[str] = field(default_factory=lambda: ["--algo.group_size", "4", "--algo.baseline", "group_mean"])
     """Overrides for every run: TRL needs groups of ≥ 2, so both backends use G = 4 and the group-mean baseline."""
@@ -53,6 +54,14 @@ class CrosscheckConfig:
         require(all(b in ("native", "trl") for b in self.backends), "backends", "allowed: native, trl")
         require(len(self.seeds) >= 1, "seeds", "must list at least one seed")
         require(self.max_queries >= 1, "max_queries", "must be ≥ 1")
+
+
+def steps_within(config: str, cfg: CrosscheckConfig) -> int:
+    """A step count the query budget always reaches first: every response costs at least one query, so B
+    responses a step spend the budget within ceil(max_queries / B) steps. (TRL materialises max_steps batches
+    of prompts up front: no larger number than needed.)"""
+    batch = load_config(PosttrainConfig, ["--config", config, *cfg.posttrain_args]).optim.batch_size
+    return -(-cfg.max_queries // batch) + 1
 
 
 def final(rows: list[dict], key: str) -> float | None:
@@ -69,6 +78,7 @@ def summarise(runs: dict) -> list[dict]:
             values = [v for v in (final(rows, key) for rows in by_seed.values()) if v is not None]
             row[f"{name}_mean"] = statistics.fmean(values) if values else None
             row[f"{name}_spread"] = (max(values) - min(values)) if values else None
+            row[f"{name}_per_seed"] = values
         table.append(row)
     return table
 
@@ -130,21 +140,21 @@ def main(argv):
             for seed in cfg.seeds:
                 run_dir = out / f"{arm}_{backend}_s{seed}"
                 if not (run_dir / "model").exists():
-                    # every step spends at least one query, so max_queries steps never bind first (TRL
-                    # materialises max_steps batches of prompts up front: no larger number than that)
                     run_stage("posttrain", "--config", config, "--base", str(base), "--run.run_dir", str(run_dir),
                           "--backend", backend, "--run.seed", str(seed), "--optim.max_queries", str(cfg.max_queries),
-                          "--optim.max_steps", str(cfg.max_queries), "--run.progress", "false", "--run.checkpoint_every", "0",
-                          *cfg.posttrain_args)
+                          "--optim.max_steps", str(steps_within(config, cfg)), "--run.progress", "false",
+                          "--run.checkpoint_every", "0", *cfg.posttrain_args)
                 runs.setdefault((arm, backend), {})[seed] = read_metrics(run_dir / "metrics.jsonl")
                 print(f"{arm} {backend} seed {seed}: off-support {final(runs[(arm, backend)][seed], OFF):.3g}", flush=True)
     table = summarise(runs)
     figure(runs, out / "crosscheck.png")
     lines = verdict(table)
     atomic_write_text(out / "crosscheck.json", json.dumps({"max_queries": cfg.max_queries, "table": table}, indent=2))
-    head = "| arm | backend | seeds | off-support (mean, spread) | on-support (mean, spread) |\n|---|---|---|---|---|"
+    head = ("| arm | backend | seeds | off-support (mean, spread) | on-support (mean, spread) | on-support per seed |\n"
+            "|---|---|---|---|---|---|")
     body = "\n".join(f"| {r['arm']} | {r['backend']} | {r['seeds']} | {r['offsupport_mean']:.3g} ({r['offsupport_spread']:.2g}) "
-                     f"| {r['onsupport_mean']:.3g} ({r['onsupport_spread']:.2g}) |" for r in table)
+                     f"| {r['onsupport_mean']:.3g} ({r['onsupport_spread']:.2g}) "
+                     f"| {', '.join(f'{v:.3g}' for v in r['onsupport_per_seed'])} |" for r in table)
     atomic_write_text(out / "report.md", "\n".join([
         "# Native engine vs TRL: same base, task and budget", "", "![crosscheck](crosscheck.png)", "",
         f"Budget: {cfg.max_queries} reward queries per run.", "", head, body, "", *lines, "",
