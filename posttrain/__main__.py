@@ -125,7 +125,7 @@ def adaptive_gradient(learner, rollout, adv) -> torch.Tensor:
     params = [p for p in learner.parameters() if p.requires_grad]
     total = [torch.zeros_like(p) for p in params]
     B = rollout.responses.shape[0]
-    for b in range(B):
+    for b in (adv != 0).any(-1).nonzero().flatten().tolist():  # a response without signal adds η_b · 0
         lp = learner(rollout.prompts[b : b + 1], rollout.responses[b : b + 1]).log_softmax(-1)
         lp = lp.gather(-1, rollout.responses[b : b + 1].unsqueeze(-1)).squeeze(-1)[0]
         grad_seq = torch.autograd.grad(lp.sum(), params, retain_graph=True, allow_unused=True)

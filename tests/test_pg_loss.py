@@ -1,4 +1,5 @@
-"""The policy-gradient loss skips responses without signal and still equals the full computation."""
+"""The policy-gradient loss and the adaptive step: responses without signal are skipped, and the results
+still equal the full computation and the closed form."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from barrierlab.models import ModelConfig, build_model
+from barrierlab.models import LinearPolicyConfig, LinearPolicyLM, ModelConfig, build_model
 from barrierlab.policy import AnswerLogits, answer_logits
-from barrierlab.tokenizer import prompt_ids
-from posttrain.__main__ import policy_gradient_loss
+from barrierlab.tokenizer import prompt_ids, vocab_size
+from posttrain.__main__ import adaptive_gradient, policy_gradient_loss
 
 K, N, D, B = 4, 5, 6, 12
 
@@ -52,3 +53,39 @@ def test_skipping_zero_advantage_rows_changes_nothing(signal_rows):
         torch.testing.assert_close(p.grad, want, atol=1e-6, rtol=1e-5)
     if not signal_rows:
         assert loss.item() == 0.0 and all(p.grad.abs().max() == 0 for p in model.parameters())
+
+
+def test_adaptive_step_against_the_closed_form_on_the_linear_model():
+    """η_b = 1/(4 + 2‖∇ log p(y_b|x_b)‖²) per response, with the linear policy's gradients in closed form;
+    responses without signal (rows 1 and 4) contribute nothing."""
+    k, d, n, b = 3, 4, 4, 6
+    g = torch.Generator().manual_seed(0)
+    model = LinearPolicyLM(LinearPolicyConfig(d=d, k=k, vocab_size=vocab_size(k)))
+    with torch.no_grad():
+        model.W1.copy_(torch.randn(k, d, generator=g))
+        model.W2.copy_(torch.randn(k, k + 1, generator=g))
+    bits = torch.randint(0, 2, (b, d), generator=g)
+    responses = torch.randint(0, k, (b, n), generator=g)
+    adv = torch.randn(b, n, generator=g)
+    adv[[1, 4]] = 0.0
+    rollout = SimpleNamespace(prompts=prompt_ids(bits), responses=responses, mask=torch.ones(b, n))
+    adaptive_gradient(AnswerLogits(model, k), rollout, adv)
+
+    W1, W2 = model.W1.detach().double(), model.W2.detach().double()
+    want1, want2 = torch.zeros_like(W1), torch.zeros_like(W2)
+    for r in range(b):
+        s = 2.0 * bits[r].double() - 1
+        seq1, seq2, adv1, adv2 = (torch.zeros_like(W1), torch.zeros_like(W2), torch.zeros_like(W1), torch.zeros_like(W2))
+        prev = k
+        for i in range(n):
+            e_minus_p = torch.nn.functional.one_hot(responses[r, i], k).double() - torch.softmax(W1 @ s + W2[:, prev], 0)
+            seq1 += torch.outer(e_minus_p, s)
+            seq2[:, prev] += e_minus_p
+            adv1 += adv[r, i] * torch.outer(e_minus_p, s)
+            adv2[:, prev] += adv[r, i] * e_minus_p
+            prev = int(responses[r, i])
+        eta = 1.0 / (4.0 + 2.0 * (seq1.pow(2).sum() + seq2.pow(2).sum()))
+        want1 -= eta * adv1 / b
+        want2 -= eta * adv2 / b
+    torch.testing.assert_close(model.W1.grad.double(), want1, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(model.W2.grad.double(), want2, atol=1e-6, rtol=1e-5)
