@@ -8,6 +8,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+# pytest-xdist runs one worker per core: with torch's default of one thread per core in each, the workers'
+# OpenMP threads oversubscribe the cores and spin against each other (many times slower, measured)
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "configs" / "tiny"

@@ -119,3 +119,18 @@ def test_bf16_autocast_follows_the_hf_forward():
         slow = answer_logits(model, prompts, responses, K, fast=False)
     assert fast.dtype == slow.dtype == torch.float32
     assert (fast - slow).abs().max() < 0.05 * slow.abs().max()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (docs/gpu_check.sh runs it)")
+def test_cuda_logits_gradients_and_samples_equal_the_hf_forward():
+    model = llama(kv_heads=2).cuda().train()
+    prompts, responses = (t.cuda() for t in batch(groups=8, group_size=4))
+    for autocast in (False, True):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+            fast = answer_logits(model, prompts, responses, K)
+            slow = answer_logits(model, prompts, responses, K, fast=False)
+        tolerance = 0.05 * slow.abs().max() if autocast else 1e-3
+        assert (fast - slow).abs().max() <= tolerance
+    model.eval()
+    draws = [sample(model, prompts, N, K, generator=torch.Generator("cuda").manual_seed(5), fast=fast) for fast in (True, False)]
+    assert (draws[0] == draws[1]).float().mean() > 0.99  # TF32 matmuls may flip a rare draw at a CDF boundary
