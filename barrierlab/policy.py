@@ -70,7 +70,8 @@ def _draw(logits: torch.Tensor, temperature: float, generator: torch.Generator |
     scaled = logits.float() / temperature
     cdf = torch.exp(scaled - scaled.max(-1, keepdim=True).values).cumsum(-1)
     u = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device) * cdf[:, -1:]
-    return (cdf <= u).sum(-1)
+    # the last bound is left out: a uniform within 2^-24 of 1 can round u up to the total (then: the last symbol)
+    return (cdf[:, :-1] <= u).sum(-1)
 
 
 @torch.no_grad()

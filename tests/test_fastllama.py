@@ -134,3 +134,9 @@ def test_cuda_logits_gradients_and_samples_equal_the_hf_forward():
     model.eval()
     draws = [sample(model, prompts, N, K, generator=torch.Generator("cuda").manual_seed(5), fast=fast) for fast in (True, False)]
     assert (draws[0] == draws[1]).float().mean() > 0.99  # TF32 matmuls may flip a rare draw at a CDF boundary
+
+
+def test_draw_stays_in_range_when_the_uniform_rounds_up_to_the_total(monkeypatch):
+    # u · total can round up to the total for a uniform within 2^-24 of 1: as if the uniform were 1 exactly
+    monkeypatch.setattr(torch, "rand", lambda *shape, **kwargs: torch.ones(shape))
+    assert _draw(torch.tensor([[0.3, -1.2, 2.0], [5.0, 0.0, 0.0]]), 1.0, None).tolist() == [2, 2]
