@@ -2,7 +2,7 @@
 
 ``LlamaForCausalLM.forward`` is general (caches, masks, hooks, recorded outputs); at this model size its Python
 overhead, not arithmetic, sets the speed of post-training. These functions compute the same logits for the
-testbed's fixed layout ``[BOS] bits [SEP] y_1 … y_N``, with three savings that change no result:
+testbed's fixed layout ``[BOS] bits [SEP] y_1 … y_N``, with savings that change no result:
 
 - prompt sharing: the G responses of a group share a prompt (consecutive rows, as every stage lays batches
   out), so the prompt positions run once per run of equal prompts and every response attends to its prompt's
@@ -16,7 +16,9 @@ testbed's fixed layout ``[BOS] bits [SEP] y_1 … y_N``, with three savings that
 
 The parameters are read from the model at every call, so the optimiser, ``save_pretrained`` and DDP see the
 plain HF model. ``supports(model)`` says which models this covers (Llama with the default RoPE, SiLU MLP, no
-biases but an optional ``lm_head`` bias); every other model goes through its own ``forward``.
+biases but an optional ``lm_head`` bias, no attention dropout in use); every other model, and a model in
+training mode with attention dropout (whose masks prompt sharing would correlate across a group), goes through
+its own ``forward``.
 """
 
 from __future__ import annotations
@@ -35,8 +37,9 @@ def supports(model) -> bool:
         return False
     c = model.config
     rope = getattr(c, "rope_parameters", None) or {"rope_type": "default"}
-    return (rope.get("rope_type", "default") == "default" and c.hidden_act == "silu" and not c.attention_bias
-            and not c.mlp_bias and getattr(c, "pretraining_tp", 1) == 1)
+    return (rope.get("rope_type", "default") == "default" and getattr(c, "rope_scaling", None) is None
+            and c.hidden_act == "silu" and not c.attention_bias and not c.mlp_bias
+            and getattr(c, "pretraining_tp", 1) == 1 and not (model.training and c.attention_dropout > 0))
 
 
 @dataclass
@@ -53,7 +56,6 @@ class _Weights:
     head_dim: int
     eps: float
     theta: float
-    dropout: float
 
 
 def _weights(model: LlamaForCausalLM, k: int) -> _Weights:
@@ -76,8 +78,7 @@ def _weights(model: LlamaForCausalLM, k: int) -> _Weights:
         head_bias=None if head.bias is None else head.bias[ANSWER0 : ANSWER0 + k],
         heads=c.num_attention_heads, kv_heads=c.num_key_value_heads,
         head_dim=getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads,
-        eps=c.rms_norm_eps, theta=rope.get("rope_theta", getattr(c, "rope_theta", 10000.0)),
-        dropout=c.attention_dropout if model.training else 0.0)
+        eps=c.rms_norm_eps, theta=rope.get("rope_theta", getattr(c, "rope_theta", 10000.0)))
 
 
 def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -86,8 +87,9 @@ def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def _projections(w: _Weights, qkv: torch.Tensor, positions: int) -> torch.Tensor:
-    """``(T, D, 3·H·hd)``: the fused query/key/value projection at each of T positions, with that position's RoPE
-    rotation (and, for queries, the attention scale 1/√hd) applied to its output rows."""
+    """``(T, D, (H + 2·Hkv)·hd)``: the fused query/key/value projection at each of T positions, with that
+    position's RoPE rotation (and, for queries, the attention scale 1/√hd) applied to its output columns, in the
+    parameters' dtype."""
     hd, device = w.head_dim, qkv.device
     inv_freq = 1.0 / (w.theta ** (torch.arange(0, hd, 2, dtype=torch.float, device=device) / hd))
     angles = torch.arange(positions, dtype=torch.float, device=device)[:, None] * inv_freq
@@ -102,7 +104,8 @@ def _projections(w: _Weights, qkv: torch.Tensor, positions: int) -> torch.Tensor
         return (turned * scale).permute(0, 2, 1, 3).reshape(positions, D, heads * hd)  # (T, D, heads·hd)
 
     q, k, v = qkv.split([Hd, Kd, Kd])
-    return torch.cat([rotate(q, w.heads, hd**-0.5), rotate(k, w.kv_heads, 1.0), v.T.expand(positions, D, Kd)], -1)
+    rotated = torch.cat([rotate(q, w.heads, hd**-0.5), rotate(k, w.kv_heads, 1.0)], -1).to(qkv.dtype)
+    return torch.cat([rotated, v.T.expand(positions, D, Kd)], -1)
 
 
 def _attention_inputs(w: _Weights, projection: torch.Tensor, x: torch.Tensor):
@@ -117,8 +120,7 @@ def _attention_inputs(w: _Weights, projection: torch.Tensor, x: torch.Tensor):
 def _attend(w: _Weights, q, k, v, **mask) -> torch.Tensor:
     """Attention output, position-major ``(T, B, H·hd)``; grouped key/value heads are shared as in HF. The scale
     is already in the queries."""
-    out = F.scaled_dot_product_attention(q, k, v, dropout_p=w.dropout, scale=1.0, enable_gqa=w.kv_heads != w.heads,
-                                         **mask)
+    out = F.scaled_dot_product_attention(q, k, v, scale=1.0, enable_gqa=w.kv_heads != w.heads, **mask)
     return out.permute(2, 0, 1, 3).flatten(2)
 
 
@@ -153,9 +155,10 @@ def shared_prompts(prompt_ids: torch.Tensor) -> tuple[torch.Tensor, Groups]:
     new = torch.ones(B, dtype=torch.bool, device=prompt_ids.device)
     new[1:] = (prompt_ids[1:] != prompt_ids[:-1]).any(-1)
     prompts, index = prompt_ids[new], new.cumsum(0) - 1
-    U = prompts.shape[0]
-    size = B // U if B % U == 0 and bool((index == torch.arange(B, device=index.device) // (B // U)).all()) else None
-    return prompts, Groups(index, size)
+    size = B // prompts.shape[0]
+    # equal runs (the engine's groups of G): row r is in run r // size
+    equal = B % prompts.shape[0] == 0 and bool((index == torch.arange(B, device=index.device) // size).all())
+    return prompts, Groups(index, size if equal else None)
 
 
 def _prefill(w: _Weights, prompts: torch.Tensor, projections: list[torch.Tensor]):

@@ -65,12 +65,13 @@ def target_stats(model, prompt_ids, targets, k, batch_size: int = 4096) -> tuple
 
 
 def _draw(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
-    """One symbol per row from softmax(logits / temperature), by inverting the CDF at a uniform draw: exact, and
-    a few elementwise ops where ``torch.multinomial`` costs more than a whole model step at this size."""
+    """One symbol per row from softmax(logits / temperature), by inverting the CDF at a uniform draw: exact to
+    float32 resolution (as ``torch.multinomial``), in a few elementwise ops where ``torch.multinomial`` costs
+    more than a whole model step at this size. Rows need a finite logit."""
     scaled = logits.float() / temperature
     cdf = torch.exp(scaled - scaled.max(-1, keepdim=True).values).cumsum(-1)
     u = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device) * cdf[:, -1:]
-    # the last bound is left out: a uniform within 2^-24 of 1 can round u up to the total (then: the last symbol)
+    # u < total, so the last bound adds nothing to the count; leaving it out keeps the index below k regardless
     return (cdf[:, :-1] <= u).sum(-1)
 
 

@@ -103,9 +103,11 @@ def policy_gradient_loss(learner, rollout, adv, k, base=None, kl_coef=0.0):
     loss = -(adv[learn] * token_logp).sum() / B
     entropy = _entropy(logp.detach(), mask)
     if not learn.all():
+        # through the bare module: a DDP forward may broadcast buffers, and the processes' counts must match
+        bare = getattr(learner, "module", learner)
         with torch.no_grad():
             rest = ~learn
-            rest_logp = torch.log_softmax(learner(rollout.prompts[rest], rollout.responses[rest]), -1)
+            rest_logp = torch.log_softmax(bare(rollout.prompts[rest], rollout.responses[rest]), -1)
             entropy = entropy + _entropy(rest_logp, rollout.mask[rest])
     stats = {"entropy": entropy / rollout.mask.sum().clamp_min(1)}
     if kl_coef > 0:

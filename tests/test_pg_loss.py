@@ -3,6 +3,7 @@ still equal the full computation and the closed form."""
 
 from __future__ import annotations
 
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -28,31 +29,80 @@ def setup():
     return model, rollout
 
 
-def full(model, rollout, adv):
-    """The loss, gradient and entropy over every response, as the theory writes them."""
+def full(model, rollout, adv, base=None, kl_coef=0.0):
+    """The loss, gradient and entropy over every response, as the theory writes them (plus the exact KL)."""
     model.zero_grad()
     logp = torch.log_softmax(answer_logits(model, rollout.prompts, rollout.responses, K), -1)
     loss = -(adv * logp.gather(-1, rollout.responses[..., None]).squeeze(-1)).sum(-1).mean()
+    if kl_coef:
+        base_logp = torch.log_softmax(answer_logits(base, rollout.prompts, rollout.responses, K), -1).detach()
+        loss = loss + kl_coef * ((logp.exp() * (logp - base_logp)).sum(-1) * rollout.mask).sum(-1).mean()
     loss.backward()
-    entropy = -(logp.exp() * logp).sum(-1).mean()
+    entropy = (-(logp.exp() * logp).sum(-1) * rollout.mask).sum() / rollout.mask.sum()
     return loss.item(), [p.grad.clone() for p in model.parameters()], entropy.item()
 
 
-@pytest.mark.parametrize("signal_rows", [[0, 3, 4, 9], [], list(range(B))])
-def test_skipping_zero_advantage_rows_changes_nothing(signal_rows):
-    model, rollout = setup()
+def signal(rows: list[int], mask=None) -> torch.Tensor:
+    """Advantages that are non-zero on ``rows`` only (and zero wherever ``mask`` is)."""
     adv = torch.zeros(B, N)
-    adv[signal_rows] = torch.randn(len(signal_rows), N, generator=torch.Generator().manual_seed(1))
-    want_loss, want_grads, want_entropy = full(model, rollout, adv)
+    adv[rows] = torch.randn(len(rows), N, generator=torch.Generator().manual_seed(1))
+    return adv if mask is None else adv * mask
+
+
+@pytest.mark.parametrize("kl_coef", [0.0, 0.3])
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("signal_rows", [[0, 3, 4, 9], [], list(range(B))])
+def test_skipping_zero_advantage_rows_changes_nothing(signal_rows, masked, kl_coef):
+    model, rollout = setup()
+    if masked:  # responses that stopped early (token-wise search): fewer positions, fewer in the entropy
+        rollout.mask[:, 3:] = 0.0
+        rollout.mask[[0, 5]] = 1.0
+    base = build_model(ModelConfig(layers=1, width=16, heads=2, context=16), d=D, k=K, N=N, seed=1)
+    adv = signal(signal_rows, rollout.mask)
+    want_loss, want_grads, want_entropy = full(model, rollout, adv, base, kl_coef)
     model.zero_grad()
-    loss, stats = policy_gradient_loss(AnswerLogits(model, K), rollout, adv, K)
+    loss, stats = policy_gradient_loss(AnswerLogits(model, K), rollout, adv, K, base, kl_coef)
     loss.backward()
     assert loss.item() == pytest.approx(want_loss, abs=1e-6)
     assert stats["entropy"].item() == pytest.approx(want_entropy, rel=1e-6)
     for p, want in zip(model.parameters(), want_grads):
         torch.testing.assert_close(p.grad, want, atol=1e-6, rtol=1e-5)
-    if not signal_rows:
+    if not signal_rows and not kl_coef:
         assert loss.item() == 0.0 and all(p.grad.abs().max() == 0 for p in model.parameters())
+
+
+def _data_parallel_worker(rank: int, store: str, out: str) -> None:
+    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    model, rollout = setup()
+    ddp = torch.nn.parallel.DistributedDataParallel(AnswerLogits(model, K))  # broadcasts buffers, as accelerate's
+    # rank 0: every response has signal; rank 1: half of them do, so only rank 1 runs the entropy-only forward
+    half = slice(rank * B // 2, (rank + 1) * B // 2)
+    adv = signal([0, 1, 2, 3, 4, 5, 6, 8, 10])[half]
+    part = SimpleNamespace(prompts=rollout.prompts[half], responses=rollout.responses[half], mask=rollout.mask[half])
+    for _ in range(3):  # a mismatch of collectives shows on a later step: a hang or an error
+        model.zero_grad()
+        loss, _ = policy_gradient_loss(ddp, part, adv, K)
+        loss.backward()
+    if rank == 0:
+        torch.save([p.grad for p in model.parameters()], out)
+    torch.distributed.destroy_process_group()
+
+
+def test_data_parallel_gradient_is_the_full_batch_gradient(tmp_path):
+    """Two gloo processes, each with half the batch: DDP's averaged gradient equals the full-batch gradient."""
+    ctx = torch.multiprocessing.start_processes(_data_parallel_worker, args=(str(tmp_path / "store"), str(tmp_path / "grads.pt")),
+                                                nprocs=2, join=False, start_method="spawn")
+    deadline = time.monotonic() + 120
+    while not ctx.join(timeout=1):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail("the two processes did not finish: their collectives are out of step")
+    model, rollout = setup()
+    _, want, _ = full(model, rollout, signal([0, 1, 2, 3, 4, 5, 6, 8, 10]))
+    for got, w in zip(torch.load(tmp_path / "grads.pt"), want):
+        torch.testing.assert_close(got, w, atol=1e-6, rtol=1e-5)
 
 
 def test_adaptive_step_against_the_closed_form_on_the_linear_model():
