@@ -10,7 +10,7 @@ testbed's fixed layout ``[BOS] bits [SEP] y_1 … y_N``, with savings that chang
 - RoPE and the attention scale are linear maps of the projected queries and keys, so they are folded into one
   query/key/value matrix per position, and hidden states are laid out position-major ``(T, B, D)`` so that
   the projection of every position is one batched matmul (no rotation ops on activations, forward or backward);
-- only the k answer rows of ``lm_head`` are applied (the policy is the softmax over the answers);
+- only the ``lm_head`` rows asked for are applied (the policy is the softmax over the k answers);
 - sampling runs one small forward per position on a preallocated key/value cache, attention as two batched
   matmuls (at one query per row the fused attention kernel costs more than the arithmetic).
 
@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from transformers import LlamaForCausalLM
 
-from barrierlab.tokenizer import ANSWER0
+from barrierlab.tokenizer import ANSWER0, answer_ids
 
 
 def supports(model) -> bool:
@@ -37,9 +37,9 @@ def supports(model) -> bool:
         return False
     c = model.config
     rope = getattr(c, "rope_parameters", None) or {"rope_type": "default"}
-    return (rope.get("rope_type", "default") == "default" and getattr(c, "rope_scaling", None) is None
-            and c.hidden_act == "silu" and not c.attention_bias and not c.mlp_bias
-            and getattr(c, "pretraining_tp", 1) == 1 and not (model.training and c.attention_dropout > 0))
+    return (rope.get("rope_type", "default") == "default" and c.hidden_act == "silu" and not c.attention_bias
+            and not c.mlp_bias and getattr(c, "pretraining_tp", 1) == 1
+            and not (model.training and c.attention_dropout > 0))
 
 
 @dataclass
@@ -49,7 +49,7 @@ class _Weights:
     embed: torch.Tensor
     layers: list[tuple]  # (attn_norm, qkv, o, mlp_norm, gate_up, down) per layer
     norm: torch.Tensor
-    head: torch.Tensor  # the k answer rows of lm_head
+    head: torch.Tensor  # the lm_head rows asked for
     head_bias: torch.Tensor | None
     heads: int
     kv_heads: int
@@ -58,7 +58,7 @@ class _Weights:
     theta: float
 
 
-def _weights(model: LlamaForCausalLM, k: int) -> _Weights:
+def _weights(model: LlamaForCausalLM, vocab: slice) -> _Weights:
     # torch.cat is differentiable: gradients of the fused matrices land on the original parameters
     c, m = model.config, model.model
     layers = []
@@ -74,8 +74,7 @@ def _weights(model: LlamaForCausalLM, k: int) -> _Weights:
     rope = getattr(c, "rope_parameters", None) or {}
     return _Weights(
         embed=m.embed_tokens.weight, layers=layers, norm=m.norm.weight,
-        head=head.weight[ANSWER0 : ANSWER0 + k],
-        head_bias=None if head.bias is None else head.bias[ANSWER0 : ANSWER0 + k],
+        head=head.weight[vocab], head_bias=None if head.bias is None else head.bias[vocab],
         heads=c.num_attention_heads, kv_heads=c.num_key_value_heads,
         head_dim=getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads,
         eps=c.rms_norm_eps, theta=rope.get("rope_theta", getattr(c, "rope_theta", 10000.0)))
@@ -130,7 +129,7 @@ def _mlp(w: _Weights, layer: tuple, h: torch.Tensor) -> torch.Tensor:
     return h + F.linear(F.silu(gate) * up, down)
 
 
-def _answer_head(w: _Weights, h: torch.Tensor) -> torch.Tensor:
+def _head(w: _Weights, h: torch.Tensor) -> torch.Tensor:
     return F.linear(_rms(h, w.norm, w.eps), w.head, w.head_bias)
 
 
@@ -173,16 +172,18 @@ def _prefill(w: _Weights, prompts: torch.Tensor, projections: list[torch.Tensor]
     return h, kv
 
 
-def answer_logits(model: LlamaForCausalLM, prompt_ids: torch.Tensor, responses: torch.Tensor, k: int) -> torch.Tensor:
-    """Teacher-forced answer logits ``(B, N, k)``: what ``model(...).logits`` gives at the response steps."""
-    w = _weights(model, k)
+def response_logits(model: LlamaForCausalLM, prompt_ids: torch.Tensor, responses: torch.Tensor,
+                    vocab: slice) -> torch.Tensor:
+    """Teacher-forced logits ``(B, N, |vocab|)`` of the token ids ``vocab`` at each response step: what
+    ``model(...).logits[..., vocab]`` gives there. ``responses`` are answer symbols."""
+    w = _weights(model, vocab)
     P, N = prompt_ids.shape[1], responses.shape[1]
     prompts, groups = shared_prompts(prompt_ids)
     projections = [_projections(w, layer[1], P + N - 1) for layer in w.layers]
     hp, kv = _prefill(w, prompts, projections)
     last = groups.spread(hp[-1])[None]  # (1, B, D): the [SEP] position predicts y_1
     if N == 1:
-        return _answer_head(w, last).transpose(0, 1).float()
+        return _head(w, last).transpose(0, 1).float()
     h = F.embedding(responses[:, :-1].T + ANSWER0, w.embed)  # (N-1, B, D): y_1 … y_{N-1} as inputs
     # response queries see every prompt key and the response keys up to their own position
     visible = torch.ones(N - 1, P + N - 1, dtype=torch.bool, device=prompt_ids.device).tril(P)
@@ -191,13 +192,13 @@ def answer_logits(model: LlamaForCausalLM, prompt_ids: torch.Tensor, responses: 
         q, key, value = _attention_inputs(w, projection[P:], _rms(h, attn_norm, w.eps))
         keys, values = torch.cat([groups.spread(kp), key], 2), torch.cat([groups.spread(vp), value], 2)
         h = _mlp(w, layer, h + F.linear(_attend(w, q, keys, values, attn_mask=visible), o))
-    return _answer_head(w, torch.cat([last, h])).transpose(0, 1).float()
+    return _head(w, torch.cat([last, h])).transpose(0, 1).float()
 
 
 @torch.no_grad()
 def sample(model: LlamaForCausalLM, prompt_ids: torch.Tensor, N: int, k: int, draw) -> torch.Tensor:
     """``(B, N)`` answer symbols, each drawn by ``draw(logits (B, k))`` from the model's next-token logits."""
-    w = _weights(model, k)
+    w = _weights(model, answer_ids(k))
     B, P = prompt_ids.shape
     H, Hkv, hd, L = w.heads, w.kv_heads, w.head_dim, P + N - 1
     prompts, groups = shared_prompts(prompt_ids)
@@ -208,7 +209,7 @@ def sample(model: LlamaForCausalLM, prompt_ids: torch.Tensor, N: int, k: int, dr
         cache = key.new_empty(2, B, Hkv, L, hd)
         cache[0, :, :, :P], cache[1, :, :, :P] = groups.spread(key), groups.spread(value)
         caches.append(cache.view(2, B * Hkv, L, hd).unbind(0))
-    logits = groups.spread(_answer_head(w, h[-1]))
+    logits = groups.spread(_head(w, h[-1]))
     out = torch.empty(B, N, dtype=torch.long, device=prompt_ids.device)
     rep = H // Hkv
     for i in range(N):
@@ -225,5 +226,5 @@ def sample(model: LlamaForCausalLM, prompt_ids: torch.Tensor, N: int, k: int, dr
             scores = torch.bmm(q.reshape(B * Hkv, rep, hd), keys[:, : pos + 1].transpose(1, 2))
             att = torch.bmm(torch.softmax(scores, -1), values[:, : pos + 1]).view(B, H * hd)
             h = _mlp(w, layer, h + F.linear(att, layer[2]))
-        logits = _answer_head(w, h)
+        logits = _head(w, h)
     return out

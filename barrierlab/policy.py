@@ -15,36 +15,43 @@ from transformers import DynamicCache, LlamaForCausalLM
 
 from barrierlab import fastllama
 from barrierlab.models import LinearPolicyLM
-from barrierlab.tokenizer import ANSWER0
+from barrierlab.tokenizer import ANSWER0, answer_ids
 
 # transformers renamed ``past_key_values`` to ``cache`` (5.2x); the GPU machines still run 5.17.
 _CACHE_KW = "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"
 
 
-def answer_logits(model, prompt_ids: torch.Tensor, responses: torch.Tensor, k: int, fast: bool = True) -> torch.Tensor:
-    """Logits ``(B, N, k)`` of each response symbol given the prompt and the response prefix.
+def response_logits(model, prompt_ids: torch.Tensor, responses: torch.Tensor, vocab: slice,
+                    fast: bool = True) -> torch.Tensor:
+    """Logits ``(B, N, |vocab|)`` of the token ids ``vocab`` at each response step, given the prompt and the
+    response prefix (teacher forcing). ``responses`` are symbol indices in ``[0, k)``.
 
-    ``responses`` are symbol indices in ``[0, k)``. A Llama policy goes through ``barrierlab.fastllama`` unless
-    ``fast=False`` (the HF forward, its reference). To train under DDP, wrap ``AnswerLogits`` rather than the model.
+    A Llama policy goes through ``barrierlab.fastllama`` unless ``fast=False`` (the HF forward, its reference).
+    To train under DDP, wrap ``ResponseLogits`` rather than the model.
     """
     if fast and fastllama.supports(model):
-        return fastllama.answer_logits(model, prompt_ids, responses, k)
+        return fastllama.response_logits(model, prompt_ids, responses, vocab)
     P, N = prompt_ids.shape[1], responses.shape[1]
     input_ids = torch.cat([prompt_ids, responses[:, :-1] + ANSWER0], dim=1)
     logits = model(input_ids=input_ids).logits
-    return logits[:, P - 1 : P - 1 + N, ANSWER0 : ANSWER0 + k].float()
+    return logits[:, P - 1 : P - 1 + N, vocab].float()
 
 
-class AnswerLogits(torch.nn.Module):
-    """``answer_logits`` of ``model`` as a module ``(prompt_ids, responses) → (B, N, k)``: the unit to hand to
-    ``accelerate.prepare``, so that DDP synchronises the gradients of whichever forward computes the logits."""
+def answer_logits(model, prompt_ids: torch.Tensor, responses: torch.Tensor, k: int, fast: bool = True) -> torch.Tensor:
+    """Logits ``(B, N, k)`` of each response symbol: the policy's, before the softmax."""
+    return response_logits(model, prompt_ids, responses, answer_ids(k), fast)
 
-    def __init__(self, model: torch.nn.Module, k: int):
+
+class ResponseLogits(torch.nn.Module):
+    """``response_logits`` of ``model`` as a module ``(prompt_ids, responses) → (B, N, |vocab|)``: the unit to hand
+    to ``accelerate.prepare``, so that DDP synchronises the gradients of whichever forward computes the logits."""
+
+    def __init__(self, model: torch.nn.Module, vocab: slice):
         super().__init__()
-        self.model, self.k = model, k
+        self.model, self.vocab = model, vocab
 
     def forward(self, prompt_ids: torch.Tensor, responses: torch.Tensor) -> torch.Tensor:
-        return answer_logits(self.model, prompt_ids, responses, self.k)
+        return response_logits(self.model, prompt_ids, responses, self.vocab)
 
 
 def token_logprobs(model, prompt_ids, responses, k) -> torch.Tensor:

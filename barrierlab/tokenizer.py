@@ -21,6 +21,11 @@ def vocab_size(k: int) -> int:
     return ANSWER0 + k
 
 
+def answer_ids(k: int) -> slice:
+    """The token ids of the k answer symbols: the slice of the vocabulary that the policy is a softmax over."""
+    return slice(ANSWER0, ANSWER0 + k)
+
+
 def build_tokenizer(k: int) -> PreTrainedTokenizerFast:
     vocab = {tok: i for i, tok in enumerate(SPECIALS + ["0", "1"] + [f"a{j}" for j in range(k)])}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))

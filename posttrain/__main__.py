@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from barrierlab.config import load_config
 from barrierlab.errors import UserError, cli_entry
-from barrierlab.policy import AnswerLogits, answer_logits
+from barrierlab.policy import ResponseLogits, answer_logits
 from barrierlab.run import (
     RunDir,
     fault_point,
@@ -32,7 +32,7 @@ from barrierlab.run import (
     synchronize,
 )
 from barrierlab.tasks import task_from_info
-from barrierlab.tokenizer import ANSWER0, prompt_ids
+from barrierlab.tokenizer import ANSWER0, answer_ids, prompt_ids
 from posttrain.advantages import advantages
 from posttrain.behaviour import Sampler, collect
 from posttrain.config import PosttrainConfig
@@ -89,7 +89,7 @@ def _entropy(logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def policy_gradient_loss(learner, rollout, adv, k, base=None, kl_coef=0.0):
     """``-Σ_i A_i log p(y_i | x, y_<i)`` averaged over responses, plus the exact KL to q0 if asked.
-    ``learner`` is the (possibly DDP-wrapped) ``AnswerLogits`` of the policy.
+    ``learner`` is the (possibly DDP-wrapped) ``ResponseLogits`` of the policy over the k answers.
 
     A response whose advantages are all zero adds nothing to the loss or its gradient (outcome PG with 0/1
     rewards: every failure), so without a KL term only the others go through the graph; the logged entropy
@@ -204,7 +204,7 @@ def main(argv):
         reward.load_state_dict(state["reward"])
         run.truncate_metrics(step)
         acc.print(f"resuming {run.path} from step {step} ({queries} reward queries spent)")
-    learner, optimizer = acc.prepare(AnswerLogits(model, k), optimizer)
+    learner, optimizer = acc.prepare(ResponseLogits(model, answer_ids(k)), optimizer)
     policy = acc.unwrap_model(learner).model
     sampler = Sampler(policy, base, reward, k, N, cfg.algo.temperature, cfg.algo.mixture_weight, cfg.algo.m, sample_gen)
 

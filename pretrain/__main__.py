@@ -18,7 +18,7 @@ from tqdm import tqdm
 from barrierlab.config import dump_yaml, load_config, to_dict
 from barrierlab.errors import cli_entry
 from barrierlab.models import build_model
-from barrierlab.policy import target_stats
+from barrierlab.policy import ResponseLogits, target_stats
 from barrierlab.run import (
     RunDir,
     fault_point,
@@ -68,10 +68,11 @@ def batch_rows(step: int, batch_size: int, n: int, seed: int) -> torch.Tensor:
     return torch.tensor(rows)
 
 
-def response_loss(model, input_ids: torch.Tensor, prompt_len: int) -> torch.Tensor:
-    """Next-token cross-entropy over the full vocabulary on the response tokens only."""
-    logits = model(input_ids=input_ids[:, :-1]).logits[:, prompt_len - 1 :]
+def response_loss(learner, input_ids: torch.Tensor, prompt_len: int) -> torch.Tensor:
+    """Next-token cross-entropy over the full vocabulary on the response tokens only. ``learner`` is the (possibly
+    DDP-wrapped) ``ResponseLogits`` of the model over the whole vocabulary."""
     targets = input_ids[:, prompt_len:]
+    logits = learner(input_ids[:, :prompt_len], targets - ANSWER0)
     return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
 
 
@@ -126,7 +127,8 @@ def main(argv):
         start = state["step"]
         run.truncate_metrics(start)
         acc.print(f"resuming {run.path} from step {start}")
-    model, optimizer = acc.prepare(model, optimizer)
+    learner, optimizer = acc.prepare(ResponseLogits(model, slice(None)), optimizer)
+    model = acc.unwrap_model(learner).model
 
     world, rank = acc.num_processes, acc.process_index
     bar = tqdm(range(start, t.steps), initial=start, total=t.steps, desc="pretrain",
@@ -138,9 +140,9 @@ def main(argv):
         for group in optimizer.param_groups:
             group["lr"] = lr
         with acc.autocast():
-            loss = response_loss(model, corpus[rows].to(acc.device), prompt_len)
+            loss = response_loss(learner, corpus[rows].to(acc.device), prompt_len)
         acc.backward(loss)
-        grad_norm = acc.clip_grad_norm_(model.parameters(), t.grad_clip) if t.grad_clip > 0 else None
+        grad_norm = acc.clip_grad_norm_(learner.parameters(), t.grad_clip) if t.grad_clip > 0 else None
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         done = step + 1
@@ -153,16 +155,16 @@ def main(argv):
         if done % t.eval_every == 0 or done == t.steps:
             model.eval()
             with acc.autocast():
-                run.log(done, cluster_log10_alpha(acc.unwrap_model(model), eval_set, k, acc.device)[2])
+                run.log(done, cluster_log10_alpha(model, eval_set, k, acc.device)[2])
             model.train()
         if cfg.run.checkpoint_every and done % cfg.run.checkpoint_every == 0 and done < t.steps:
-            run.save_checkpoint(done, acc.unwrap_model(model), tokenizer,
+            run.save_checkpoint(done, model, tokenizer,
                                 {"step": done, "optimizer": optimizer.state_dict()})
         fault_point(done)
     bar.close()
 
     if acc.is_main_process:
-        finish(cfg, run, task, acc.unwrap_model(model).eval(), tokenizer, eval_set, optimizer, acc.device)
+        finish(cfg, run, task, model.eval(), tokenizer, eval_set, optimizer, acc.device)
     acc.wait_for_everyone()
     run.close()
 

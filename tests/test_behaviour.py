@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from barrierlab.models import LinearPolicyConfig, LinearPolicyLM
-from barrierlab.policy import AnswerLogits
-from barrierlab.tokenizer import prompt_ids, vocab_size
+from barrierlab.policy import ResponseLogits
+from barrierlab.tokenizer import answer_ids, prompt_ids, vocab_size
 from posttrain.__main__ import policy_gradient_loss
 from posttrain.advantages import advantages
 from posttrain.behaviour import Rollout, Sampler, collect
@@ -117,7 +117,7 @@ def test_linear_policy_gradient_equals_closed_form():
     rewards = torch.randint(0, 2, (B, N), generator=g).float()
     rollout = Rollout(prompt_ids(bits), responses, rewards, torch.ones(B, N), torch.zeros(B, dtype=torch.bool), 0)
     adv = advantages(rewards, "none")
-    loss, _ = policy_gradient_loss(AnswerLogits(model, k), rollout, adv, k)
+    loss, _ = policy_gradient_loss(ResponseLogits(model, answer_ids(k)), rollout, adv, k)
     loss.backward()
     W1, W2 = model.W1.detach().double(), model.W2.detach().double()
     gW1, gW2 = torch.zeros(k, d, dtype=torch.float64), torch.zeros(k, k + 1, dtype=torch.float64)

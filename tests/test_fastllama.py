@@ -8,8 +8,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from barrierlab import fastllama
 from barrierlab.models import LinearPolicyConfig, LinearPolicyLM, ModelConfig, build_model
-from barrierlab.policy import _draw, answer_logits, sample
-from barrierlab.tokenizer import prompt_ids
+from barrierlab.policy import _draw, answer_logits, response_logits, sample
+from barrierlab.tokenizer import ANSWER0, answer_ids, prompt_ids
 from posttrain.trl_backend import add_answer_bias
 
 K, N, D = 5, 6, 8
@@ -48,20 +48,23 @@ def test_shared_prompts_runs_of_equal_rows():
     assert groups.size == 2 and torch.equal(groups.spread(prompts), rows[1:3].repeat_interleave(2, 0))
 
 
+@pytest.mark.parametrize("vocab", ["answers", "all"])  # the policy's logits; pretraining's full-vocabulary ones
 @pytest.mark.parametrize("equal_groups", [True, False])
 @pytest.mark.parametrize("variant", [{}, {"kv_heads": 2}, {"bias": True}])
-def test_logits_and_gradients_equal_the_hf_forward(variant, equal_groups):
+def test_logits_and_gradients_equal_the_hf_forward(variant, equal_groups, vocab):
     model = llama(**variant).train()
     prompts, responses = batch()
     if equal_groups:  # the native engine's layout; otherwise runs of 3, 3, 3, 3 and 1
         prompts, responses = prompts[:-1], responses[:-1]
     assert (fastllama.shared_prompts(prompts)[1].size is not None) == equal_groups
     assert fastllama.supports(model)
+    ids = answer_ids(K) if vocab == "answers" else slice(None)
+    picked = responses if vocab == "answers" else responses + ANSWER0
     grads = []
     for fast in (True, False):
-        logits = answer_logits(model, prompts, responses, K, fast=fast)
+        logits = response_logits(model, prompts, responses, ids, fast=fast)
         model.zero_grad()
-        (logits.log_softmax(-1).gather(-1, responses[..., None]) * torch.linspace(-1, 2, N)).sum().backward()
+        (logits.log_softmax(-1).gather(-1, picked[..., None]) * torch.linspace(-1, 2, N)).sum().backward()
         grads.append((logits.detach(), [p.grad.clone() for p in model.parameters() if p.requires_grad]))
     (fast_logits, fast_grads), (hf_logits, hf_grads) = grads
     assert hf_logits.abs().max() > 1.0  # the comparison is not between near-zero numbers

@@ -3,15 +3,17 @@ still equal the full computation and the closed form."""
 
 from __future__ import annotations
 
-import time
+import os
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
 import torch
 
 from barrierlab.models import LinearPolicyConfig, LinearPolicyLM, ModelConfig, build_model
-from barrierlab.policy import AnswerLogits, answer_logits
-from barrierlab.tokenizer import prompt_ids, vocab_size
+from barrierlab.policy import ResponseLogits, answer_logits
+from barrierlab.tokenizer import answer_ids, prompt_ids, vocab_size
 from posttrain.__main__ import adaptive_gradient, policy_gradient_loss
 
 K, N, D, B = 4, 5, 6, 12
@@ -61,7 +63,7 @@ def test_skipping_zero_advantage_rows_changes_nothing(signal_rows, masked, kl_co
     adv = signal(signal_rows, rollout.mask)
     want_loss, want_grads, want_entropy = full(model, rollout, adv, base, kl_coef)
     model.zero_grad()
-    loss, stats = policy_gradient_loss(AnswerLogits(model, K), rollout, adv, K, base, kl_coef)
+    loss, stats = policy_gradient_loss(ResponseLogits(model, answer_ids(K)), rollout, adv, K, base, kl_coef)
     loss.backward()
     assert loss.item() == pytest.approx(want_loss, abs=1e-6)
     assert stats["entropy"].item() == pytest.approx(want_entropy, rel=1e-6)
@@ -71,37 +73,38 @@ def test_skipping_zero_advantage_rows_changes_nothing(signal_rows, masked, kl_co
         assert loss.item() == 0.0 and all(p.grad.abs().max() == 0 for p in model.parameters())
 
 
-def _data_parallel_worker(rank: int, store: str, out: str) -> None:
-    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
-    torch.set_num_threads(1)
+SIGNAL_ROWS = [0, 1, 2, 3, 4, 5, 6, 8, 10]  # rank 0's half all has signal, rank 1's half only partly
+
+
+def data_parallel_worker(out: str) -> None:
+    """One of two torchrun processes (gloo), each with half the batch; rank 0 saves the synchronised gradient."""
+    torch.distributed.init_process_group("gloo")
+    rank = torch.distributed.get_rank()
     model, rollout = setup()
-    ddp = torch.nn.parallel.DistributedDataParallel(AnswerLogits(model, K))  # broadcasts buffers, as accelerate's
-    # rank 0: every response has signal; rank 1: half of them do, so only rank 1 runs the entropy-only forward
+    ddp = torch.nn.parallel.DistributedDataParallel(ResponseLogits(model, answer_ids(K)))  # broadcasts buffers
     half = slice(rank * B // 2, (rank + 1) * B // 2)
-    adv = signal([0, 1, 2, 3, 4, 5, 6, 8, 10])[half]
     part = SimpleNamespace(prompts=rollout.prompts[half], responses=rollout.responses[half], mask=rollout.mask[half])
-    for _ in range(3):  # a mismatch of collectives shows on a later step: a hang or an error
+    for _ in range(3):  # collectives out of step would show on a later step: a hang or an error
         model.zero_grad()
-        loss, _ = policy_gradient_loss(ddp, part, adv, K)
+        loss, _ = policy_gradient_loss(ddp, part, signal(SIGNAL_ROWS)[half], K)
         loss.backward()
     if rank == 0:
         torch.save([p.grad for p in model.parameters()], out)
+    del ddp  # before the process group: DDP's reducer torn down after it can hang at exit (seen with gloo)
     torch.distributed.destroy_process_group()
 
 
 def test_data_parallel_gradient_is_the_full_batch_gradient(tmp_path):
-    """Two gloo processes, each with half the batch: DDP's averaged gradient equals the full-batch gradient."""
-    ctx = torch.multiprocessing.start_processes(_data_parallel_worker, args=(str(tmp_path / "store"), str(tmp_path / "grads.pt")),
-                                                nprocs=2, join=False, start_method="spawn")
-    deadline = time.monotonic() + 120
-    while not ctx.join(timeout=1):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail("the two processes did not finish: their collectives are out of step")
+    """torchrun, 2 processes: only rank 1 runs the entropy-only forward, and DDP's averaged gradient is still the
+    full-batch gradient."""
+    out = tmp_path / "grads.pt"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           __file__, str(out)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
     model, rollout = setup()
-    _, want, _ = full(model, rollout, signal([0, 1, 2, 3, 4, 5, 6, 8, 10]))
-    for got, w in zip(torch.load(tmp_path / "grads.pt"), want):
+    _, want, _ = full(model, rollout, signal(SIGNAL_ROWS))
+    for got, w in zip(torch.load(out), want):
         torch.testing.assert_close(got, w, atol=1e-6, rtol=1e-5)
 
 
@@ -119,7 +122,7 @@ def test_adaptive_step_against_the_closed_form_on_the_linear_model():
     adv = torch.randn(b, n, generator=g)
     adv[[1, 4]] = 0.0
     rollout = SimpleNamespace(prompts=prompt_ids(bits), responses=responses, mask=torch.ones(b, n))
-    adaptive_gradient(AnswerLogits(model, k), rollout, adv)
+    adaptive_gradient(ResponseLogits(model, answer_ids(k)), rollout, adv)
 
     W1, W2 = model.W1.detach().double(), model.W2.detach().double()
     want1, want2 = torch.zeros_like(W1), torch.zeros_like(W2)
@@ -139,3 +142,7 @@ def test_adaptive_step_against_the_closed_form_on_the_linear_model():
         want2 -= eta * adv2 / b
     torch.testing.assert_close(model.W1.grad.double(), want1, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(model.W2.grad.double(), want2, atol=1e-6, rtol=1e-5)
+
+
+if __name__ == "__main__":  # under torchrun, for test_data_parallel_gradient_is_the_full_batch_gradient
+    data_parallel_worker(sys.argv[1])

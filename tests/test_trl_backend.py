@@ -13,10 +13,10 @@ from safetensors.torch import load_file
 
 from barrierlab.config import load_config
 from barrierlab.errors import UserError
-from barrierlab.policy import AnswerLogits
+from barrierlab.policy import ResponseLogits
 from barrierlab.run import RunDir, load_dataset_dir, load_model_dir, make_accelerator, seed_everything
 from barrierlab.tasks import task_from_info
-from barrierlab.tokenizer import ANSWER0
+from barrierlab.tokenizer import ANSWER0, answer_ids
 from posttrain.__main__ import PromptSource, policy_gradient_loss
 from posttrain.advantages import advantages
 from posttrain.config import PosttrainConfig
@@ -162,7 +162,7 @@ def test_trl_gradient_is_the_native_policy_gradient(tmp_path, tiny_base, reward,
     rollout = SimpleNamespace(prompts=batch["prompt_ids"], responses=responses, mask=torch.ones(responses.shape, device=responses.device))
     adv = advantages(reward_fn.values, cfg.algo.baseline, G, cfg.algo.scale_std).to(responses.device)
     assert adv.abs().sum() > 0  # a batch with a learning signal, or the comparison says nothing
-    loss, _ = policy_gradient_loss(AnswerLogits(model, task.k), rollout, adv, task.k)
+    loss, _ = policy_gradient_loss(ResponseLogits(model, answer_ids(task.k)), rollout, adv, task.k)
     loss.backward()
     for name, p in model.named_parameters():
         if p.requires_grad:
