@@ -22,6 +22,7 @@ from barrierlab.errors import UserError, cli_entry
 from barrierlab.policy import ResponseLogits, answer_logits
 from barrierlab.run import (
     RunDir,
+    column_tensor,
     fault_point,
     load_dataset_dir,
     load_model_dir,
@@ -53,8 +54,8 @@ class PromptSource:
         self.dataset = None
         if cfg.prompts.dataset:
             ds = load_dataset_dir(Path(cfg.prompts.dataset), ["prompt_ids", "target_ids"])
-            self.dataset = (torch.tensor(ds["prompt_ids"]), torch.tensor(ds["target_ids"]) - ANSWER0,
-                            torch.tensor(ds["cluster"]) if "cluster" in ds.column_names else None)
+            self.dataset = (column_tensor(ds, "prompt_ids"), column_tensor(ds, "target_ids") - ANSWER0,
+                            column_tensor(ds, "cluster") if "cluster" in ds.column_names else None)
 
     def draw(self, n: int) -> tuple[torch.Tensor, dict]:
         if self.dataset is not None:

@@ -21,6 +21,7 @@ from barrierlab.models import build_model
 from barrierlab.policy import ResponseLogits, target_stats
 from barrierlab.run import (
     RunDir,
+    column_tensor,
     fault_point,
     load_dataset_dir,
     make_accelerator,
@@ -107,7 +108,7 @@ def main(argv):
             data_dir / "eval_prompts",
         )
     acc.wait_for_everyone()
-    corpus = torch.tensor(load_dataset_dir(data_dir / "corpus", ["input_ids"])["input_ids"])
+    corpus = column_tensor(load_dataset_dir(data_dir / "corpus", ["input_ids"]), "input_ids")
     eval_set = load_dataset_dir(data_dir / "eval_prompts", ["prompt_ids", "target_ids", "cluster", "designed_alpha"])
 
     model = build_model(cfg.model, d=cfg.task.d, k=k, N=cfg.task.N, seed=cfg.run.seed)

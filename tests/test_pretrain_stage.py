@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
@@ -78,3 +79,18 @@ def test_rerun_with_a_different_config_is_refused(tiny_base):
                      "--task.k", "4", check=False)
     assert proc.returncode == 2 and "different config (key 'task.k')" in proc.stderr
     assert (tiny_base / "config.yaml").read_text() == before
+
+
+def test_column_tensor_reads_list_and_scalar_columns(tmp_path):
+    from datasets import Dataset
+
+    from barrierlab.errors import UserError
+    from barrierlab.run import column_tensor
+
+    rows = {"ids": [[1, 2, 3], [4, 5, 6]], "cluster": [7, 8], "ragged": [[1], [2, 3]]}
+    Dataset.from_dict(rows).save_to_disk(str(tmp_path))
+    ds = load_dataset_dir(tmp_path, ["ids"])
+    ids = column_tensor(ds, "ids")
+    assert ids.tolist() == rows["ids"] and ids.dtype == torch.long and column_tensor(ds, "cluster").tolist() == [7, 8]
+    with pytest.raises(UserError, match="same length"):
+        column_tensor(ds, "ragged")
