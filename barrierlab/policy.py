@@ -100,7 +100,7 @@ def sample(
     cache = {_CACHE_KW: DynamicCache(config=model.config)}  # filled in place by every forward
     logits = model(input_ids=prompt_ids, use_cache=True, **cache).logits[:, -1]
     for i in range(N):
-        out[:, i] = _draw(logits[:, ANSWER0 : ANSWER0 + k], temperature, generator)
+        out[:, i] = _draw(logits[:, answer_ids(k)], temperature, generator)
         if i + 1 < N:
             logits = model(input_ids=out[:, i : i + 1] + ANSWER0, use_cache=True, **cache).logits[:, -1]
     return out

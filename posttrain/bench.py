@@ -6,8 +6,8 @@ Every measurement is a real ``posttrain`` run (same base, on-policy outcome PG w
 G responses per prompt, one update per generation) of a few steps. With ±1 rewards every response carries a
 learning signal, so both backends do the whole update (the native engine skips responses whose advantages are
 all zero, which an untrained base's 0/1 rewards would make of every response). A step's time covers sampling,
-rewards and the update (the per-step ``train/update_time_s``); the first step is a warm-up and is left out. Both backends run in the same
-invocation, one after the other, so their ratio is measured side by side. Writes ``bench.json`` and prints
+rewards and the update (the per-step ``train/update_time_s``); the first step is a warm-up and is left out.
+Both backends run in the same invocation, one after the other, so their ratio is measured side by side. Writes ``bench.json`` and prints
 a table: completions/s, reward queries/s, seconds per update, peak memory, native/TRL ratio.
 """
 

@@ -63,7 +63,7 @@ from tqdm import tqdm
 
 from barrierlab.errors import UserError
 from barrierlab.run import RunDir, peak_memory_mb, save_model_dir, synchronize
-from barrierlab.tokenizer import ANSWER0, BIT0, prompt_text
+from barrierlab.tokenizer import ANSWER0, BIT0, answer_ids, prompt_text
 from posttrain.advantages import advantages
 from posttrain.evaluation import ExactEval
 
@@ -99,7 +99,7 @@ def add_answer_bias(model, k: int) -> None:
     """Frozen -1e4 logit bias on every non-answer id: sampling, training log-probs and entropy see only the k answers."""
     head = model.get_output_embeddings()
     bias = torch.full((head.out_features,), _MASKED, device=head.weight.device, dtype=head.weight.dtype)
-    bias[ANSWER0 : ANSWER0 + k] = 0.0
+    bias[answer_ids(k)] = 0.0
     head.bias = torch.nn.Parameter(bias, requires_grad=False)
 
 
