@@ -6,7 +6,8 @@ Every measurement is a real ``posttrain`` run (same base, on-policy outcome PG w
 G responses per prompt, one update per generation) of a few steps. With ±1 rewards every response carries a
 learning signal, so both backends do the whole update (the native engine skips responses whose advantages are
 all zero, which an untrained base's 0/1 rewards would make of every response). A step's time covers sampling,
-rewards and the update (the per-step ``train/update_time_s``); the first step is a warm-up and is left out.
+rewards and the update (the per-step ``train/update_time_s``); the first ``warmup_steps`` are left out (on a GPU the
+clocks, kernel caches and allocator take several updates to settle, so short runs under-measure a fast engine).
 Both backends run in the same invocation, one after the other, so their ratio is measured side by side. Writes ``bench.json`` and prints
 a table: completions/s, reward queries/s, seconds per update, peak memory, native/TRL ratio.
 """
@@ -41,7 +42,9 @@ class BenchConfig:
     group_size: int = 8
     """Completions per prompt (TRL's num_generations, ≥ 2)."""
     steps: int = 6
-    """Updates per run; the first is a warm-up and not timed."""
+    """Updates per run, warm-up included."""
+    warmup_steps: int = 1
+    """Updates at the start of each run left out of the timing."""
     extra_args: list[str] = field(default_factory=list)
     """Overrides passed to every posttrain run, e.g. ['--run.mixed_precision', 'bf16']."""
 
@@ -50,7 +53,8 @@ class BenchConfig:
         require(all(b >= self.group_size and b % self.group_size == 0 for b in self.batch_sizes), "batch_sizes",
                 f"each must be a multiple of group_size = {self.group_size}")
         require(self.group_size >= 2, "group_size", "must be ≥ 2 (TRL's minimum)")
-        require(self.steps >= 2, "steps", "must be ≥ 2 (the first is a warm-up)")
+        require(self.warmup_steps >= 0, "warmup_steps", "must be ≥ 0")
+        require(self.steps > self.warmup_steps, "steps", f"must exceed warmup_steps = {self.warmup_steps} (one timed update at least)")
 
 
 def measure(cfg: BenchConfig, base: Path, backend: str, batch: int) -> dict:
@@ -63,13 +67,15 @@ def measure(cfg: BenchConfig, base: Path, backend: str, batch: int) -> dict:
             "--optim.max_queries", "null", "--eval.eval_every", "1000000", "--eval.num_tracked", "0",
             "--run.checkpoint_every", "0", "--run.progress", "false", "--run.report_to", "[]", *cfg.extra_args)
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    steps = [r for r in rows if "train/update_time_s" in r][1:]  # the first step warms up
+    every = [r for r in rows if "train/update_time_s" in r]
+    steps = every[cfg.warmup_steps:]
     seconds = statistics.median(r["train/update_time_s"] for r in steps)
     queries = [b["train/reward_queries"] - a["train/reward_queries"] for a, b in zip(steps, steps[1:])] or [batch]
     done = rows[-1]
     return {"backend": backend, "batch": batch, "seconds_per_update": seconds,
             "completions_per_s": batch / seconds, "queries_per_s": statistics.median(queries) / seconds,
-            "peak_memory_mb": done["done/peak_memory_mb"]}
+            "peak_memory_mb": done["done/peak_memory_mb"],
+            "update_times_s": [round(r["train/update_time_s"], 5) for r in every]}  # warm-up included, to show it
 
 
 def device_name() -> str:
