@@ -5,8 +5,8 @@ overhead, not arithmetic, sets the speed of post-training. These functions compu
 testbed's fixed layout ``[BOS] bits [SEP] y_1 … y_N``, with savings that change no result:
 
 - prompt sharing: the G responses of a group share a prompt (consecutive rows, as every stage lays batches
-  out), so the prompt positions run once per run of equal prompts and every response attends to its prompt's
-  shared keys and values (in training the gradient flows back through them, summed over the group);
+  out), so the prompt positions run once per block of equal prompts and every response attends to its
+  prompt's shared keys and values (in training the gradient flows back through them, summed over the block);
 - RoPE and the attention scale are linear maps of the projected queries and keys, so they are folded into one
   query/key/value matrix per position, and hidden states are laid out position-major ``(T, B, D)`` so that
   the projection of every position is one batched matmul (no rotation ops on activations, forward or backward);
@@ -23,10 +23,13 @@ its own ``forward``.
 
 from __future__ import annotations
 
+import contextlib
+import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import LlamaForCausalLM
 
 from barrierlab.tokenizer import ANSWER0, answer_ids
@@ -116,10 +119,17 @@ def _attention_inputs(w: _Weights, projection: torch.Tensor, x: torch.Tensor):
     return heads(q, w.heads), heads(k, w.kv_heads), heads(v, w.kv_heads)
 
 
+# cuDNN attention builds an execution plan for every new shape, and batch shapes change between updates here
+# (responses with a learning signal, evaluation batches): on an H200 each update cost 0.2 s while they did.
+# The other CUDA kernels need no plan.
+_PLAN_FREE = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
 def _attend(w: _Weights, q, k, v, **mask) -> torch.Tensor:
     """Attention output, position-major ``(T, B, H·hd)``; grouped key/value heads are shared as in HF. The scale
     is already in the queries."""
-    out = F.scaled_dot_product_attention(q, k, v, scale=1.0, enable_gqa=w.kv_heads != w.heads, **mask)
+    with sdpa_kernel(_PLAN_FREE) if q.is_cuda else contextlib.nullcontext():
+        out = F.scaled_dot_product_attention(q, k, v, scale=1.0, enable_gqa=w.kv_heads != w.heads, **mask)
     return out.permute(2, 0, 1, 3).flatten(2)
 
 
@@ -133,31 +143,22 @@ def _head(w: _Weights, h: torch.Tensor) -> torch.Tensor:
     return F.linear(_rms(h, w.norm, w.eps), w.head, w.head_bias)
 
 
-@dataclass
-class Groups:
-    """Which prompt run each row belongs to: ``index`` (B,), and ``size`` when every run has that many rows."""
-
-    index: torch.Tensor
-    size: int | None
-
-    def spread(self, x: torch.Tensor) -> torch.Tensor:
-        """Rows of ``x`` (one per run) copied to every row of their run; the gradient sums over each run."""
-        if self.size is not None:  # equal runs: an expand, whose backward is a cheap sum (index_add is not)
-            return x.unsqueeze(1).expand(x.shape[0], self.size, *x.shape[1:]).flatten(0, 1)
-        return x.index_select(0, self.index)
+def spread(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Each row of ``x`` repeated ``size`` times in place; as an expand, whose backward is a cheap sum."""
+    return x if size == 1 else x.unsqueeze(1).expand(x.shape[0], size, *x.shape[1:]).flatten(0, 1)
 
 
-def shared_prompts(prompt_ids: torch.Tensor) -> tuple[torch.Tensor, Groups]:
-    """Distinct prompts of each run of equal consecutive rows, and the runs: ``prompt_ids == groups.spread(prompts)``.
-    Equal prompts that are not adjacent are simply computed twice."""
+def shared_prompts(prompt_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """``(prompts, size)`` with ``spread(prompts, size) == prompt_ids``: ``size`` is the gcd of the lengths of the
+    runs of equal consecutive rows, so every block of ``size`` rows shares one prompt. A run longer than that is
+    split: where two of the engine's groups of G draw the same prompt, the block stays G rows, and the number
+    of prompt rows (the shape of every prompt-side matmul and attention call) stays B / G from batch to batch."""
     B = prompt_ids.shape[0]
     new = torch.ones(B, dtype=torch.bool, device=prompt_ids.device)
     new[1:] = (prompt_ids[1:] != prompt_ids[:-1]).any(-1)
-    prompts, index = prompt_ids[new], new.cumsum(0) - 1
-    size = B // prompts.shape[0]
-    # equal runs (the engine's groups of G): row r is in run r // size
-    equal = B % prompts.shape[0] == 0 and bool((index == torch.arange(B, device=index.device) // size).all())
-    return prompts, Groups(index, size if equal else None)
+    starts = new.nonzero().flatten().tolist() + [B]
+    size = math.gcd(*(b - a for a, b in zip(starts, starts[1:])))
+    return prompt_ids[::size], size
 
 
 def _prefill(w: _Weights, prompts: torch.Tensor, projections: list[torch.Tensor]):
@@ -178,10 +179,10 @@ def response_logits(model: LlamaForCausalLM, prompt_ids: torch.Tensor, responses
     ``model(...).logits[..., vocab]`` gives there. ``responses`` are answer symbols."""
     w = _weights(model, vocab)
     P, N = prompt_ids.shape[1], responses.shape[1]
-    prompts, groups = shared_prompts(prompt_ids)
+    prompts, size = shared_prompts(prompt_ids)
     projections = [_projections(w, layer[1], P + N - 1) for layer in w.layers]
     hp, kv = _prefill(w, prompts, projections)
-    last = groups.spread(hp[-1])[None]  # (1, B, D): the [SEP] position predicts y_1
+    last = spread(hp[-1], size)[None]  # (1, B, D): the [SEP] position predicts y_1
     if N == 1:
         return _head(w, last).transpose(0, 1).float()
     h = F.embedding(responses[:, :-1].T + ANSWER0, w.embed)  # (N-1, B, D): y_1 … y_{N-1} as inputs
@@ -190,7 +191,7 @@ def response_logits(model: LlamaForCausalLM, prompt_ids: torch.Tensor, responses
     for layer, projection, (kp, vp) in zip(w.layers, projections, kv):
         attn_norm, _, o = layer[:3]
         q, key, value = _attention_inputs(w, projection[P:], _rms(h, attn_norm, w.eps))
-        keys, values = torch.cat([groups.spread(kp), key], 2), torch.cat([groups.spread(vp), value], 2)
+        keys, values = torch.cat([spread(kp, size), key], 2), torch.cat([spread(vp, size), value], 2)
         h = _mlp(w, layer, h + F.linear(_attend(w, q, keys, values, attn_mask=visible), o))
     return _head(w, torch.cat([last, h])).transpose(0, 1).float()
 
@@ -201,15 +202,15 @@ def sample(model: LlamaForCausalLM, prompt_ids: torch.Tensor, N: int, k: int, dr
     w = _weights(model, answer_ids(k))
     B, P = prompt_ids.shape
     H, Hkv, hd, L = w.heads, w.kv_heads, w.head_dim, P + N - 1
-    prompts, groups = shared_prompts(prompt_ids)
+    prompts, size = shared_prompts(prompt_ids)
     projections = [_projections(w, layer[1], L) for layer in w.layers]
     h, kv = _prefill(w, prompts, projections)
     caches = []  # per layer: keys and values (B·Hkv, L, hd), for batched matmuls
     for key, value in kv:
         cache = key.new_empty(2, B, Hkv, L, hd)
-        cache[0, :, :, :P], cache[1, :, :, :P] = groups.spread(key), groups.spread(value)
+        cache[0, :, :, :P], cache[1, :, :, :P] = spread(key, size), spread(value, size)
         caches.append(cache.view(2, B * Hkv, L, hd).unbind(0))
-    logits = groups.spread(_head(w, h[-1]))
+    logits = spread(_head(w, h[-1]), size)
     out = torch.empty(B, N, dtype=torch.long, device=prompt_ids.device)
     rep = H // Hkv
     for i in range(N):

@@ -30,33 +30,37 @@ def llama(kv_heads: int | None = None, bias: bool = False) -> LlamaForCausalLM:
     return model
 
 
-def batch(groups: int = 4, group_size: int = 3):
-    """Prompts in groups of equal consecutive rows (the layout of every stage), plus a repeat that is not adjacent."""
+def batch(groups: int = 4, group_size: int = 3, layout: str = "groups"):
+    """Prompts in groups of equal consecutive rows (the layout of every stage). ``merged``: the second group draws
+    the first group's prompt (runs of 6, 3, 3); ``ragged``: the first prompt once more at the end (runs of 3, 3, 3,
+    3, 1)."""
     gen = torch.Generator().manual_seed(1)
-    bits = torch.randint(0, 2, (groups, D), generator=gen).repeat_interleave(group_size, 0)
-    bits = torch.cat([bits, bits[:1]])  # the first prompt again, after the others
+    bits = torch.randint(0, 2, (groups, D), generator=gen)
+    if layout == "merged":
+        bits[1] = bits[0]
+    bits = bits.repeat_interleave(group_size, 0)
+    if layout == "ragged":
+        bits = torch.cat([bits, bits[:1]])
     return prompt_ids(bits), torch.randint(0, K, (bits.shape[0], N), generator=gen)
 
 
-def test_shared_prompts_runs_of_equal_rows():
-    rows = torch.tensor([[1, 2], [1, 2], [3, 4], [1, 2], [1, 2], [1, 2]])
-    prompts, groups = fastllama.shared_prompts(rows)
-    assert prompts.tolist() == [[1, 2], [3, 4], [1, 2]]
-    assert groups.index.tolist() == [0, 0, 1, 2, 2, 2] and groups.size is None
-    assert torch.equal(groups.spread(prompts), rows)
-    prompts, groups = fastllama.shared_prompts(rows[1:3].repeat_interleave(2, 0))  # equal runs of two
-    assert groups.size == 2 and torch.equal(groups.spread(prompts), rows[1:3].repeat_interleave(2, 0))
+def test_shared_prompts_blocks_of_the_gcd_of_the_runs():
+    a, b = [1, 2], [3, 4]
+    for rows, size in [([a, a, b, b], 2), ([a, a, a, a, b, b], 2), ([a] * 6 + [b] * 3 + [a] * 3, 3),
+                       ([a, a, b, a, a, a], 1), ([a] * 4, 4)]:
+        rows = torch.tensor(rows)
+        prompts, got = fastllama.shared_prompts(rows)
+        assert got == size and prompts.shape[0] == rows.shape[0] // size
+        assert torch.equal(fastllama.spread(prompts, size), rows)
 
 
 @pytest.mark.parametrize("vocab", ["answers", "all"])  # the policy's logits; pretraining's full-vocabulary ones
-@pytest.mark.parametrize("equal_groups", [True, False])
+@pytest.mark.parametrize("layout, size", [("groups", 3), ("merged", 3), ("ragged", 1)])
 @pytest.mark.parametrize("variant", [{}, {"kv_heads": 2}, {"bias": True}])
-def test_logits_and_gradients_equal_the_hf_forward(variant, equal_groups, vocab):
+def test_logits_and_gradients_equal_the_hf_forward(variant, layout, size, vocab):
     model = llama(**variant).train()
-    prompts, responses = batch()
-    if equal_groups:  # the native engine's layout; otherwise runs of 3, 3, 3, 3 and 1
-        prompts, responses = prompts[:-1], responses[:-1]
-    assert (fastllama.shared_prompts(prompts)[1].size is not None) == equal_groups
+    prompts, responses = batch(layout=layout)
+    assert fastllama.shared_prompts(prompts)[1] == size
     assert fastllama.supports(model)
     ids = answer_ids(K) if vocab == "answers" else slice(None)
     picked = responses if vocab == "answers" else responses + ANSWER0
@@ -85,7 +89,7 @@ def test_single_answer_position():
 def test_sampling_draws_the_same_responses_as_the_hf_cache_loop(temperature, variant):
     # same generator, same uniform draws: equal step logits give equal symbols
     model = llama(**variant).eval()
-    prompts, _ = batch(groups=8, group_size=4)
+    prompts, _ = batch(groups=8, group_size=4, layout="merged")
     fast = sample(model, prompts, N, K, temperature=temperature, generator=torch.Generator().manual_seed(3))
     slow = sample(model, prompts, N, K, temperature=temperature, generator=torch.Generator().manual_seed(3), fast=False)
     assert torch.equal(fast, slow)
@@ -137,7 +141,7 @@ def test_bf16_autocast_follows_the_hf_forward():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (docs/gpu_check.sh runs it)")
 def test_cuda_logits_gradients_and_samples_equal_the_hf_forward():
     model = llama(kv_heads=2).cuda().train()
-    prompts, responses = (t.cuda() for t in batch(groups=8, group_size=4))
+    prompts, responses = (t.cuda() for t in batch(groups=8, group_size=4, layout="merged"))
     for autocast in (False, True):
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
             fast = answer_logits(model, prompts, responses, K)
@@ -147,3 +151,15 @@ def test_cuda_logits_gradients_and_samples_equal_the_hf_forward():
     model.eval()
     draws = [sample(model, prompts, N, K, generator=torch.Generator("cuda").manual_seed(5), fast=fast) for fast in (True, False)]
     assert (draws[0] == draws[1]).float().mean() > 0.99  # TF32 matmuls may flip a rare draw at a CDF boundary
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (docs/gpu_check.sh runs it)")
+def test_cuda_attention_needs_no_cudnn_plan():
+    # cuDNN attention plans every new shape; the engine's shapes change from update to update
+    model = llama().cuda().train()
+    prompts, responses = (t.cuda() for t in batch(groups=8, group_size=4))
+    with torch.profiler.profile() as prof, torch.autocast("cuda", dtype=torch.bfloat16):
+        answer_logits(model, prompts, responses, K).sum().backward()
+    names = [e.key for e in prof.key_averages()]
+    assert any("scaled_dot_product" in n for n in names)
+    assert not any("cudnn_attention" in n for n in names), names
