@@ -119,16 +119,22 @@ def _attention_inputs(w: _Weights, projection: torch.Tensor, x: torch.Tensor):
     return heads(q, w.heads), heads(k, w.kv_heads), heads(v, w.kv_heads)
 
 
-# cuDNN attention builds an execution plan for every new shape, and batch shapes change between updates here
-# (responses with a learning signal, evaluation batches): on an H200 each update cost 0.2 s while they did.
-# The other CUDA kernels need no plan.
-_PLAN_FREE = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+# cuDNN attention builds an execution plan for every new shape, and the shapes change between updates here
+# (responses with a learning signal, evaluation batches): the likely cause of the 0.2 s per update the native
+# engine spent on an H200 while the number of prompt rows kept changing. The other CUDA kernels need no plan,
+# so on CUDA cuDNN is left out of what is enabled.
+_NO_PLAN = {SDPBackend.FLASH_ATTENTION: torch.backends.cuda.flash_sdp_enabled,
+            SDPBackend.EFFICIENT_ATTENTION: torch.backends.cuda.mem_efficient_sdp_enabled,
+            SDPBackend.MATH: torch.backends.cuda.math_sdp_enabled}
 
 
 def _attend(w: _Weights, q, k, v, **mask) -> torch.Tensor:
     """Attention output, position-major ``(T, B, H·hd)``; grouped key/value heads are shared as in HF. The scale
     is already in the queries."""
-    with sdpa_kernel(_PLAN_FREE) if q.is_cuda else contextlib.nullcontext():
+    context = contextlib.nullcontext()
+    if q.is_cuda:
+        context = sdpa_kernel([b for b, enabled in _NO_PLAN.items() if enabled()] or [SDPBackend.MATH])
+    with context:
         out = F.scaled_dot_product_attention(q, k, v, scale=1.0, enable_gqa=w.kv_heads != w.heads, **mask)
     return out.permute(2, 0, 1, 3).flatten(2)
 
@@ -143,22 +149,39 @@ def _head(w: _Weights, h: torch.Tensor) -> torch.Tensor:
     return F.linear(_rms(h, w.norm, w.eps), w.head, w.head_bias)
 
 
-def spread(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Each row of ``x`` repeated ``size`` times in place; as an expand, whose backward is a cheap sum."""
-    return x if size == 1 else x.unsqueeze(1).expand(x.shape[0], size, *x.shape[1:]).flatten(0, 1)
+@dataclass
+class Groups:
+    """Which prompt row each batch row reads: blocks of ``size`` adjacent rows, or else ``index`` (B,)."""
+
+    size: int | None
+    index: torch.Tensor | None = None
+
+    def spread(self, x: torch.Tensor) -> torch.Tensor:
+        """Rows of ``x`` (one per prompt row) copied to every batch row that reads them; the gradient sums."""
+        if self.size is None:
+            return x.index_select(0, self.index)
+        if self.size == 1:
+            return x
+        # an expand, whose backward is a cheap sum (index_add is not)
+        return x.unsqueeze(1).expand(x.shape[0], self.size, *x.shape[1:]).flatten(0, 1)
 
 
-def shared_prompts(prompt_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """``(prompts, size)`` with ``spread(prompts, size) == prompt_ids``: ``size`` is the gcd of the lengths of the
-    runs of equal consecutive rows, so every block of ``size`` rows shares one prompt. A run longer than that is
-    split: where two of the engine's groups of G draw the same prompt, the block stays G rows, and the number
-    of prompt rows (the shape of every prompt-side matmul and attention call) stays B / G from batch to batch."""
+def shared_prompts(prompt_ids: torch.Tensor) -> tuple[torch.Tensor, Groups]:
+    """Prompt rows to compute once, and how the batch reads them: ``groups.spread(prompts) == prompt_ids``.
+
+    Runs of equal adjacent rows share a prompt row. Where the gcd of the run lengths keeps most of that sharing,
+    runs are cut into blocks of that size: where two of the engine's groups of G draw the same prompt the blocks
+    stay G rows, so the prompt-side shapes stay (B / G, ...) from batch to batch and the expand path applies.
+    Otherwise (a subset of rows, say) each run is one prompt row, read through an index."""
     B = prompt_ids.shape[0]
     new = torch.ones(B, dtype=torch.bool, device=prompt_ids.device)
     new[1:] = (prompt_ids[1:] != prompt_ids[:-1]).any(-1)
-    starts = new.nonzero().flatten().tolist() + [B]
-    size = math.gcd(*(b - a for a, b in zip(starts, starts[1:])))
-    return prompt_ids[::size], size
+    starts = new.nonzero().flatten()
+    lengths = torch.diff(starts, append=starts.new_tensor([B]))
+    size = math.gcd(*lengths.unique().tolist())
+    if 2 * size * starts.numel() > B:  # blocks of the gcd lose less than half of the runs' sharing
+        return prompt_ids[::size], Groups(size)
+    return prompt_ids[starts], Groups(None, new.cumsum(0) - 1)
 
 
 def _prefill(w: _Weights, prompts: torch.Tensor, projections: list[torch.Tensor]):
@@ -179,10 +202,10 @@ def response_logits(model: LlamaForCausalLM, prompt_ids: torch.Tensor, responses
     ``model(...).logits[..., vocab]`` gives there. ``responses`` are answer symbols."""
     w = _weights(model, vocab)
     P, N = prompt_ids.shape[1], responses.shape[1]
-    prompts, size = shared_prompts(prompt_ids)
+    prompts, groups = shared_prompts(prompt_ids)
     projections = [_projections(w, layer[1], P + N - 1) for layer in w.layers]
     hp, kv = _prefill(w, prompts, projections)
-    last = spread(hp[-1], size)[None]  # (1, B, D): the [SEP] position predicts y_1
+    last = groups.spread(hp[-1])[None]  # (1, B, D): the [SEP] position predicts y_1
     if N == 1:
         return _head(w, last).transpose(0, 1).float()
     h = F.embedding(responses[:, :-1].T + ANSWER0, w.embed)  # (N-1, B, D): y_1 … y_{N-1} as inputs
@@ -191,7 +214,7 @@ def response_logits(model: LlamaForCausalLM, prompt_ids: torch.Tensor, responses
     for layer, projection, (kp, vp) in zip(w.layers, projections, kv):
         attn_norm, _, o = layer[:3]
         q, key, value = _attention_inputs(w, projection[P:], _rms(h, attn_norm, w.eps))
-        keys, values = torch.cat([spread(kp, size), key], 2), torch.cat([spread(vp, size), value], 2)
+        keys, values = torch.cat([groups.spread(kp), key], 2), torch.cat([groups.spread(vp), value], 2)
         h = _mlp(w, layer, h + F.linear(_attend(w, q, keys, values, attn_mask=visible), o))
     return _head(w, torch.cat([last, h])).transpose(0, 1).float()
 
@@ -202,15 +225,15 @@ def sample(model: LlamaForCausalLM, prompt_ids: torch.Tensor, N: int, k: int, dr
     w = _weights(model, answer_ids(k))
     B, P = prompt_ids.shape
     H, Hkv, hd, L = w.heads, w.kv_heads, w.head_dim, P + N - 1
-    prompts, size = shared_prompts(prompt_ids)
+    prompts, groups = shared_prompts(prompt_ids)
     projections = [_projections(w, layer[1], L) for layer in w.layers]
     h, kv = _prefill(w, prompts, projections)
     caches = []  # per layer: keys and values (B·Hkv, L, hd), for batched matmuls
     for key, value in kv:
         cache = key.new_empty(2, B, Hkv, L, hd)
-        cache[0, :, :, :P], cache[1, :, :, :P] = spread(key, size), spread(value, size)
+        cache[0, :, :, :P], cache[1, :, :, :P] = groups.spread(key), groups.spread(value)
         caches.append(cache.view(2, B * Hkv, L, hd).unbind(0))
-    logits = spread(_head(w, h[-1]), size)
+    logits = groups.spread(_head(w, h[-1]))
     out = torch.empty(B, N, dtype=torch.long, device=prompt_ids.device)
     rep = H // Hkv
     for i in range(N):

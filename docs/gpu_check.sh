@@ -5,9 +5,11 @@
 #   3. the same on the 1M-parameter transformer (configs/gpu/bench_1m.yaml);
 #   4. the tiny pipeline (pretrain, process PG, eval) on the machine's own transformers.
 # Run from the repo root with trl/datasets/dill/multiprocess/transformers wheels in .whl/ (the GPU image lacks
-# trl and datasets; TRL 1.16 wants a newer transformers than the image's). Each step's results land in $OUT as
+# trl and datasets; TRL 1.16 wants a newer transformers than the image's; pytest and xxhash come with the image).
+# The step limits add up to 510 s, inside one 600 s device command. Each step's results land in $OUT as
 # soon as it ends, so a step cut short by its timeout loses only itself.
 set -uo pipefail
+: "${OUT:?set OUT to the folder that receives the results}"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 TOKENIZERS_PARALLELISM=false
 exec > >(tee -a "$OUT/gpu.log") 2>&1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
@@ -15,9 +17,9 @@ pipq() { python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-
 pipq /tmp/site .whl/datasets-* .whl/dill-* .whl/multiprocess-* .whl/trl-* || exit 1
 pipq /tmp/site_tf .whl/transformers-* || exit 1
 export PYTHONPATH=/tmp/site:$PWD
-python3 -c "import torch, transformers, accelerate, datasets, pyarrow, pytest; print('torch', torch.__version__, 'transformers', transformers.__version__, 'accelerate', accelerate.__version__, 'datasets', datasets.__version__, 'pyarrow', pyarrow.__version__)"
+python3 -c "import torch, transformers, accelerate, datasets, pyarrow, pytest; print('torch', torch.__version__, 'transformers', transformers.__version__, 'accelerate', accelerate.__version__, 'datasets', datasets.__version__, 'pyarrow', pyarrow.__version__, 'pytest', pytest.__version__)"
 S=$(date +%s)
-timeout 90 python3 -m pytest -q -p no:cacheprovider -o addopts="" tests/test_fastllama.py
+timeout 60 python3 -m pytest -q -p no:cacheprovider -o addopts="" tests/test_fastllama.py
 echo "fastllama tests took $(( $(date +%s) - S )) s"
 
 bench() {  # config, out folder, time limit (s): TRL 1.16 with transformers 5.24, for both backends alike
@@ -27,11 +29,11 @@ bench() {  # config, out folder, time limit (s): TRL 1.16 with transformers 5.24
   cp "$2/bench.json" "$OUT/$(basename "$1" .yaml).json" 2>/dev/null
   for f in "$2"/*/metrics.jsonl; do echo "$f"; grep -h '"done/' "$f"; done
 }
-bench configs/gpu/bench.yaml /tmp/bench 270
-bench configs/gpu/bench_1m.yaml /tmp/bench_1m 220
+bench configs/gpu/bench.yaml /tmp/bench 200
+bench configs/gpu/bench_1m.yaml /tmp/bench_1m 170
 
 T=/tmp/gpu_tiny; S=$(date +%s)
-timeout 100 bash -c "python3 -m pretrain --config configs/tiny/pretrain.yaml --run.run_dir $T/base \
+timeout 80 bash -c "python3 -m pretrain --config configs/tiny/pretrain.yaml --run.run_dir $T/base \
  && python3 -m posttrain --config configs/tiny/posttrain_process.yaml --base $T/base --run.run_dir $T/process \
  && python3 -m eval --config configs/tiny/eval.yaml --base $T/base --checkpoints.process $T/process --out_dir $T/eval" \
  && echo "TINY PIPELINE OK on the machine's transformers in $(( $(date +%s) - S )) s"

@@ -6,8 +6,8 @@ Every measurement is a real ``posttrain`` run (same base, on-policy outcome PG w
 G responses per prompt, one update per generation) of a few steps. With ±1 rewards every response carries a
 learning signal, so both backends do the whole update (the native engine skips responses whose advantages are
 all zero, which an untrained base's 0/1 rewards would make of every response). A step's time covers sampling,
-rewards and the update (the per-step ``train/update_time_s``); the first ``warmup_steps`` are left out (on a GPU the
-clocks, kernel caches and allocator take several updates to settle, so short runs under-measure a fast engine).
+rewards and the update (the per-step ``train/update_time_s``); the first ``warmup_steps`` are left out (first calls
+build kernel caches and grow the allocator), and every update's time is kept in ``bench.json``.
 Both backends run in the same invocation, one after the other, so their ratio is measured side by side. Writes ``bench.json`` and prints
 a table: completions/s, reward queries/s, seconds per update, peak memory, native/TRL ratio.
 """
@@ -15,6 +15,7 @@ a table: completions/s, reward queries/s, seconds per update, peak memory, nativ
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,13 +60,13 @@ class BenchConfig:
 
 def measure(cfg: BenchConfig, base: Path, backend: str, batch: int) -> dict:
     run_dir = Path(cfg.out_dir) / f"{backend}_b{batch}"
-    if not (run_dir / "model").exists():
-        run_stage("posttrain", "--config", "configs/posttrain_outcome.yaml", "--base", str(base),
-            "--run.run_dir", str(run_dir), "--backend", backend, "--optim.batch_size", str(batch),
-            "--algo.group_size", str(cfg.group_size), "--reward.signed", "true", "--algo.baseline", "none",
-            "--optim.max_steps", str(cfg.steps),
-            "--optim.max_queries", "null", "--eval.eval_every", "1000000", "--eval.num_tracked", "0",
-            "--run.checkpoint_every", "0", "--run.progress", "false", "--run.report_to", "[]", *cfg.extra_args)
+    shutil.rmtree(run_dir, ignore_errors=True)  # every number from this invocation (an old run may be another device's)
+    run_stage("posttrain", "--config", "configs/posttrain_outcome.yaml", "--base", str(base),
+        "--run.run_dir", str(run_dir), "--backend", backend, "--optim.batch_size", str(batch),
+        "--algo.group_size", str(cfg.group_size), "--reward.signed", "true", "--algo.baseline", "none",
+        "--optim.max_steps", str(cfg.steps),
+        "--optim.max_queries", "null", "--eval.eval_every", "1000000", "--eval.num_tracked", "0",
+        "--run.checkpoint_every", "0", "--run.progress", "false", "--run.report_to", "[]", *cfg.extra_args)
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     every = [r for r in rows if "train/update_time_s" in r]
     steps = every[cfg.warmup_steps:]

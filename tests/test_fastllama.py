@@ -44,23 +44,29 @@ def batch(groups: int = 4, group_size: int = 3, layout: str = "groups"):
     return prompt_ids(bits), torch.randint(0, K, (bits.shape[0], N), generator=gen)
 
 
-def test_shared_prompts_blocks_of_the_gcd_of_the_runs():
+def test_shared_prompts_blocks_or_runs():
     a, b = [1, 2], [3, 4]
-    for rows, size in [([a, a, b, b], 2), ([a, a, a, a, b, b], 2), ([a] * 6 + [b] * 3 + [a] * 3, 3),
-                       ([a, a, b, a, a, a], 1), ([a] * 4, 4)]:
+    # blocks of the gcd of the run lengths where that keeps most of the sharing (the engine's groups)
+    for rows, size in [([a, a, b, b], 2), ([a, a, a, a, b, b], 2), ([a] * 6 + [b] * 3 + [a] * 3, 3), ([a] * 4, 4),
+                       ([a, b, a, b], 1), ([a], 1)]:
         rows = torch.tensor(rows)
-        prompts, got = fastllama.shared_prompts(rows)
-        assert got == size and prompts.shape[0] == rows.shape[0] // size
-        assert torch.equal(fastllama.spread(prompts, size), rows)
+        prompts, groups = fastllama.shared_prompts(rows)
+        assert groups.size == size and prompts.shape[0] == rows.shape[0] // size
+        assert torch.equal(groups.spread(prompts), rows)
+    # one prompt row per run, through an index, where the gcd would give up the sharing (runs of 2, 1, 3)
+    rows = torch.tensor([a, a, b, a, a, a])
+    prompts, groups = fastllama.shared_prompts(rows)
+    assert prompts.tolist() == [a, b, a] and groups.size is None and groups.index.tolist() == [0, 0, 1, 2, 2, 2]
+    assert torch.equal(groups.spread(prompts), rows)
 
 
 @pytest.mark.parametrize("vocab", ["answers", "all"])  # the policy's logits; pretraining's full-vocabulary ones
-@pytest.mark.parametrize("layout, size", [("groups", 3), ("merged", 3), ("ragged", 1)])
+@pytest.mark.parametrize("layout, size", [("groups", 3), ("merged", 3), ("ragged", None)])
 @pytest.mark.parametrize("variant", [{}, {"kv_heads": 2}, {"bias": True}])
 def test_logits_and_gradients_equal_the_hf_forward(variant, layout, size, vocab):
     model = llama(**variant).train()
     prompts, responses = batch(layout=layout)
-    assert fastllama.shared_prompts(prompts)[1] == size
+    assert fastllama.shared_prompts(prompts)[1].size == size
     assert fastllama.supports(model)
     ids = answer_ids(K) if vocab == "answers" else slice(None)
     picked = responses if vocab == "answers" else responses + ANSWER0
@@ -155,7 +161,7 @@ def test_cuda_logits_gradients_and_samples_equal_the_hf_forward():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (docs/gpu_check.sh runs it)")
 def test_cuda_attention_needs_no_cudnn_plan():
-    # cuDNN attention plans every new shape; the engine's shapes change from update to update
+    # cuDNN attention plans every new shape, and the engine's shapes change from update to update
     model = llama().cuda().train()
     prompts, responses = (t.cuda() for t in batch(groups=8, group_size=4))
     with torch.profiler.profile() as prof, torch.autocast("cuda", dtype=torch.bfloat16):
