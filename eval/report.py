@@ -147,9 +147,34 @@ def _per_prompt(run_dir: Path) -> dict[str, dict[str, list]]:
     columns: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     with open(run_dir / "per_prompt.csv", newline="") as f:
         for row in csv.DictReader(f):
-            for key in ("log10_likelihood", "base_alpha"):
+            for key in ("likelihood", "log10_likelihood", "base_alpha"):
                 columns[row["checkpoint"]][key].append(float(row[key]))
+            columns[row["checkpoint"]]["cluster"].append(int(row["cluster"]))
+            columns[row["checkpoint"]]["split"].append(row["split"])
     return columns
+
+
+def _cluster_table(per_prompt: dict, base: Path) -> list[str]:
+    """Mean likelihood of y* per cluster and checkpoint, and in brackets over the cluster's off-support prompts:
+    where each split's mean comes from (a few outliers of an on-support cluster can set the off-support mean)."""
+    support = base / "support.json"
+    design = {c["cluster"]: c for c in json.loads(support.read_text())["clusters"]} if support.exists() else {}
+    names = list(per_prompt)
+    first = per_prompt[names[0]]  # cluster and split are the same columns for every checkpoint
+    lines = ["| cluster | coverage | designed α | prompts (off-support) | " + " | ".join(names) + " |",
+             "|---" * (4 + len(names)) + "|"]
+    for cluster in sorted(set(first["cluster"])):
+        rows = [i for i, c in enumerate(first["cluster"]) if c == cluster]
+        off = [i for i in rows if first["split"][i] == "offsupport"]
+        cells = []
+        for name in names:
+            likelihood = per_prompt[name]["likelihood"]
+            cell = _num(sum(likelihood[i] for i in rows) / len(rows))
+            cells.append(cell + (f" ({_num(sum(likelihood[i] for i in off) / len(off))})" if off else ""))
+        d = design.get(cluster, {})
+        lines.append(f"| {cluster} | {d.get('coverage', 'n/a')} | {_num(d.get('designed_alpha'))} | "
+                     f"{len(rows)} ({len(off)}) | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _tracked_alpha(arm: _Arm, base: Path, base_alpha: list[float]) -> list[float] | None:
@@ -244,7 +269,8 @@ def build_report(run_dir, *, scaling=None, alpha=None) -> Path:
     arms = [a for a in (_Arm(name, run) for name, run in _arm_runs(results).items()) if a.last]  # not pretraining runs
     scaling_data = _load_experiment(scaling, ("arm", "N", "queries", "censored")) if scaling else None
     alpha_data = _load_experiment(alpha, ("alpha", "queries", "censored")) if alpha else None
-    made = _make_figures(run_dir / "figures", results, _per_prompt(run_dir), arms, scaling_data, alpha_data)
+    per_prompt = _per_prompt(run_dir)
+    made = _make_figures(run_dir / "figures", results, per_prompt, arms, scaling_data, alpha_data)
 
     observed = [a.sentence() for a in arms] + _barrier_sentences(arms) + [_coverage_sentence(results)]
     observed += _passk_sentences(results)
@@ -258,7 +284,10 @@ def build_report(run_dir, *, scaling=None, alpha=None) -> Path:
     lines += [f"- {s}" for s in observed]
     if arms:
         lines += ["", "## Post-training runs", "", *_arm_table(arms)]
-    lines += ["", "## Checkpoints on the eval prompts", "", *_checkpoint_table(results), "", "## Figures", ""]
+    lines += ["", "## Checkpoints on the eval prompts", "", *_checkpoint_table(results)]
+    lines += ["", "## By cluster", "", "Mean likelihood of y* over each cluster's eval prompts; in brackets, over those "
+              f"of them that are off-support (base α < {results['offsupport_threshold']:g}).", "",
+              *_cluster_table(per_prompt, base), "", "## Figures", ""]
     for title, file in made.items():
         lines += [f"### {title}", "", f"![{title}](figures/{file})", ""]
     if not scaling_data:

@@ -188,13 +188,27 @@ def test_eval_stage_end_to_end(tiny_eval, tiny_base):
     assert "n_samples: 16" in (tiny_eval / "config.yaml").read_text()
 
 
-def test_report_on_tiny_finished_runs(tiny_eval, tmp_path):
+def test_report_on_tiny_finished_runs(tiny_eval, tiny_base, tmp_path):
     report = (tiny_eval / "report.md").read_text()
     for name in ("barrier.png", "coverage.png", "passk.png"):
         assert f"(figures/{name})" in report and (tiny_eval / "figures" / name).read_bytes().startswith(PNG)
     assert "## What was observed" in report and "Outcome PG (outcome) left the mean off-support likelihood" in report
     assert "| outcome | outcome reward, on_policy behaviour | 384 | 12 | max_steps |" in report
     assert report.count("<details>") == 4  # eval, base, outcome and process configs
+    # by cluster: the mean likelihood over each cluster's prompts, off-support ones in brackets, from per_prompt.csv
+    with open(tiny_eval / "per_prompt.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["checkpoint"] == "outcome"]
+    design = {c["cluster"]: c for c in json.loads((tiny_base / "support.json").read_text())["clusters"]}
+    assert "| cluster | coverage | designed α | prompts (off-support) | base | outcome | process | base_again |" in report
+    for cluster in sorted({int(r["cluster"]) for r in rows}):
+        mine = [float(r["likelihood"]) for r in rows if int(r["cluster"]) == cluster]
+        off = [float(r["likelihood"]) for r in rows if int(r["cluster"]) == cluster and r["split"] == "offsupport"]
+        line = next(x for x in report.splitlines() if x.startswith(f"| {cluster} | {design[cluster]['coverage']} |"))
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[3] == f"{len(mine)} ({len(off)})"
+        mean, _, bracket = cells[5].partition(" (")
+        assert float(mean) == pytest.approx(sum(mine) / len(mine), rel=2e-3)
+        assert (float(bracket.rstrip(")")) == pytest.approx(sum(off) / len(off), rel=2e-3)) if off else bracket == ""
     assert "reward:" in report and "profile:" in report
     scaling = tmp_path / "scaling.json"
     scaling.write_text(json.dumps({"k": 3, "target_likelihood": 0.5, "runs": [
