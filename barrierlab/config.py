@@ -2,7 +2,7 @@
 
 Every stage declares its config as nested dataclasses whose fields carry a docstring (the string
 literal right below the field, as in CleanRL). ``load_config`` reads ``--config FILE`` plus overrides
-such as ``--posttrain.lr 0.1`` or ``--task.k=4`` and returns a validated instance. Anything wrong
+such as ``--optim.lr 0.1`` or ``--task.k=4`` and returns a validated instance. Anything wrong
 (unknown or misspelt key, wrong type, value out of range) raises ``UserError`` with one line that names
 the file, the key and what is allowed: ``baseline: fasle`` is an error here, never a truthy default.
 """

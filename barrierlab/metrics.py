@@ -21,5 +21,21 @@ def likelihood_quantile(values: torch.Tensor, eps: float) -> float:
     return float(ordered[index])
 
 
+def split_masks(base_alpha: torch.Tensor, threshold: float) -> dict[str, torch.Tensor]:
+    """Boolean masks of the prompts in each split: off-support means base α below ``threshold``."""
+    off = base_alpha < threshold
+    return {"all": torch.ones_like(off), "onsupport": ~off, "offsupport": off}
+
+
+def split_mean(values: torch.Tensor, mask: torch.Tensor) -> float | None:
+    """Mean of ``values`` over the prompts in ``mask``; None (null in JSON, 'n/a' in print) when the split is empty."""
+    return values[mask].mean().item() if mask.any() else None
+
+
+def fmt_value(value: float | None, digits: int = 3) -> str:
+    """A metric for people to read: ``digits`` significant digits, 'n/a' for an empty split."""
+    return "n/a" if value is None else f"{value:.{digits}g}"
+
+
 def quantile_curve(values: torch.Tensor, eps_grid: list[float]) -> list[float]:
     return [likelihood_quantile(values, e) for e in eps_grid]

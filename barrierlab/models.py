@@ -27,8 +27,9 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from barrierlab.config import require
 from barrierlab.tokenizer import ANSWER0, BIT0, BOS, PAD, SEP, vocab_size
 
-# Non-answer logits of the linear model: low enough that a full-vocabulary softmax equals the policy.
-_MASKED = -1e4
+# Logit of the non-answer ids (the linear model's, and the TRL backend's head bias): exp(-1e4) is 0 in float32 and
+# bfloat16, so a full-vocabulary softmax equals the policy over the k answers.
+MASKED_LOGIT = -1e4
 
 
 @dataclass
@@ -95,7 +96,7 @@ class LinearPolicyLM(PreTrainedModel, GenerationMixin):
         B, T = input_ids.shape
         d, k = self.config.d, self.config.k
         s = self.features(input_ids)
-        logits = torch.full((B, T, self.config.vocab_size), _MASKED, dtype=self.W1.dtype, device=input_ids.device)
+        logits = torch.full((B, T, self.config.vocab_size), MASKED_LOGIT, dtype=self.W1.dtype, device=input_ids.device)
         start = d + 1  # position of [SEP]: it predicts y_1
         if T > start:
             prev_tokens = input_ids[:, start:]
@@ -114,8 +115,8 @@ AutoConfig.register(LinearPolicyConfig.model_type, LinearPolicyConfig)
 AutoModelForCausalLM.register(LinearPolicyConfig, LinearPolicyLM)
 
 
-def build_model(cfg: ModelConfig, *, d: int, k: int, N: int, seed: int) -> PreTrainedModel:
-    """A freshly initialised policy for a task with ``d`` prompt bits and ``N`` answers over ``k``."""
+def build_model(cfg: ModelConfig, *, d: int, k: int, seed: int) -> PreTrainedModel:
+    """A freshly initialised policy for a task with ``d`` prompt bits and answers over ``k`` symbols."""
     torch.manual_seed(seed)
     if cfg.kind == "linear":
         return LinearPolicyLM(LinearPolicyConfig(d=d, k=k, vocab_size=vocab_size(k)))

@@ -111,6 +111,20 @@ class RunDir:
             self._tb.close()
 
     # ------------------------------------------------------------------ checkpoints
+    def resume(self, model, optimizer) -> dict | None:
+        """Load the latest checkpoint's weights and optimiser state into ``model`` and ``optimizer``, drop the
+        metric lines logged after it, and return its trainer state (None: no checkpoint, start afresh)."""
+        ckpt = self.latest_checkpoint()
+        if ckpt is None:
+            return None
+        from safetensors.torch import load_file
+
+        state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
+        model.load_state_dict(load_file(str(ckpt / "model.safetensors")))
+        optimizer.load_state_dict(state["optimizer"])
+        self.truncate_metrics(state["step"])
+        return state
+
     def latest_checkpoint(self) -> Path | None:
         if not self.ckpt_dir.is_dir():
             return None

@@ -20,10 +20,11 @@ import torch
 
 from barrierlab.config import dump_yaml, load_config
 from barrierlab.errors import UserError, cli_entry
+from barrierlab.metrics import fmt_value, split_masks
 from barrierlab.run import atomic_write_text, load_dataset_dir, load_model_dir
 from barrierlab.tokenizer import ANSWER0
 from eval.config import EvalStageConfig
-from eval.evaluate import PromptSet, evaluate_checkpoint, split_masks
+from eval.evaluate import PromptSet, evaluate_checkpoint
 from eval.passk import default_ks
 from eval.report import build_report
 
@@ -108,18 +109,14 @@ def main(argv):
         for split, curve in summary["pass_at_k"].items():  # an empty split has no curve (null)
             passk_rows += [[name, split, kk, value] for kk, value in zip(ks, curve or [], strict=False)]
         like = summary["likelihood"]
-        print(f"{name}: likelihood of y* on-support {_fmt(like['onsupport'])}, off-support {_fmt(like['offsupport'])}; "
-              f"pass@1 {_fmt(summary['pass_at_k']['all'][0])}, pass@{ks[-1]} {_fmt(summary['pass_at_k']['all'][-1])}")
+        print(f"{name}: likelihood of y* on-support {fmt_value(like['onsupport'])}, off-support {fmt_value(like['offsupport'])}; "
+              f"pass@1 {fmt_value(summary['pass_at_k']['all'][0])}, pass@{ks[-1]} {fmt_value(summary['pass_at_k']['all'][-1])}")
 
     atomic_write_text(out / "eval.json", json.dumps(results, indent=2))
     write_csv(out / "per_prompt.csv", ["checkpoint", "prompt", *columns, *per_prompt, "n_samples"], prompt_rows)
     write_csv(out / "passk.csv", ["checkpoint", "split", "k", "pass_at_k"], passk_rows)
     report = build_report(out, scaling=cfg.scaling_results, alpha=cfg.alpha_results)
     print(f"results: {out / 'eval.json'}; report: {report}")
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3g}"
 
 
 if __name__ == "__main__":

@@ -14,17 +14,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from barrierlab.metrics import quantile_curve
+from barrierlab.metrics import quantile_curve, split_mean
 from barrierlab.policy import sample, target_stats
 from eval.passk import pass_at_k
-
-SPLITS = ("all", "onsupport", "offsupport")
-
-
-def split_masks(base_alpha: torch.Tensor, threshold: float) -> dict[str, torch.Tensor]:
-    """Boolean masks of the prompts in each split: off-support means base α below ``threshold``."""
-    off = base_alpha < threshold
-    return {"all": torch.ones_like(off), "onsupport": ~off, "offsupport": off}
 
 
 @dataclass
@@ -51,21 +43,17 @@ def count_correct(model, prompt_set: PromptSet, k: int, n: int, *, batch_size: i
     return counts.cpu()
 
 
-def _split_mean(values: torch.Tensor, mask: torch.Tensor) -> float | None:
-    return values[mask].mean().item() if mask.any() else None  # null when the split is empty
-
-
 def summarise(log_p: torch.Tensor, log_min: torch.Tensor, correct: torch.Tensor, masks: dict[str, torch.Tensor],
               n: int, ks: list[int], eps_grid: list[float]) -> dict:
     """Per-checkpoint numbers of eval.json from per-prompt log-likelihoods and correct-sample counts."""
     p = log_p.double().exp()
     token_min = log_min.double().exp()
     passk = np.stack([pass_at_k(correct.numpy(), n, k) for k in ks])  # (len(ks), P)
-    likelihood = {s: _split_mean(p, m) for s, m in masks.items()}
+    likelihood = {s: split_mean(p, m) for s, m in masks.items()}
     return {
         "likelihood": likelihood,
         "expected_error": {s: None if v is None else 1 - v for s, v in likelihood.items()},
-        "token_min_prob": {s: _split_mean(token_min, m) for s, m in masks.items()},
+        "token_min_prob": {s: split_mean(token_min, m) for s, m in masks.items()},
         "LQ": quantile_curve(p, eps_grid),
         "token_LQ": quantile_curve(token_min, eps_grid),
         "pass_at_k": {s: passk[:, m.numpy()].mean(1).tolist() if m.any() else None for s, m in masks.items()},

@@ -122,18 +122,28 @@ def scaling_verdict(results: dict) -> list[str]:
         fit = figures.scaling_fit(results["runs"], arm)
         note = f" ({censored} of {len(mine)} runs censored at the budget and left out of the fit)" if censored else ""
         if fit is None:
-            lines.append(f"- **{arm}**: too few uncensored runs to fit{note}.")
+            lines.append(f"**{arm}**: too few uncensored runs to fit{note}.")
             continue
         shape, (_, b) = fit
         if shape == "exponential":
-            lines.append(f"- **{arm}**: queries grow by a factor **{math.exp(b):.2f} per unit N** (theory: k = {k}; "
+            lines.append(f"**{arm}**: queries grow by a factor **{math.exp(b):.2f} per unit N** (theory: k = {k}; "
                          f"accepted range [k/2, 2k] = [{k / 2:g}, {2 * k:g}]){note}.")
         else:
             reached = sorted((r["N"], r["queries"]) for r in mine if not r["censored"])
             (n0, q0), (n1, q1) = reached[0], reached[-1]
-            lines.append(f"- **{arm}**: queries ∝ N^{b:.2f}; from N={n0} to N={n1} they grow ×{q1 / q0:.2f} while N "
+            lines.append(f"**{arm}**: queries ∝ N^{b:.2f}; from N={n0} to N={n1} they grow ×{q1 / q0:.2f} while N "
                          f"grows ×{n1 / n0:.2f} (at most linear means ≤ 2 × {n1 / n0:.2f} = {2 * n1 / n0:.2f}){note}.")
     return lines
+
+
+def alpha_verdict(results: dict) -> str:
+    """The fitted log-log slope of queries against the base α, against the theory's -1."""
+    runs = results["runs"]
+    censored = sum(r["censored"] for r in runs)
+    fit = figures.alpha_fit(runs)
+    slope = (f"fitted log-log slope **{fit[1]:.2f}** (theory: -1; accepted range [-1.5, -0.5])" if fit
+             else "too few uncensored runs to fit a slope")
+    return f"outcome PG queries against the base α: {slope}; {len(runs)} runs, {censored} censored at the budget."
 
 
 def write_report(cfg: ExperimentConfig, out: Path, results: dict) -> None:
@@ -144,10 +154,8 @@ def write_report(cfg: ExperimentConfig, out: Path, results: dict) -> None:
         title, lines = "Reward queries to reach the target against N", scaling_verdict(results)
     else:
         figure = figures.alpha_figure(results["runs"], out / "alpha.png", target=results["target_likelihood"])
-        fit = figures.alpha_fit(results["runs"])
-        title = "Outcome-PG reward queries against the base likelihood α"
-        lines = [f"- fitted log-log slope **{fit[1]:.2f}** (theory: -1; accepted range [-1.5, -0.5])." if fit
-                 else "- too few uncensored runs to fit a slope."]
+        title, lines = "Outcome-PG reward queries against the base likelihood α", [alpha_verdict(results)]
+    lines = [f"- {line}" for line in lines]
     header = "| " + " | ".join(results["runs"][0]) + " |" if results["runs"] else ""
     table = [header, "|" + "---|" * len(results["runs"][0])] if results["runs"] else []
     table += ["| " + " | ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in r.values()) + " |"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 from collections import defaultdict
 from pathlib import Path
 
@@ -17,17 +16,15 @@ import torch
 import yaml
 
 from barrierlab.errors import UserError
+from barrierlab.metrics import fmt_value
 from barrierlab.run import atomic_write_text
 from eval import figures
 from eval.analysis import eval_rows, queries_to_reach, read_metrics
+from eval.experiments import alpha_verdict, scaling_verdict
 from posttrain.evaluation import tracked_indices
 from rewards import resolve_class
 
 REACH = 0.5  # "queries to reach": the first evaluation with a mean likelihood of y* at least this
-
-
-def _num(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3g}"
 
 
 def _arm_runs(results: dict) -> dict[str, Path]:
@@ -73,8 +70,8 @@ class _Arm:
         off0, off1 = self.first.get("eval/offsupport_likelihood"), self.last.get("eval/offsupport_likelihood")
         stop = self.done.get("done/stop_reason", "unfinished")
         return (f"**{self.name}** ({self.label()}) spent {self.queries or 0:,} reward queries over "
-                f"{self.last.get('step', 0)} steps (stop: {stop}); the mean likelihood of y* went from {_num(on0)} "
-                f"to {_num(on1)} on on-support prompts and from {_num(off0)} to {_num(off1)} on off-support prompts.")
+                f"{self.last.get('step', 0)} steps (stop: {stop}); the mean likelihood of y* went from {fmt_value(on0)} "
+                f"to {fmt_value(on1)} on on-support prompts and from {fmt_value(off0)} to {fmt_value(off1)} on off-support prompts.")
 
 
 def _barrier_sentences(arms: list[_Arm]) -> list[str]:
@@ -87,8 +84,8 @@ def _barrier_sentences(arms: list[_Arm]) -> list[str]:
     off_o, off_p = o.last.get("eval/offsupport_likelihood"), p.last.get("eval/offsupport_likelihood")
     if off_o is None or off_p is None:
         return ["The eval prompts hold no off-support prompt, so the barrier cannot be observed on them."]
-    lines = [f"Outcome PG ({o.name}) left the mean off-support likelihood at {_num(off_o)} after {o.queries or 0:,} "
-             f"reward queries, while process PG ({p.name}) raised it to {_num(off_p)} after {p.queries or 0:,}."]
+    lines = [f"Outcome PG ({o.name}) left the mean off-support likelihood at {fmt_value(off_o)} after {o.queries or 0:,} "
+             f"reward queries, while process PG ({p.name}) raised it to {fmt_value(off_p)} after {p.queries or 0:,}."]
     reach = []
     for arm in (o, p):
         queries, censored = queries_to_reach(arm.rows, "eval/offsupport_likelihood", REACH)
@@ -105,7 +102,7 @@ def _passk_sentences(results: dict) -> list[str]:
             continue
         best_1 = max(at, key=lambda n: at[n][0])
         best_n = max(at, key=lambda n: at[n][-1])
-        values = ", ".join(f"{n} {_num(v[0])} → {_num(v[-1])}" for n, v in at.items())
+        values = ", ".join(f"{n} {fmt_value(v[0])} → {fmt_value(v[-1])}" for n, v in at.items())
         lines.append(f"pass@k on {figures.SPLIT_TITLES[split]} (k = 1 → {ks[-1]}): {values}; "
                      f"best at k = 1: {best_1}, at k = {ks[-1]}: {best_n}.")
     return lines
@@ -114,32 +111,11 @@ def _passk_sentences(results: dict) -> list[str]:
 def _coverage_sentence(results: dict) -> str:
     eps = results["eps"]
     j = eps.index(0.1) if 0.1 in eps else len(eps) // 2
-    parts = [f"{n}: Q = {_num(c['LQ'][j])}, Q^TL = {_num(c['token_LQ'][j])}" for n, c in results["checkpoints"].items()]
+    parts = [f"{n}: Q = {fmt_value(c['LQ'][j])}, Q^TL = {fmt_value(c['token_LQ'][j])}" for n, c in results["checkpoints"].items()]
     n_off, n_all = results["prompts"]["offsupport"], results["prompts"]["all"]
     return (f"{n_off} of {n_all} eval prompts are off-support (base α < {results['offsupport_threshold']:g}). "
-            f"At ε = {eps[j]:g}: " + "; ".join(parts) + f" (uniform policy: Q = k^-N = {_num(results['uniform_alpha'])}, "
-            f"Q^TL = 1/k = {_num(1 / results['k'])}).")
-
-
-def _scaling_sentences(data: dict) -> list[str]:
-    runs, lines = data["runs"], []
-    for arm in dict.fromkeys(r["arm"] for r in runs):
-        fitted = figures.scaling_fit(runs, arm)
-        censored = sum(r["censored"] for r in runs if r["arm"] == arm)
-        if fitted is None:
-            shape = "too few finished runs to fit"
-        else:
-            kind, (_, b) = fitted
-            shape = f"queries ∝ {math.exp(b):.3g}^N" if kind == "exponential" else f"queries ∝ N^{b:.2f}"
-        lines.append(f"{arm}: {shape} ({censored} run(s) censored at the budget).")
-    return lines
-
-
-def _alpha_sentence(data: dict) -> str:
-    fitted = figures.alpha_fit(data["runs"])
-    censored = sum(r["censored"] for r in data["runs"])
-    slope = "too few finished runs to fit a slope" if fitted is None else f"fitted slope {fitted[1]:.2f}"
-    return f"Outcome PG queries against base α: {slope} (theory: −1) over {len(data['runs'])} cluster(s), {censored} censored."
+            f"At ε = {eps[j]:g}: " + "; ".join(parts) + f" (uniform policy: Q = k^-N = {fmt_value(results['uniform_alpha'])}, "
+            f"Q^TL = 1/k = {fmt_value(1 / results['k'])}).")
 
 
 def _per_prompt(run_dir: Path) -> dict[str, dict[str, list]]:
@@ -169,10 +145,10 @@ def _cluster_table(per_prompt: dict, base: Path) -> list[str]:
         cells = []
         for name in names:
             likelihood = per_prompt[name]["likelihood"]
-            cell = _num(sum(likelihood[i] for i in rows) / len(rows))
-            cells.append(cell + (f" ({_num(sum(likelihood[i] for i in off) / len(off))})" if off else ""))
+            cell = fmt_value(sum(likelihood[i] for i in rows) / len(rows))
+            cells.append(cell + (f" ({fmt_value(sum(likelihood[i] for i in off) / len(off))})" if off else ""))
         d = design.get(cluster, {})
-        lines.append(f"| {cluster} | {d.get('coverage', 'n/a')} | {_num(d.get('designed_alpha'))} | "
+        lines.append(f"| {cluster} | {d.get('coverage', 'n/a')} | {fmt_value(d.get('designed_alpha'))} | "
                      f"{len(rows)} ({len(off)}) | " + " | ".join(cells) + " |")
     return lines
 
@@ -186,15 +162,18 @@ def _tracked_alpha(arm: _Arm, base: Path, base_alpha: list[float]) -> list[float
     return alpha[tracked_indices(alpha, len(tracked))].tolist()
 
 
-def _load_experiment(path, keys: tuple[str, ...]) -> dict:
-    """A scaling-experiment JSON (schemas in ``eval.figures``), or one line saying what is wrong with it."""
+def _load_experiment(path, keys: tuple[str, ...], top: tuple[str, ...] = ()) -> dict:
+    """An experiment's results.json (schemas in ``eval.figures``; ``top``: keys it needs besides ``runs``), or one
+    line saying what is wrong with it."""
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise UserError(f"'{path}': cannot read it as JSON ({err})") from None
     runs = data.get("runs") if isinstance(data, dict) else None
-    if not runs or not all(isinstance(r, dict) and all(key in r for key in keys) for r in runs):
-        raise UserError(f"'{path}': expected {{\"runs\": [...]}} with keys {', '.join(keys)} in every run")
+    if not runs or not all(isinstance(r, dict) and all(key in r for key in keys) for r in runs) or any(t not in data for t in top):
+        needs = ", ".join(f"'{t}'" for t in (*top, "runs"))
+        raise UserError(f"'{path}': expected a JSON object with {needs}, and keys {', '.join(keys)} in every run "
+                        "(the results.json of python -m eval.experiments)")
     return data
 
 
@@ -237,9 +216,9 @@ def _arm_table(arms: list[_Arm]) -> list[str]:
              "off-support likelihood | expected error | wall time (s) |", "|---|---|---|---|---|---|---|---|---|"]
     for a in arms:
         lines.append(f"| {a.name} | {a.label()} | {a.queries or 0:,} | {a.last.get('step', 0)} | "
-                     f"{a.done.get('done/stop_reason', 'unfinished')} | {_num(a.last.get('eval/onsupport_likelihood'))} | "
-                     f"{_num(a.last.get('eval/offsupport_likelihood'))} | {_num(a.last.get('eval/expected_error'))} | "
-                     f"{_num(a.done.get('done/wall_time_s'))} |")
+                     f"{a.done.get('done/stop_reason', 'unfinished')} | {fmt_value(a.last.get('eval/onsupport_likelihood'))} | "
+                     f"{fmt_value(a.last.get('eval/offsupport_likelihood'))} | {fmt_value(a.last.get('eval/expected_error'))} | "
+                     f"{fmt_value(a.done.get('done/wall_time_s'))} |")
     return lines
 
 
@@ -249,9 +228,9 @@ def _checkpoint_table(results: dict) -> list[str]:
              f"pass@{ks[0]} on / off | pass@{ks[-1]} on / off | eval time (s) |", "|---|---|---|---|---|---|---|"]
     for name, c in results["checkpoints"].items():
         on, off = c["pass_at_k"]["onsupport"] or [None], c["pass_at_k"]["offsupport"] or [None]
-        lines.append(f"| {name} | {_num(c['likelihood']['onsupport'])} | {_num(c['likelihood']['offsupport'])} | "
-                     f"{_num(c['expected_error']['all'])} | {_num(on[0])} / {_num(off[0])} | "
-                     f"{_num(on[-1])} / {_num(off[-1])} | {c['seconds']:.1f} |")
+        lines.append(f"| {name} | {fmt_value(c['likelihood']['onsupport'])} | {fmt_value(c['likelihood']['offsupport'])} | "
+                     f"{fmt_value(c['expected_error']['all'])} | {fmt_value(on[0])} / {fmt_value(off[0])} | "
+                     f"{fmt_value(on[-1])} / {fmt_value(off[-1])} | {c['seconds']:.1f} |")
     return lines
 
 
@@ -267,15 +246,15 @@ def build_report(run_dir, *, scaling=None, alpha=None) -> Path:
     results = json.loads((run_dir / "eval.json").read_text())
     base = Path(results["base"])
     arms = [a for a in (_Arm(name, run) for name, run in _arm_runs(results).items()) if a.last]  # not pretraining runs
-    scaling_data = _load_experiment(scaling, ("arm", "N", "queries", "censored")) if scaling else None
+    scaling_data = _load_experiment(scaling, ("arm", "N", "queries", "censored"), top=("k",)) if scaling else None
     alpha_data = _load_experiment(alpha, ("alpha", "queries", "censored")) if alpha else None
     per_prompt = _per_prompt(run_dir)
     made = _make_figures(run_dir / "figures", results, per_prompt, arms, scaling_data, alpha_data)
 
     observed = [a.sentence() for a in arms] + _barrier_sentences(arms) + [_coverage_sentence(results)]
     observed += _passk_sentences(results)
-    observed += _scaling_sentences(scaling_data) if scaling_data else []
-    observed += [_alpha_sentence(alpha_data)] if alpha_data else []
+    observed += scaling_verdict(scaling_data) if scaling_data else []
+    observed += [alpha_verdict(alpha_data)] if alpha_data else []
 
     lines = [f"# Evaluation report: `{run_dir}`", "",
              f"Base run `{base}` (k = {results['k']}, N = {results['N']}); {results['prompts']['all']} eval prompts, "

@@ -27,7 +27,6 @@ from barrierlab.run import (
     load_dataset_dir,
     load_model_dir,
     make_accelerator,
-    peak_memory_mb,
     save_model_dir,
     seed_everything,
     synchronize,
@@ -37,7 +36,7 @@ from barrierlab.tokenizer import ANSWER0, answer_ids, prompt_ids
 from posttrain.advantages import advantages
 from posttrain.behaviour import Sampler, collect
 from posttrain.config import PosttrainConfig
-from posttrain.evaluation import ExactEval
+from posttrain.evaluation import ExactEval, log_finish, support_postfix
 from rewards import make_reward
 
 
@@ -152,10 +151,6 @@ def make_optimizer(cfg: PosttrainConfig, model):
     return torch.optim.SGD(model.parameters(), lr=o.lr)  # sgd, and the adaptive step (its η is in the gradient)
 
 
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4g}"
-
-
 @cli_entry
 def main(argv):
     cfg = load_config(PosttrainConfig, argv, default_config="configs/posttrain_outcome.yaml", prog="posttrain")
@@ -191,19 +186,13 @@ def main(argv):
 
     step, queries, samples, wall_before = 0, 0, 0, 0.0
     started = time.time()
-    ckpt = run.latest_checkpoint()
-    if ckpt is not None:
-        from safetensors.torch import load_file
-
-        state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
-        model.load_state_dict(load_file(str(ckpt / "model.safetensors")))
-        optimizer.load_state_dict(state["optimizer"])
+    state = run.resume(model, optimizer)
+    if state is not None:
         step, queries, samples = state["step"], state["queries"], state["samples"]
         wall_before = state["wall_time_s"]
         prompt_gen.set_state(state["prompt_gen"][rank])
         sample_gen.set_state(state["sample_gen"][rank])
         reward.load_state_dict(state["reward"])
-        run.truncate_metrics(step)
         acc.print(f"resuming {run.path} from step {step} ({queries} reward queries spent)")
     learner, optimizer = acc.prepare(ResponseLogits(model, answer_ids(k)), optimizer)
     policy = acc.unwrap_model(learner).model
@@ -281,8 +270,7 @@ def main(argv):
         out_of_queries = cfg.optim.max_queries is not None and queries >= cfg.optim.max_queries
         if step % cfg.eval.eval_every == 0 or out_of_queries or step == cfg.optim.max_steps:
             last = evaluate()
-            bar.set_postfix(step=step, on=_fmt(last["eval/onsupport_likelihood"]),
-                            off=_fmt(last["eval/offsupport_likelihood"]))
+            bar.set_postfix(step=step, **support_postfix(last))
         if cfg.run.checkpoint_every and step % cfg.run.checkpoint_every == 0:
             run.save_checkpoint(step, policy, tokenizer, checkpoint_state())
         fault_point(step)
@@ -303,12 +291,8 @@ def main(argv):
         extra = {name: (base_dir / "model" / name).read_text() for name in ("task.json",)}
         save_model_dir(run.path / "model", policy, tokenizer, extra)
         run.save_checkpoint(step, policy, tokenizer, state)
-        run.log(step, {"done/stop_reason": stop_reason, "done/steps": step, "done/reward_queries": queries,
-                       "done/wall_time_s": round(wall_before + time.time() - started, 2),
-                       "done/peak_memory_mb": round(peak_memory_mb(acc.device), 1)})
-        print(f"stopped ({stop_reason}) after {step} steps, {queries} reward queries: "
-              f"on-support likelihood {_fmt(last['eval/onsupport_likelihood'])}, "
-              f"off-support likelihood {_fmt(last['eval/offsupport_likelihood'])}")
+        log_finish(run, step=step, reason=stop_reason, queries=queries, wall_time_s=wall_before + time.time() - started,
+                   device=acc.device, last=last)
     run.close()
 
 

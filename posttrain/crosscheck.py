@@ -24,10 +24,10 @@ from barrierlab.config import dump_yaml, load_config, require  # noqa: E402
 from barrierlab.errors import cli_entry  # noqa: E402
 from barrierlab.run import atomic_write_text  # noqa: E402
 from barrierlab.stages import ensure_base, run_stage  # noqa: E402
-from eval.analysis import eval_rows, read_metrics  # noqa: E402
+from eval.analysis import QUERIES, eval_rows, read_metrics  # noqa: E402
 from posttrain.config import PosttrainConfig  # noqa: E402
 
-OFF, ON, QUERIES = "eval/offsupport_likelihood", "eval/onsupport_likelihood", "train/reward_queries"
+OFF, ON = "eval/offsupport_likelihood", "eval/onsupport_likelihood"
 
 
 @dataclass

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import torch
 
+from barrierlab.metrics import fmt_value, split_masks, split_mean
 from barrierlab.policy import target_stats
+from barrierlab.run import peak_memory_mb
 from barrierlab.tokenizer import ANSWER0
 
 
@@ -26,26 +28,24 @@ class ExactEval:
         self.prompts = torch.tensor(eval_set["prompt_ids"], device=device)
         self.targets = torch.tensor(eval_set["target_ids"], device=device) - ANSWER0
         self.base_alpha = torch.tensor(eval_set["base_alpha"], dtype=torch.float64)
-        self.offsupport = self.base_alpha < threshold
+        self.splits = split_masks(self.base_alpha, threshold)
         self.tracked = tracked_indices(self.base_alpha, num_tracked)
-        self.threshold = threshold
         # the eval prompts of the clusters the run trains on (all of them when it trains on all)
-        self.trained = torch.ones_like(self.offsupport)
+        self.splits["trained"] = self.splits["all"]
         if trained_clusters is not None and "cluster" in eval_set.column_names:
-            self.trained = torch.isin(torch.tensor(eval_set["cluster"]), torch.tensor(trained_clusters))
+            self.splits["trained"] = torch.isin(torch.tensor(eval_set["cluster"]), torch.tensor(trained_clusters))
 
     @torch.no_grad()
     def __call__(self, model) -> dict:
         log_p, log_min = target_stats(model, self.prompts, self.targets, self.k)
         p = log_p.double().exp().cpu()
-        on, off = ~self.offsupport, self.offsupport
         metrics = {
             "eval/likelihood": p.mean().item(),
             "eval/expected_error": 1 - p.mean().item(),
             "eval/token_min_prob": log_min.exp().mean().item(),
         }
-        for name, rows in (("onsupport", on), ("offsupport", off), ("trained", self.trained)):  # null: empty split
-            mean = p[rows].mean().item() if rows.any() else None
+        for name in ("onsupport", "offsupport", "trained"):
+            mean = split_mean(p, self.splits[name])
             metrics[f"eval/{name}_likelihood"] = mean
             metrics[f"eval/{name}_error"] = None if mean is None else 1 - mean
         metrics["eval/tracked_likelihood"] = p[self.tracked].tolist()
@@ -58,3 +58,17 @@ class ExactEval:
             values = metrics["eval/tracked_likelihood"]
             return sum(values) / len(values) if values else None
         return metrics.get(f"eval/{split}_likelihood")
+
+
+def support_postfix(last: dict) -> dict[str, str]:
+    """The progress bar's view of the latest evaluation: on- and off-support likelihood of y*."""
+    return {"on": fmt_value(last["eval/onsupport_likelihood"], 4), "off": fmt_value(last["eval/offsupport_likelihood"], 4)}
+
+
+def log_finish(run, *, step: int, reason: str, queries: int, wall_time_s: float, device, last: dict) -> None:
+    """A finished post-training run's closing ``done/`` metrics and printed summary, on either backend."""
+    run.log(step, {"done/stop_reason": reason, "done/steps": step, "done/reward_queries": queries,
+                   "done/wall_time_s": round(wall_time_s, 2), "done/peak_memory_mb": round(peak_memory_mb(device), 1)})
+    print(f"stopped ({reason}) after {step} steps, {queries} reward queries: on-support likelihood "
+          f"{fmt_value(last['eval/onsupport_likelihood'], 4)}, off-support likelihood "
+          f"{fmt_value(last['eval/offsupport_likelihood'], 4)}")

@@ -62,12 +62,11 @@ import torch
 from tqdm import tqdm
 
 from barrierlab.errors import UserError
-from barrierlab.run import RunDir, peak_memory_mb, save_model_dir, synchronize
+from barrierlab.models import MASKED_LOGIT
+from barrierlab.run import RunDir, save_model_dir, synchronize
 from barrierlab.tokenizer import ANSWER0, BIT0, answer_ids, prompt_text
 from posttrain.advantages import advantages
-from posttrain.evaluation import ExactEval
-
-_MASKED = -1e4  # logit bias of non-answer ids: exp(-1e4) is 0 in float32 and bfloat16
+from posttrain.evaluation import ExactEval, log_finish, support_postfix
 
 
 def _offline() -> None:
@@ -98,7 +97,7 @@ def check_supported(cfg, model) -> None:
 def add_answer_bias(model, k: int) -> None:
     """Frozen -1e4 logit bias on every non-answer id: sampling, training log-probs and entropy see only the k answers."""
     head = model.get_output_embeddings()
-    bias = torch.full((head.out_features,), _MASKED, device=head.weight.device, dtype=head.weight.dtype)
+    bias = torch.full((head.out_features,), MASKED_LOGIT, device=head.weight.device, dtype=head.weight.dtype)
     bias[answer_ids(k)] = 0.0
     head.bias = torch.nn.Parameter(bias, requires_grad=False)
 
@@ -269,7 +268,6 @@ def run_trl(cfg, *, model, tokenizer, reward, task, base_dir, eval_set, threshol
 
     Arguments are what ``posttrain.__main__.main`` has built by then: ``reward`` is its ``make_reward(cfg.reward)``
     (already checked, and its noise generator is the run's); task.json is copied from ``base_dir``.
-    Returns ``{"stop_reason", "steps", "queries", "last"}``.
     """
     _offline()
     from transformers import TrainerCallback
@@ -305,8 +303,7 @@ def run_trl(cfg, *, model, tokenizer, reward, task, base_dir, eval_set, threshol
             run.log(self.step, self.last)
             model.train()
             self.last_eval = self.step
-            self.bar.set_postfix(queries=reward_fn.queries, on=_fmt(self.last["eval/onsupport_likelihood"]),
-                                 off=_fmt(self.last["eval/offsupport_likelihood"]))
+            self.bar.set_postfix(queries=reward_fn.queries, **support_postfix(self.last))
 
         def checkpoint(self, optimizer):
             state = {"backend": "trl", "step": self.step, "queries": reward_fn.queries, "samples": reward_fn.samples,
@@ -364,16 +361,7 @@ def run_trl(cfg, *, model, tokenizer, reward, task, base_dir, eval_set, threshol
     with as_saved(model, saved_config):
         save_model_dir(run.path / "model", model, tokenizer, {"task.json": task_json})
     logger.checkpoint(trainer.optimizer)
-    run.log(step, {"done/stop_reason": logger.stop_reason, "done/steps": step, "done/reward_queries": queries,
-                   "done/wall_time_s": round(time.time() - started, 2),
-                   "done/peak_memory_mb": round(peak_memory_mb(trainer.accelerator.device), 1)})
-    print(f"stopped ({logger.stop_reason}) after {step} steps, {queries} reward queries: "
-          f"on-support likelihood {_fmt(logger.last['eval/onsupport_likelihood'])}, "
-          f"off-support likelihood {_fmt(logger.last['eval/offsupport_likelihood'])}")
+    log_finish(run, step=step, reason=logger.stop_reason, queries=queries, wall_time_s=time.time() - started,
+               device=trainer.accelerator.device, last=logger.last)
     run.close()
     scratch.cleanup()
-    return {"stop_reason": logger.stop_reason, "steps": step, "queries": queries, "last": logger.last}
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4g}"

@@ -111,22 +111,16 @@ def main(argv):
     corpus = column_tensor(load_dataset_dir(data_dir / "corpus", ["input_ids"]), "input_ids")
     eval_set = load_dataset_dir(data_dir / "eval_prompts", ["prompt_ids", "target_ids", "cluster", "designed_alpha"])
 
-    model = build_model(cfg.model, d=cfg.task.d, k=k, N=cfg.task.N, seed=cfg.run.seed)
+    model = build_model(cfg.model, d=cfg.task.d, k=k, seed=cfg.run.seed)
     t = cfg.train
     if t.optimizer == "adamw":
         optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     else:
         optimizer = torch.optim.Adagrad(model.parameters(), lr=t.lr)
     start = 0
-    ckpt = run.latest_checkpoint()
-    if ckpt is not None:
-        from safetensors.torch import load_file
-
-        state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
-        model.load_state_dict(load_file(str(ckpt / "model.safetensors")))
-        optimizer.load_state_dict(state["optimizer"])
+    state = run.resume(model, optimizer)
+    if state is not None:
         start = state["step"]
-        run.truncate_metrics(start)
         acc.print(f"resuming {run.path} from step {start}")
     learner, optimizer = acc.prepare(ResponseLogits(model, slice(None)), optimizer)
     model = acc.unwrap_model(learner).model

@@ -29,7 +29,7 @@ class TrainConfig:
     optimizer: Literal["auto", "adamw", "adagrad"] = "auto"
     """'auto': AdamW for the transformer, Adagrad for the linear model."""
     lr: float | None = None
-    """Peak learning rate; null picks 3e-3 for AdamW and 0.1 for Adagrad."""
+    """Peak learning rate; null picks 5e-3 for AdamW and 0.1 for Adagrad."""
     schedule: Literal["auto", "cosine", "constant"] = "auto"
     """'cosine': linear warm-up then cosine decay to 10%; 'auto': cosine for AdamW, constant for Adagrad."""
     warmup_steps: int = 50

@@ -13,9 +13,10 @@ import pytest
 import torch
 
 from barrierlab.config import build, load_config
+from barrierlab.metrics import split_masks
 from barrierlab.run import load_dataset_dir
 from eval.config import EvalStageConfig
-from eval.evaluate import split_masks, summarise
+from eval.evaluate import summarise
 from eval.passk import default_ks, pass_at_k
 from eval.report import build_report
 from tests.conftest import TINY, run_stage
@@ -220,7 +221,8 @@ def test_report_on_tiny_finished_runs(tiny_eval, tiny_base, tmp_path):
                                           for c, a in enumerate([0.9, 0.2, 0.01])]}))
     report = build_report(tiny_eval, scaling=scaling, alpha=alpha).read_text()
     assert "(figures/scaling.png)" in report and "(figures/alpha.png)" in report
-    assert "outcome: queries ∝ 3^N" in report and "process: queries ∝ N^1.00" in report and "fitted slope -1.00" in report
+    assert "**outcome**: queries grow by a factor **3.00 per unit N** (theory: k = 3" in report
+    assert "**process**: queries ∝ N^1.00" in report and "fitted log-log slope **-1.00**" in report
 
 
 def test_eval_rejects_bad_paths_in_one_line(tmp_path, tiny_base):

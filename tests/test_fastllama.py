@@ -17,7 +17,7 @@ K, N, D = 5, 6, 8
 
 def llama(kv_heads: int | None = None, bias: bool = False) -> LlamaForCausalLM:
     """A small Llama with large random weights, so that logits and gradients are far from trivial."""
-    model = build_model(ModelConfig(layers=2, width=32, heads=4, context=32), d=D, k=K, N=N, seed=0)
+    model = build_model(ModelConfig(layers=2, width=32, heads=4, context=32), d=D, k=K, seed=0)
     if kv_heads is not None:  # grouped-query attention: the same model class, fewer key/value heads
         config = LlamaConfig(**{**model.config.to_dict(), "num_key_value_heads": kv_heads})
         torch.manual_seed(0)
@@ -118,7 +118,7 @@ def test_draw_frequencies_match_the_softmax():
 
 def test_attention_dropout_in_training_uses_the_hf_forward():
     # prompt sharing would give a whole group one dropout mask: with dropout active, the HF forward runs instead
-    model = build_model(ModelConfig(layers=1, width=16, heads=2, context=16, dropout=0.1), d=D, k=K, N=N, seed=0)
+    model = build_model(ModelConfig(layers=1, width=16, heads=2, context=16, dropout=0.1), d=D, k=K, seed=0)
     assert not fastllama.supports(model.train()) and fastllama.supports(model.eval())
 
 

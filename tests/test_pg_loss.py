@@ -20,7 +20,7 @@ K, N, D, B = 4, 5, 6, 12
 
 
 def setup():
-    model = build_model(ModelConfig(layers=1, width=16, heads=2, context=16), d=D, k=K, N=N, seed=0)
+    model = build_model(ModelConfig(layers=1, width=16, heads=2, context=16), d=D, k=K, seed=0)
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(p.numel()))
@@ -59,7 +59,7 @@ def test_skipping_zero_advantage_rows_changes_nothing(signal_rows, masked, kl_co
     if masked:  # responses that stopped early (token-wise search): fewer positions, fewer in the entropy
         rollout.mask[:, 3:] = 0.0
         rollout.mask[[0, 5]] = 1.0
-    base = build_model(ModelConfig(layers=1, width=16, heads=2, context=16), d=D, k=K, N=N, seed=1)
+    base = build_model(ModelConfig(layers=1, width=16, heads=2, context=16), d=D, k=K, seed=1)
     adv = signal(signal_rows, rollout.mask)
     want_loss, want_grads, want_entropy = full(model, rollout, adv, base, kl_coef)
     model.zero_grad()

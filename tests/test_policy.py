@@ -16,7 +16,7 @@ K, N, D = 2, 3, 4
 
 
 def tiny(kind: str):
-    model = build_model(ModelConfig(kind=kind, layers=1, width=16, heads=2, context=16), d=D, k=K, N=N, seed=0)
+    model = build_model(ModelConfig(kind=kind, layers=1, width=16, heads=2, context=16), d=D, k=K, seed=0)
     if kind == "linear":  # non-uniform weights, so the test means something
         with torch.no_grad():
             model.W1.copy_(torch.randn(K, D, generator=torch.Generator().manual_seed(0)))
