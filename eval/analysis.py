@@ -30,6 +30,12 @@ def queries_to_reach(rows: list[dict], key: str, target: float) -> tuple[int, bo
     return (int(evals[-1][QUERIES]) if evals else 0), True
 
 
+def fittable(runs: list[dict]) -> list[dict]:
+    """Experiment runs a log-scale fit can use: they reached the target (not censored) and spent reward queries
+    on it. A run whose base already met the target (0 queries) says nothing about the cost; verdicts count it."""
+    return [r for r in runs if not r["censored"] and r["queries"] > 0]
+
+
 def fit_loglinear(x, y) -> tuple[float, float] | None:
     """Least-squares ``log y = a + b·x``: ``(a, b)``, or None with fewer than two distinct x."""
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)

@@ -26,7 +26,7 @@ from barrierlab.errors import UserError, cli_entry
 from barrierlab.run import atomic_write_text
 from barrierlab.stages import ensure_base, run_stage
 from eval import figures
-from eval.analysis import queries_to_reach, read_metrics
+from eval.analysis import fittable, queries_to_reach, read_metrics
 
 
 @dataclass
@@ -113,23 +113,29 @@ def run_alpha(cfg: ExperimentConfig, out: Path) -> dict:
     return {"target_likelihood": cfg.target_likelihood, "max_queries": cfg.max_queries, "runs": runs}
 
 
+def _left_out(runs: list[dict]) -> str:
+    """Which runs the fit could not use, in words (empty when it used them all)."""
+    censored = sum(r["censored"] for r in runs)
+    at_zero = sum(not r["censored"] and r["queries"] == 0 for r in runs)
+    parts = [f"{censored} censored at the budget"] * bool(censored) + [f"{at_zero} at the target before any query"] * bool(at_zero)
+    return f" (of {len(runs)} runs, {' and '.join(parts)}: left out of the fit)" if parts else ""
+
+
 def scaling_verdict(results: dict) -> list[str]:
     """The fitted shapes in words, against the theory's: outcome ∝ k^N, process ∝ N."""
     lines, k = [], results["k"]
     for arm in sorted({r["arm"] for r in results["runs"]}):
         mine = [r for r in results["runs"] if r["arm"] == arm]
-        censored = sum(r["censored"] for r in mine)
-        fit = figures.scaling_fit(results["runs"], arm)
-        note = f" ({censored} of {len(mine)} runs censored at the budget and left out of the fit)" if censored else ""
+        fit, note = figures.scaling_fit(results["runs"], arm), _left_out(mine)
         if fit is None:
-            lines.append(f"**{arm}**: too few uncensored runs to fit{note}.")
+            lines.append(f"**{arm}**: too few runs to fit{note}.")
             continue
         shape, (_, b) = fit
         if shape == "exponential":
             lines.append(f"**{arm}**: queries grow by a factor **{math.exp(b):.2f} per unit N** (theory: k = {k}; "
                          f"accepted range [k/2, 2k] = [{k / 2:g}, {2 * k:g}]){note}.")
         else:
-            reached = sorted((r["N"], r["queries"]) for r in mine if not r["censored"])
+            reached = sorted((r["N"], r["queries"]) for r in fittable(mine))
             (n0, q0), (n1, q1) = reached[0], reached[-1]
             lines.append(f"**{arm}**: queries ∝ N^{b:.2f}; from N={n0} to N={n1} they grow ×{q1 / q0:.2f} while N "
                          f"grows ×{n1 / n0:.2f} (at most linear means ≤ 2 × {n1 / n0:.2f} = {2 * n1 / n0:.2f}){note}.")
@@ -138,12 +144,10 @@ def scaling_verdict(results: dict) -> list[str]:
 
 def alpha_verdict(results: dict) -> str:
     """The fitted log-log slope of queries against the base α, against the theory's -1."""
-    runs = results["runs"]
-    censored = sum(r["censored"] for r in runs)
-    fit = figures.alpha_fit(runs)
+    fit = figures.alpha_fit(results["runs"])
     slope = (f"fitted log-log slope **{fit[1]:.2f}** (theory: -1; accepted range [-1.5, -0.5])" if fit
-             else "too few uncensored runs to fit a slope")
-    return f"outcome PG queries against the base α: {slope}; {len(runs)} runs, {censored} censored at the budget."
+             else "too few runs to fit a slope")
+    return f"outcome PG queries against the base α: {slope}{_left_out(results['runs'])}."
 
 
 def write_report(cfg: ExperimentConfig, out: Path, results: dict) -> None:

@@ -20,7 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from eval.analysis import QUERIES, eval_rows, fit_loglinear  # noqa: E402
+from eval.analysis import QUERIES, eval_rows, fit_loglinear, fittable  # noqa: E402
 
 TINY = 1e-300  # likelihoods that underflowed to 0 are drawn here, so a log axis keeps them
 SPLIT_TITLES = {"all": "all prompts", "onsupport": "on-support prompts", "offsupport": "off-support prompts"}
@@ -181,7 +181,7 @@ def scaling_fit(runs: list[dict], arm: str) -> tuple[str, tuple[float, float]] |
     """``(kind, (a, b))`` fitted to the uncensored runs of ``arm``: exponential ``log q = a + b·N`` or power
     ``log q = a + b·log N`` (see ``default_fit``); None with fewer than two distinct N."""
     kind = default_fit(arm)
-    done = [r for r in runs if r["arm"] == arm and not r["censored"]]
+    done = fittable([r for r in runs if r["arm"] == arm])
     x = [r["N"] if kind == "exponential" else np.log(r["N"]) for r in done]
     fit = fit_loglinear(x, [r["queries"] for r in done])
     return None if fit is None else (kind, fit)
@@ -196,7 +196,7 @@ def scaling_figure(runs: list[dict], path, *, k: int, target: float | None = Non
     fig, ax = plt.subplots(figsize=(7.5, 5))
     for arm in arms:
         mine = [r for r in runs if r["arm"] == arm]
-        done = [r for r in mine if not r["censored"]]
+        done = fittable(mine)
         cens = [r for r in mine if r["censored"]]
         ax.plot([r["N"] for r in done], [r["queries"] for r in done], "o", color=colour[arm], label=f"{arm}")
         if cens:
@@ -211,7 +211,7 @@ def scaling_figure(runs: list[dict], path, *, k: int, target: float | None = Non
             ax.plot(grid, curve, "-", color=colour[arm], lw=1.5, label=f"{arm} fit ∝ {shape}")
     n_all = np.array(sorted({r["N"] for r in runs}), dtype=float)
     anchor_n = n_all[0]
-    anchor_q = min(r["queries"] for r in runs if r["N"] == anchor_n)
+    anchor_q = min((r["queries"] for r in runs if r["N"] == anchor_n and r["queries"] > 0), default=1)
     grid = np.linspace(n_all[0], n_all[-1], 100)
     ax.plot(grid, anchor_q * float(k) ** (grid - anchor_n), ":", color="gray", label=f"theory ∝ k^N (k = {k})")
     ax.plot(grid, anchor_q * grid / anchor_n, "--", color="gray", label="theory ∝ N")
@@ -228,8 +228,8 @@ def scaling_figure(runs: list[dict], path, *, k: int, target: float | None = Non
 
 
 def alpha_fit(runs: list[dict]) -> tuple[float, float] | None:
-    """``(a, slope)`` of ``log q = a + slope·log α`` over the uncensored runs (theory: slope −1)."""
-    done = [r for r in runs if not r["censored"]]
+    """``(a, slope)`` of ``log q = a + slope·log α`` over the fittable runs (theory: slope −1)."""
+    done = fittable(runs)
     return fit_loglinear([np.log(r["alpha"]) for r in done], [r["queries"] for r in done])
 
 
@@ -237,24 +237,24 @@ def alpha_figure(runs: list[dict], path, *, target: float | None = None) -> Path
     """Figure 5. Reward queries outcome PG needs against the base α of on-support clusters (log-log), with
     the fitted slope and the theory's slope −1 through the runs' geometric mean; censored runs hollow."""
     fig, ax = plt.subplots(figsize=(6.5, 5))
-    done = [r for r in runs if not r["censored"]]
+    done = fittable(runs)
     cens = [r for r in runs if r["censored"]]
     ax.plot([r["alpha"] for r in done], [r["queries"] for r in done], "o", color="C0", label="outcome PG")
     if cens:
         ax.plot([r["alpha"] for r in cens], [r["queries"] for r in cens], "^", mfc="none", ms=9, color="C0",
                 label="censored (budget hit, lower bound)")
-    for r in runs:
+    shown = done + cens  # a run at 0 queries (its base already met the target) has no place on log axes
+    for r in shown:
         if "cluster" in r:
             ax.annotate(f"c{r['cluster']}", (r["alpha"], r["queries"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    alpha = np.array([r["alpha"] for r in runs], dtype=float)
-    grid = np.geomspace(alpha.min(), alpha.max(), 100)
-    fitted = alpha_fit(runs)
-    if fitted is not None:
-        a, slope = fitted
-        ax.plot(grid, np.exp(a) * grid**slope, "-", color="C0", label=f"fit: slope {slope:.2f}")
-    ref = done or runs
-    log_c = np.mean([np.log(r["queries"]) + np.log(r["alpha"]) for r in ref])
-    ax.plot(grid, np.exp(log_c) / grid, "--", color="gray", label="theory: ∝ 1/α (slope −1)")
+    if shown:
+        grid = np.geomspace(min(r["alpha"] for r in shown), max(r["alpha"] for r in shown), 100)
+        fitted = alpha_fit(runs)
+        if fitted is not None:
+            a, slope = fitted
+            ax.plot(grid, np.exp(a) * grid**slope, "-", color="C0", label=f"fit: slope {slope:.2f}")
+        log_c = np.mean([np.log(r["queries"]) + np.log(r["alpha"]) for r in done or shown])
+        ax.plot(grid, np.exp(log_c) / grid, "--", color="gray", label="theory: ∝ 1/α (slope −1)")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("base likelihood α(x) of the cluster")

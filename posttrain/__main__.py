@@ -238,7 +238,8 @@ def main(argv):
         adv = advantages(rollout.rewards, cfg.algo.baseline, G, cfg.algo.scale_std, rollout.mask)
         if cfg.optim.optimizer == "adaptive":
             grad_norm = adaptive_gradient(learner, rollout, adv)
-            loss, stats = torch.zeros(()), {}
+            with torch.no_grad():  # the logged loss and entropy, as for the other optimisers; the step is the adaptive one
+                loss, stats = policy_gradient_loss(learner, rollout, adv, k, base, cfg.algo.kl_coef)
         else:
             with acc.autocast():
                 loss, stats = policy_gradient_loss(learner, rollout, adv, k, base, cfg.algo.kl_coef)

@@ -5,11 +5,13 @@
 Every measurement is a real ``posttrain`` run (same base, on-policy outcome PG with ±1 rewards and no baseline,
 G responses per prompt, one update per generation) of a few steps. With ±1 rewards every response carries a
 learning signal, so both backends do the whole update (the native engine skips responses whose advantages are
-all zero, which an untrained base's 0/1 rewards would make of every response). A step's time covers sampling,
-rewards and the update (the per-step ``train/update_time_s``); the first ``warmup_steps`` are left out (first calls
-build kernel caches and grow the allocator), and every update's time is kept in ``bench.json``.
-Both backends run in the same invocation, one after the other, so their ratio is measured side by side. Writes ``bench.json`` and prints
-a table: completions/s, reward queries/s, seconds per update, peak memory, native/TRL ratio.
+all zero, which an untrained base's 0/1 rewards would make of every response). A step's time (the per-step
+``train/update_time_s``) runs from one update to the next: the step's prompts (the native loop draws them, TRL's
+dataloader fetches and tokenises them), sampling, rewards and the update, not evaluation or checkpoints. The first
+``warmup_steps`` are left out (first calls build kernel caches and grow the allocator; a TRL run's first also sets
+up the Trainer), and every update's time is kept in ``bench.json``. Both backends run in the same invocation, one
+after the other, so their ratio is measured side by side. Writes ``bench.json`` and prints a table:
+completions/s, reward queries/s, seconds per update, peak memory, native/TRL ratio.
 """
 
 from __future__ import annotations
@@ -46,15 +48,17 @@ class BenchConfig:
     """Updates per run, warm-up included."""
     warmup_steps: int = 1
     """Updates at the start of each run left out of the timing."""
-    extra_args: list[str] = field(default_factory=list)
-    """Overrides passed to every posttrain run, e.g. ['--run.mixed_precision', 'bf16']."""
+    pretrain_args: list[str] = field(default_factory=list)
+    """Overrides of the base's pretraining config, e.g. ['--model.width', '128']."""
+    posttrain_args: list[str] = field(default_factory=list)
+    """Overrides passed to every posttrain run (both backends), e.g. ['--run.mixed_precision', 'bf16']."""
 
     def check(self):
         require(all(b in ("native", "trl") for b in self.backends), "backends", "allowed: native, trl")
         require(all(b >= self.group_size and b % self.group_size == 0 for b in self.batch_sizes), "batch_sizes",
                 f"each must be a multiple of group_size = {self.group_size}")
         require(self.group_size >= 2, "group_size", "must be ≥ 2 (TRL's minimum)")
-        require(self.warmup_steps >= 0, "warmup_steps", "must be ≥ 0")
+        require(self.warmup_steps >= 1, "warmup_steps", "must be ≥ 1 (a TRL run's first update also times the Trainer's setup)")
         require(self.steps > self.warmup_steps, "steps", f"must exceed warmup_steps = {self.warmup_steps} (one timed update at least)")
 
 
@@ -66,7 +70,7 @@ def measure(cfg: BenchConfig, base: Path, backend: str, batch: int) -> dict:
         "--algo.group_size", str(cfg.group_size), "--reward.signed", "true", "--algo.baseline", "none",
         "--optim.max_steps", str(cfg.steps),
         "--optim.max_queries", "null", "--eval.eval_every", "1000000", "--eval.num_tracked", "0",
-        "--run.checkpoint_every", "0", "--run.progress", "false", "--run.report_to", "[]", *cfg.extra_args)
+        "--run.checkpoint_every", "0", "--run.progress", "false", "--run.report_to", "[]", *cfg.posttrain_args)
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     every = [r for r in rows if "train/update_time_s" in r]
     steps = every[cfg.warmup_steps:]
@@ -99,7 +103,7 @@ def main(argv):
     cfg = load_config(BenchConfig, argv, default_config="configs/bench.yaml", prog="posttrain.bench")
     out = Path(cfg.out_dir)
     base = out / "base"
-    ensure_base(cfg.pretrain_config, base, *cfg.extra_args)
+    ensure_base(cfg.pretrain_config, base, *cfg.pretrain_args)
     results = [measure(cfg, base, backend, batch) for batch in cfg.batch_sizes for backend in cfg.backends
                if backend == "native" or batch <= cfg.trl_max_batch]
     text = table(results)

@@ -29,6 +29,13 @@ def run_stage(stage: str, *args: str, env: dict | None = None, check: bool = Tru
     return proc
 
 
+def run_make(*args: str) -> subprocess.CompletedProcess:
+    """``make args`` from the repo root with this interpreter, as a user would; fails the test on a non-zero exit."""
+    proc = subprocess.run(["make", f"PYTHON={sys.executable}", *args], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory) -> Path:
     """A base run of the tiny transformer config: model/, data/eval_prompts (with base_alpha), support.json."""

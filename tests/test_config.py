@@ -97,9 +97,16 @@ def test_cli_prints_one_line_and_exits_2(tmp_path):
 
 def test_every_shipped_config_loads():
     from eval.config import EvalStageConfig
+    from eval.experiments import ExperimentConfig
+    from posttrain.bench import BenchConfig
+    from posttrain.crosscheck import CrosscheckConfig
 
-    stages = {"pretrain": PretrainConfig, "posttrain": PosttrainConfig, "eval": EvalStageConfig}
-    paths = sorted(p for p in Path(TINY.parent).rglob("*.yaml") if p.name.split("_")[0].split(".")[0] in stages)
-    assert len(paths) >= 8
-    for path in paths:
-        load_config(stages[path.name.split("_")[0].split(".")[0]], ["--config", str(path)])
+    kinds = {"pretrain": PretrainConfig, "posttrain": PosttrainConfig, "eval": EvalStageConfig, "scaling": ExperimentConfig,
+             "alpha": ExperimentConfig, "crosscheck": CrosscheckConfig, "bench": BenchConfig}
+    paths = sorted(Path(TINY.parent).rglob("*.yaml"))
+    assert len(paths) >= 30
+    for path in paths:  # the file name says which config it is: pretrain_1m.yaml, scaling.yaml, ...
+        kind = kinds[path.name.split("_")[0].split(".")[0]]
+        cfg = load_config(kind, ["--config", str(path)])
+        if kind is ExperimentConfig:
+            assert cfg.experiment == path.stem, path

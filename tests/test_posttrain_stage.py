@@ -76,25 +76,47 @@ def test_query_budget_and_target_stop(tmp_path, tiny_base):
     assert [r for r in rows if "eval/likelihood" in r][-1]["eval/likelihood"] >= 0.5
 
 
+def moved(run_dir, base) -> bool:
+    """Whether post-training changed any weight of the base."""
+    a, b = (load_file(str(d / "model" / "model.safetensors")) for d in (run_dir, base))
+    return any(not torch.equal(a[name], b[name]) for name in a)
+
+
 @pytest.mark.parametrize("behaviour, reward", [("mixture", "outcome"), ("uniform", "outcome"), ("best_of_m", "outcome"),
                                                ("token_best_of_m", "process")])
 def test_other_behaviours_run(tmp_path, tiny_base, behaviour, reward):
     run_stage("posttrain", "--config", CONFIG, "--base", str(tiny_base), "--run.run_dir", str(tmp_path / "r"),
               "--algo.behaviour", behaviour, "--reward.name", reward, "--optim.max_steps", "3",
-              "--algo.baseline", "rloo", "--algo.group_size", "4", "--algo.kl_coef", "0.1")
-    assert metrics(tmp_path / "r")[-1]["done/steps"] == 3
+              "--algo.baseline", "rloo", "--algo.group_size", "4", "--algo.kl_coef", "0.1", "--algo.m", "8")
+    rows = metrics(tmp_path / "r")
+    train = [r for r in rows if "train/reward_mean" in r]
+    spent = [b - a for a, b in zip([0] + [r["train/reward_queries"] for r in train], [r["train/reward_queries"] for r in train])]
+    B, N, m = 32, 3, 8
+    if behaviour in ("mixture", "uniform"):
+        assert spent == [B] * 3  # one verdict per response
+    elif behaviour == "best_of_m":
+        # B verdicts on p_t's samples, then up to m per failure; the tiny base fails on its off-support prompts
+        assert all(B < q <= B + B * m for q in spent)
+    else:
+        assert all(B <= q <= B * N * m for q in spent)  # every checked candidate token is charged
+    assert all(r["train/kl"] >= 0 for r in train) and rows[-1]["done/steps"] == 3 and moved(tmp_path / "r", tiny_base)
 
 
 def test_adaptive_step_on_the_linear_model(tmp_path, tiny_linear_base):
     run_stage("posttrain", "--config", CONFIG, "--base", str(tiny_linear_base), "--run.run_dir", str(tmp_path / "a"),
               "--optim.optimizer", "adaptive", "--optim.lr", "1.0", "--optim.max_steps", "3", "--optim.batch_size", "8")
-    assert metrics(tmp_path / "a")[-1]["done/steps"] == 3
+    train = [r for r in metrics(tmp_path / "a") if "train/reward_mean" in r]
+    assert len(train) == 3 and all(r["train/entropy"] > 0 for r in train)
+    # 0/1 rewards without a baseline: a step whose responses all fail has no gradient, every other step has one
+    assert all((r["train/grad_norm"] > 0) == (r["train/reward_mean"] > 0) for r in train)
+    assert any(r["train/loss"] != 0 for r in train) and moved(tmp_path / "a", tiny_linear_base)
 
 
 def test_user_reward_by_import_path(tmp_path, tiny_base):
     run_stage("posttrain", "--config", CONFIG, "--base", str(tiny_base), "--run.run_dir", str(tmp_path / "u"),
               "--reward.name", "tests.user_reward:ParityReward", "--optim.max_steps", "2")
-    assert metrics(tmp_path / "u")[-1]["done/steps"] == 2
+    train = [r for r in metrics(tmp_path / "u") if "train/reward_mean" in r]
+    assert [r["train/reward_queries"] for r in train] == [32, 64] and moved(tmp_path / "u", tiny_base)
 
 
 @pytest.mark.parametrize(

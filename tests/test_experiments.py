@@ -1,0 +1,55 @@
+"""make scaling and make alpha end to end on the tiny configs: every recorded run's reward queries against its own
+metrics.jsonl, the figure and the report; and the fits' treatment of runs that cannot go on log axes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from eval.analysis import read_metrics
+from eval.experiments import alpha_verdict, scaling_verdict
+from eval.figures import alpha_fit, scaling_fit
+from tests.conftest import run_make as make
+
+TARGET, BUDGET = 0.5, 96  # configs/tiny/scaling.yaml and alpha.yaml
+
+
+def check_runs(results: dict, run_dir) -> None:
+    """Each recorded run's queries: those at its first evaluation at the target, else (censored) all it spent."""
+    for r in results["runs"]:
+        evals = [row for row in read_metrics(run_dir(r) / "metrics.jsonl") if "eval/trained_likelihood" in row]
+        first = next((row for row in evals if row["eval/trained_likelihood"] >= TARGET), None)
+        if r["censored"]:
+            assert first is None and r["queries"] == evals[-1]["train/reward_queries"] >= BUDGET
+        else:
+            assert r["queries"] == first["train/reward_queries"]
+
+
+def test_make_scaling_and_alpha_on_tiny_configs(tmp_path):
+    runs = tmp_path / "runs"
+    make("scaling", "alpha", "CONFIGS=configs/tiny", f"RUNS={runs}")
+    scaling = json.loads((runs / "scaling" / "results.json").read_text())
+    assert {(r["arm"], r["N"]) for r in scaling["runs"]} == {(a, n) for a in ("outcome", "process") for n in (2, 3)}
+    check_runs(scaling, lambda r: runs / "scaling" / f"N{r['N']}" / f"{r['arm']}_s{r['seed']}")
+    alpha = json.loads((runs / "alpha" / "results.json").read_text())
+    # the on-support clusters of the tiny base: exact (α ≈ 1) and sequence(0.5) at N = 3 (α ≈ 0.125 ≥ 0.06)
+    assert sorted(r["cluster"] for r in alpha["runs"]) == [0, 1]
+    check_runs(alpha, lambda r: runs / "alpha" / f"outcome_c{r['cluster']}_s{r['seed']}")
+    for name, verdict in (("scaling", scaling_verdict(scaling)), ("alpha", [alpha_verdict(alpha)])):
+        assert (runs / name / f"{name}.png").stat().st_size > 10_000
+        report = (runs / name / "report.md").read_text()
+        assert all(line in report for line in verdict) and f"budget {BUDGET} reward queries" in report
+
+
+def test_fits_leave_out_runs_at_the_target_before_any_query():
+    # queries = 10·4^N and 100/α exactly, plus a run whose base already met the target (0 queries)
+    scaling = [{"arm": "outcome", "N": n, "queries": 10 * 4**n, "censored": False} for n in (2, 3, 4)]
+    scaling.append({"arm": "outcome", "N": 1, "queries": 0, "censored": False})
+    kind, (a, b) = scaling_fit(scaling, "outcome")
+    assert kind == "exponential" and b == pytest.approx(2 * 0.6931471805599453) and a == pytest.approx(2.302585092994046)
+    assert "of 4 runs, 1 at the target before any query" in scaling_verdict({"k": 4, "runs": scaling})[0]
+    alpha = [{"alpha": a, "queries": 100 / a, "censored": False} for a in (0.5, 0.1, 0.01)]
+    alpha.append({"alpha": 0.9, "queries": 0, "censored": False})
+    assert alpha_fit(alpha)[1] == pytest.approx(-1.0)
+    assert "of 4 runs, 1 at the target before any query" in alpha_verdict({"runs": alpha})
