@@ -13,6 +13,7 @@ import ast
 import dataclasses
 import difflib
 import inspect
+import re
 import textwrap
 import types
 import typing
@@ -22,6 +23,26 @@ from typing import Any, Literal
 import yaml
 
 from barrierlab.errors import UserError
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML as configs need it: ``3e-4`` is a float (YAML 1.1 reads a float without a dot as a string), and a key
+    given twice in one mapping is an error rather than the last one silently winning."""
+
+    def construct_mapping(self, node, deep=False):
+        keys = [self.construct_object(key, deep=deep) for key, _ in node.value]
+        for i, key in enumerate(keys):
+            if key in keys[:i]:
+                raise yaml.constructor.ConstructorError(None, None, f"key '{key}' given twice", node.value[i][0].start_mark)
+        return super().construct_mapping(node, deep)
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+
+
+def load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)
 
 
 class ConfigValueError(ValueError):
@@ -216,7 +237,7 @@ def _parse_scalar(raw: str):
     if raw == "":
         return ""
     try:
-        return yaml.safe_load(raw)
+        return load_yaml(raw)
     except yaml.YAMLError:
         return raw
 
@@ -241,8 +262,8 @@ def parse_overrides(argv: list[str]) -> tuple[str | None, list[tuple[str, str]],
             raise UserError(f"command line: unexpected argument '{arg}'; use --key value or --key=value")
         key, eq, value = arg[2:].partition("=")
         if not eq:
-            if i + 1 >= len(argv):
-                raise UserError(f"command line: {arg} needs a value")
+            if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
+                raise UserError(f"command line: {arg} needs a value (--key value or --key=value)")
             value = argv[i + 1]
             i += 1
         i += 1
@@ -280,14 +301,19 @@ def load_config(cls: type, argv: list[str], default_config: str | None = None, p
     where = "command line"
     if config_path:
         path = Path(config_path)
+        if path.is_dir():
+            raise UserError(f"--config '{config_path}' is a folder; pass a YAML file (e.g. {path / 'pretrain.yaml'})")
         if not path.is_file():
             raise UserError(f"config file '{config_path}' not found; pass an existing YAML file with --config")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = load_yaml(path.read_text()) or {}
+        except UnicodeDecodeError:
+            raise UserError(f"{config_path}: not UTF-8 text; pass a YAML config file") from None
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)
             at = f" at line {mark.line + 1}" if mark else ""
-            raise UserError(f"{config_path}: not valid YAML{at}; fix the syntax") from None
+            problem = f" ({err.problem})" if getattr(err, "problem", None) else ""
+            raise UserError(f"{config_path}: not valid YAML{at}{problem}; fix the syntax") from None
         if not isinstance(data, dict):
             raise UserError(f"{config_path}: the top level must be a mapping of keys to values")
         where = config_path
@@ -296,6 +322,6 @@ def load_config(cls: type, argv: list[str], default_config: str | None = None, p
     try:
         return build(cls, data)
     except ConfigValueError as err:
-        overridden = any(k == err.key or err.key.startswith(k + ".") for k, _ in overrides)
+        overridden = any(k == err.key or err.key.startswith((k + ".", k + "[")) for k, _ in overrides)
         source = "command line" if overridden else where
         raise UserError(f"{source}: key '{err.key}': {err.message}") from None

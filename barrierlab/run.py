@@ -61,7 +61,7 @@ class RunDir:
     """One run folder: refuses to mix runs of different configs, resumes a run of the same config."""
 
     def __init__(self, cfg, run: RunConfig, is_main: bool = True):
-        self.path = Path(run.run_dir)
+        self.path = output_dir(run.run_dir, "run.run_dir", create=False)
         self.is_main = is_main
         self.ckpt_dir = self.path / "checkpoints"
         self.keep = run.keep_checkpoints
@@ -83,6 +83,12 @@ class RunDir:
         self._report_to = run.report_to
 
     # ------------------------------------------------------------------ metrics
+    def finished(self) -> dict | None:
+        """The closing ``done/`` metrics of a run that already finished in this folder (None: it has not)."""
+        path = self.path / "metrics.jsonl"
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+        return next((r for r in reversed(rows) if "done/steps" in r), None)
+
     def truncate_metrics(self, after_step: int) -> None:
         """Drop metric lines logged after ``after_step`` (they belong to work lost in a kill)."""
         path = self.path / "metrics.jsonl"
@@ -119,9 +125,13 @@ class RunDir:
             return None
         from safetensors.torch import load_file
 
-        state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
-        model.load_state_dict(load_file(str(ckpt / "model.safetensors")))
-        optimizer.load_state_dict(state["optimizer"])
+        try:
+            state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
+            model.load_state_dict(load_file(str(ckpt / "model.safetensors")))
+            optimizer.load_state_dict(state["optimizer"])
+        except Exception as err:  # checkpoints are written atomically: this one was damaged afterwards
+            raise UserError(f"checkpoint '{ckpt}' cannot be loaded ({_first_line(err)}); delete that folder to resume "
+                            "from the one before it") from None
         self.truncate_metrics(state["step"])
         return state
 
@@ -200,6 +210,23 @@ def save_dataset(dataset, final: Path) -> None:
     tmp.rename(final)
 
 
+def output_dir(path, key: str, create: bool = True) -> Path:
+    """The output folder ``path`` of config key ``key`` (created unless ``create`` is false), or one line saying
+    that a file is in the way."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{key}: '{path}' is a file, not a folder; pass another {key}")
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _first_line(err: Exception) -> str:
+    """An exception as a short phrase for a one-line error."""
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0][:160]}" if text else type(err).__name__
+
+
 def load_dataset_dir(path: Path, columns: list[str]):
     """Load a dataset saved by a stage, or fail with one line saying what is missing."""
     from datasets import load_from_disk
@@ -207,7 +234,11 @@ def load_dataset_dir(path: Path, columns: list[str]):
     path = Path(path)
     if not (path / "dataset_info.json").exists():
         raise UserError(f"no dataset at '{path}'; run the stage that writes it first (e.g. make pretrain)")
-    dataset = load_from_disk(str(path))
+    try:
+        dataset = load_from_disk(str(path))
+    except Exception as err:  # a truncated Arrow file or hand-edited metadata
+        raise UserError(f"dataset '{path}' cannot be loaded ({_first_line(err)}); it is damaged: rerun the stage that "
+                        "wrote it") from None
     missing = [c for c in columns if c not in dataset.column_names]
     if missing:
         raise UserError(f"dataset '{path}' lacks column(s) {', '.join(missing)}; rebuild it with the current code")
@@ -240,10 +271,15 @@ def load_model_dir(path: Path):
 
     path = Path(path)
     if not (path / "config.json").exists() or not (path / "task.json").exists():
-        raise UserError(f"no barrierlab checkpoint at '{path}' (config.json and task.json expected); check the path or run make pretrain")
-    model = AutoModelForCausalLM.from_pretrained(str(path))
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
-    task_info = json.loads((path / "task.json").read_text())
+        raise UserError(f"no barrierlab checkpoint at '{path}' (config.json and task.json expected); check the path, or "
+                        f"pretrain into '{path.parent}' first (make pretrain, with the same MODEL and RUNS)")
+    try:
+        task_info = json.loads((path / "task.json").read_text())
+        model = AutoModelForCausalLM.from_pretrained(str(path))
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+    except Exception as err:  # a truncated or hand-edited file: transformers, safetensors and json raise many kinds
+        raise UserError(f"checkpoint '{path}' cannot be loaded ({_first_line(err)}); it is damaged or incomplete: "
+                        "rerun the stage that wrote it") from None
     return model, tokenizer, task_info
 
 

@@ -7,7 +7,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+from barrierlab.config import load_config
 from barrierlab.errors import UserError
+
+
+def check_stage_args(stage_config: type, config: str, args: list[str], key: str) -> None:
+    """Fail in one line, before any run starts or is reused, when the overrides ``args`` (the driver's config key
+    ``key``) do not fit the stage config file ``config``."""
+    try:
+        load_config(stage_config, ["--config", config, *args])
+    except UserError as err:
+        raise UserError(f"{key}: {err}") from None
 
 
 def run_stage(stage: str, *args: str) -> None:

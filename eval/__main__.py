@@ -21,12 +21,12 @@ import torch
 from barrierlab.config import dump_yaml, load_config
 from barrierlab.errors import UserError, cli_entry
 from barrierlab.metrics import fmt_value, split_masks
-from barrierlab.run import atomic_write_text, load_dataset_dir, load_model_dir
+from barrierlab.run import atomic_write_text, load_dataset_dir, load_model_dir, output_dir
 from barrierlab.tokenizer import ANSWER0
 from eval.config import EvalStageConfig
 from eval.evaluate import PromptSet, evaluate_checkpoint
 from eval.passk import default_ks
-from eval.report import build_report
+from eval.report import build_report, load_experiment
 
 
 def model_folder(path: str) -> Path:
@@ -75,10 +75,10 @@ def main(argv):
         raise UserError(f"base: no pretraining run at '{base}' (model/task.json expected); run make pretrain or fix --base")
     base_info = json.loads((base / "model" / "task.json").read_text())
     models = load_checkpoints(cfg, base, base_info)
-    for name in ("scaling_results", "alpha_results"):
-        path = getattr(cfg, name)
-        if path is not None and not Path(path).is_file():
-            raise UserError(f"{name}: file '{path}' not found")
+    for experiment in ("scaling", "alpha"):  # checked before anything is evaluated or written
+        path = getattr(cfg, f"{experiment}_results")
+        if path is not None:
+            load_experiment(path, experiment)
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     threshold = cfg.offsupport_threshold or base_info["offsupport_threshold"]
@@ -86,8 +86,7 @@ def main(argv):
     prompt_set, columns = load_prompt_set(base, threshold, device)
     k, N = base_info["task"]["k"], base_info["task"]["N"]
     ks = cfg.pass_k or default_ks(cfg.n_samples)
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(cfg.out_dir, "out_dir")
     atomic_write_text(out / "config.yaml", dump_yaml(cfg))
 
     results = {

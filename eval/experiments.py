@@ -23,10 +23,12 @@ from typing import Literal
 
 from barrierlab.config import dump_yaml, load_config, require
 from barrierlab.errors import UserError, cli_entry
-from barrierlab.run import atomic_write_text
-from barrierlab.stages import ensure_base, run_stage
+from barrierlab.run import atomic_write_text, output_dir
+from barrierlab.stages import check_stage_args, ensure_base, run_stage
 from eval import figures
 from eval.analysis import fittable, queries_to_reach, read_metrics
+from posttrain.config import PosttrainConfig
+from pretrain.config import PretrainConfig
 
 
 @dataclass
@@ -180,8 +182,10 @@ def main(argv):
     for path in [cfg.pretrain_config, *cfg.posttrain_configs.values()]:
         if not Path(path).is_file():
             raise UserError(f"config file '{path}' not found; fix pretrain_config / posttrain_configs")
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    check_stage_args(PretrainConfig, cfg.pretrain_config, cfg.extra_args, "extra_args")
+    for config in cfg.posttrain_configs.values():
+        check_stage_args(PosttrainConfig, config, cfg.extra_args, "extra_args")
+    out = output_dir(cfg.out_dir, "out_dir")
     results = run_scaling(cfg, out) if cfg.experiment == "scaling" else run_alpha(cfg, out)
     write_report(cfg, out, results)
 

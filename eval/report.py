@@ -162,18 +162,25 @@ def _tracked_alpha(arm: _Arm, base: Path, base_alpha: list[float]) -> list[float
     return alpha[tracked_indices(alpha, len(tracked))].tolist()
 
 
-def _load_experiment(path, keys: tuple[str, ...], top: tuple[str, ...] = ()) -> dict:
-    """An experiment's results.json (schemas in ``eval.figures``; ``top``: keys it needs besides ``runs``), or one
-    line saying what is wrong with it."""
+# what each experiment's results.json must hold: keys at the top, and keys of every run
+EXPERIMENT_SCHEMAS = {"scaling": (("k",), ("arm", "N", "queries", "censored")), "alpha": ((), ("alpha", "queries", "censored"))}
+
+
+def load_experiment(path, experiment: str) -> dict:
+    """The results.json of ``python -m eval.experiments`` for ``experiment`` (scaling or alpha), or one line saying
+    what is wrong with it (the eval stage's key ``<experiment>_results`` named)."""
+    top, keys = EXPERIMENT_SCHEMAS[experiment]
+    key = f"{experiment}_results"
     try:
         data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise UserError(f"'{path}': cannot read it as JSON ({err})") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(f"{key}: cannot read '{path}' as JSON ({type(err).__name__}); pass the results.json of "
+                        f"make {experiment}") from None
     runs = data.get("runs") if isinstance(data, dict) else None
-    if not runs or not all(isinstance(r, dict) and all(key in r for key in keys) for r in runs) or any(t not in data for t in top):
+    if not runs or not all(isinstance(r, dict) and all(k in r for k in keys) for r in runs) or any(t not in data for t in top):
         needs = ", ".join(f"'{t}'" for t in (*top, "runs"))
-        raise UserError(f"'{path}': expected a JSON object with {needs}, and keys {', '.join(keys)} in every run "
-                        "(the results.json of python -m eval.experiments)")
+        raise UserError(f"{key}: '{path}' is not an experiment's results: expected {needs}, and keys {', '.join(keys)} in "
+                        f"every run (the results.json of make {experiment})")
     return data
 
 
@@ -246,8 +253,8 @@ def build_report(run_dir, *, scaling=None, alpha=None) -> Path:
     results = json.loads((run_dir / "eval.json").read_text())
     base = Path(results["base"])
     arms = [a for a in (_Arm(name, run) for name, run in _arm_runs(results).items()) if a.last]  # not pretraining runs
-    scaling_data = _load_experiment(scaling, ("arm", "N", "queries", "censored"), top=("k",)) if scaling else None
-    alpha_data = _load_experiment(alpha, ("alpha", "queries", "censored")) if alpha else None
+    scaling_data = load_experiment(scaling, "scaling") if scaling else None
+    alpha_data = load_experiment(alpha, "alpha") if alpha else None
     per_prompt = _per_prompt(run_dir)
     made = _make_figures(run_dir / "figures", results, per_prompt, arms, scaling_data, alpha_data)
 

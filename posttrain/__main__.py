@@ -174,6 +174,11 @@ def main(argv):
     sample_gen = torch.Generator(device=acc.device).manual_seed(cfg.run.seed * 104729 + rank)
     prompts_source = PromptSource(cfg, task, prompt_gen)
     run = RunDir(cfg, cfg.run, is_main=acc.is_main_process)  # validation is done: only now write anything
+    done = run.finished()
+    if done is not None:
+        acc.print(f"{run.path} already finished ({done['done/stop_reason']} after {done['done/steps']} steps, "
+                  f"{done['done/reward_queries']} reward queries); nothing to do")
+        return
     seed_everything(cfg.run.seed)
     if cfg.backend == "trl":
         from posttrain.trl_backend import run_trl  # TRL is imported only when asked for

@@ -26,8 +26,12 @@ import torch
 
 from barrierlab.config import load_config, require
 from barrierlab.errors import cli_entry
-from barrierlab.run import atomic_write_text
-from barrierlab.stages import ensure_base, run_stage
+from barrierlab.run import atomic_write_text, output_dir
+from barrierlab.stages import check_stage_args, ensure_base, run_stage
+from posttrain.config import PosttrainConfig
+from pretrain.config import PretrainConfig
+
+POSTTRAIN_CONFIG = "configs/posttrain_outcome.yaml"  # every run's settings beyond it are set in ``measure``
 
 
 @dataclass
@@ -65,7 +69,7 @@ class BenchConfig:
 def measure(cfg: BenchConfig, base: Path, backend: str, batch: int) -> dict:
     run_dir = Path(cfg.out_dir) / f"{backend}_b{batch}"
     shutil.rmtree(run_dir, ignore_errors=True)  # every number from this invocation (an old run may be another device's)
-    run_stage("posttrain", "--config", "configs/posttrain_outcome.yaml", "--base", str(base),
+    run_stage("posttrain", "--config", POSTTRAIN_CONFIG, "--base", str(base),
         "--run.run_dir", str(run_dir), "--backend", backend, "--optim.batch_size", str(batch),
         "--algo.group_size", str(cfg.group_size), "--reward.signed", "true", "--algo.baseline", "none",
         "--optim.max_steps", str(cfg.steps),
@@ -101,7 +105,9 @@ def table(results: list[dict]) -> str:
 @cli_entry
 def main(argv):
     cfg = load_config(BenchConfig, argv, default_config="configs/bench.yaml", prog="posttrain.bench")
-    out = Path(cfg.out_dir)
+    check_stage_args(PretrainConfig, cfg.pretrain_config, cfg.pretrain_args, "pretrain_args")
+    check_stage_args(PosttrainConfig, POSTTRAIN_CONFIG, cfg.posttrain_args, "posttrain_args")
+    out = output_dir(cfg.out_dir, "out_dir")
     base = out / "base"
     ensure_base(cfg.pretrain_config, base, *cfg.pretrain_args)
     results = [measure(cfg, base, backend, batch) for batch in cfg.batch_sizes for backend in cfg.backends

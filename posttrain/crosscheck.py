@@ -22,10 +22,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from barrierlab.config import dump_yaml, load_config, require  # noqa: E402
 from barrierlab.errors import cli_entry  # noqa: E402
-from barrierlab.run import atomic_write_text  # noqa: E402
-from barrierlab.stages import ensure_base, run_stage  # noqa: E402
+from barrierlab.run import atomic_write_text, output_dir  # noqa: E402
+from barrierlab.stages import check_stage_args, ensure_base, run_stage  # noqa: E402
 from eval.analysis import QUERIES, eval_rows, read_metrics  # noqa: E402
 from posttrain.config import PosttrainConfig  # noqa: E402
+from pretrain.config import PretrainConfig  # noqa: E402
 
 OFF, ON = "eval/offsupport_likelihood", "eval/onsupport_likelihood"
 
@@ -131,7 +132,10 @@ def figure(runs: dict, path: Path) -> None:
 @cli_entry
 def main(argv):
     cfg = load_config(CrosscheckConfig, argv, default_config="configs/crosscheck.yaml", prog="posttrain.crosscheck")
-    out = Path(cfg.out_dir)
+    check_stage_args(PretrainConfig, cfg.pretrain_config, cfg.pretrain_args, "pretrain_args")
+    for config in cfg.posttrain_configs.values():
+        check_stage_args(PosttrainConfig, config, cfg.posttrain_args, "posttrain_args")
+    out = output_dir(cfg.out_dir, "out_dir")
     base = out / "base"
     ensure_base(cfg.pretrain_config, base, *cfg.pretrain_args)
     runs: dict = {}

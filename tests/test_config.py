@@ -110,3 +110,33 @@ def test_every_shipped_config_loads():
         cfg = load_config(kind, ["--config", str(path)])
         if kind is ExperimentConfig:
             assert cfg.experiment == path.stem, path
+
+
+def test_floats_without_a_dot_are_floats(tmp_path):
+    # YAML 1.1 reads 3e-4 as a string; configs read it as the number everyone means, in files and on the command line
+    cfg = load_config(PosttrainConfig, ["--config", write(tmp_path, "optim: {lr: 3e-4}\n"), "--algo.temperature", "1E0"])
+    assert cfg.optim.lr == 3e-4 and cfg.algo.temperature == 1.0
+    assert load_config(PosttrainConfig, ["--config", str(TINY / "posttrain_outcome.yaml"), "--optim.lr=2e-3"]).optim.lr == 2e-3
+
+
+@pytest.mark.parametrize("text, argv, words", [
+    ("optim: {lr: 0.01, lr: 0.02}\n", [], "not valid YAML at line 1 (key 'lr' given twice)"),
+    ("optim: {lr: 0.01}\n", ["--optim.lr", "--optim.batch_size", "8"], "--optim.lr needs a value"),
+    ("optim: {lr: 0.01}\n", ["--algo.temperature"], "--algo.temperature needs a value"),
+])
+def test_duplicate_keys_and_flags_without_values(tmp_path, text, argv, words):
+    assert words in error_of(tmp_path, text, PosttrainConfig, argv)
+
+
+def test_config_that_is_a_folder_or_not_text(tmp_path):
+    with pytest.raises(UserError, match="is a folder; pass a YAML file"):
+        load_config(PretrainConfig, ["--config", str(TINY)])
+    binary = tmp_path / "bin.yaml"
+    binary.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(UserError, match="not UTF-8 text"):
+        load_config(PretrainConfig, ["--config", str(binary)])
+
+
+def test_a_bad_list_item_from_the_command_line_is_blamed_on_it(tmp_path):
+    msg = error_of(tmp_path, "task: {k: 4}\n", argv=["--profile", "[{coverage: foo}]"])
+    assert msg.startswith("command line: key 'profile[0].coverage'")

@@ -45,3 +45,19 @@ def test_bench_rejects_a_warmup_that_times_nothing_or_the_setup(tmp_path, steps,
                      "--steps", steps, "--warmup_steps", warmup, check=False)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert words in proc.stderr and not (tmp_path / "bench").exists()
+
+
+@pytest.mark.parametrize("driver, args, words", [
+    ("posttrain.bench", ["--posttrain_args", "[--optim.bogus, '1']"], "posttrain_args: command line: --optim.bogus: unknown key"),
+    ("posttrain.bench", ["--pretrain_args", "[--model.widht, '8']"], "pretrain_args: command line: --model.widht"),
+    ("posttrain.crosscheck", ["--posttrain_args", "[--algo.bogus, '1']"], "posttrain_args: command line: --algo.bogus"),
+    ("eval.experiments", ["--extra_args", "[--optim.bogus, '1']"], "extra_args: command line: --optim.bogus"),
+])
+def test_drivers_check_stage_overrides_before_touching_runs(tmp_path, driver, args, words):
+    # an earlier invocation's run folders stay as they were: the overrides are checked before any run is reused or redone
+    kept = tmp_path / "out" / "native_b64" / "metrics.jsonl"
+    kept.parent.mkdir(parents=True)
+    kept.write_text("{}\n")
+    proc = run_stage(driver, "--out_dir", str(tmp_path / "out"), *args, check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and words in proc.stderr
+    assert sorted(p.name for p in (tmp_path / "out").rglob("*")) == ["metrics.jsonl", "native_b64"]

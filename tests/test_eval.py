@@ -232,3 +232,15 @@ def test_eval_rejects_bad_paths_in_one_line(tmp_path, tiny_base):
     assert "checkpoint" in proc.stderr and "nowhere" in proc.stderr and not (tmp_path / "e").exists()
     proc = run_stage("eval", "--config", str(TINY / "eval.yaml"), "--base", str(tmp_path / "nobase"), check=False)
     assert proc.returncode == 2 and "nobase" in proc.stderr and "Traceback" not in proc.stderr
+    # experiment results are checked before anything is evaluated or written
+    (tmp_path / "results.json").write_text('{"runs": [{"arm": "outcome"}]}')
+    for key, path, words in (("scaling_results", "README.md", "scaling_results: cannot read 'README.md' as JSON"),
+                             ("alpha_results", str(tmp_path / "results.json"), "alpha_results: '")):
+        proc = run_stage("eval", "--config", str(TINY / "eval.yaml"), "--base", str(tiny_base), "--out_dir",
+                         str(tmp_path / "e"), f"--{key}", path, check=False)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and words in proc.stderr
+        assert not (tmp_path / "e").exists()
+    (tmp_path / "file").write_text("")
+    proc = run_stage("eval", "--config", str(TINY / "eval.yaml"), "--base", str(tiny_base), "--out_dir",
+                     str(tmp_path / "file"), check=False)
+    assert proc.returncode == 2 and "out_dir: '" in proc.stderr and "is a file, not a folder" in proc.stderr

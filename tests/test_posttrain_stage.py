@@ -142,6 +142,51 @@ def test_bad_input_is_one_line_exit_2(tmp_path, tiny_base, capsys, args, words):
     assert not run_dir.exists()  # nothing written for bad input
 
 
+def damaged_copy(tiny_base, tmp_path, file: str):
+    """A copy of the tiny base run with one of its files cut to half its length."""
+    import shutil
+
+    base = tmp_path / "damaged"
+    shutil.copytree(tiny_base, base)
+    data = (base / file).read_bytes()
+    (base / file).write_bytes(data[: len(data) // 2])
+    return base
+
+
+@pytest.mark.parametrize("file, words", [
+    ("model/model.safetensors", "checkpoint '{base}/model' cannot be loaded"),
+    ("model/task.json", "checkpoint '{base}/model' cannot be loaded (JSONDecodeError"),
+    ("model/tokenizer.json", "checkpoint '{base}/model' cannot be loaded"),
+    ("data/eval_prompts/data-00000-of-00001.arrow", "dataset '{base}/data/eval_prompts' cannot be loaded"),
+])
+def test_a_damaged_base_is_one_line(tmp_path, tiny_base, file, words):
+    base = damaged_copy(tiny_base, tmp_path, file)
+    proc = run_stage("posttrain", "--config", CONFIG, "--base", str(base), "--run.run_dir", str(tmp_path / "r"), check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert words.format(base=base) in proc.stderr and not (tmp_path / "r").exists()
+
+
+def test_rerun_of_a_finished_run_changes_nothing_and_a_damaged_checkpoint_is_one_line(tmp_path, tiny_base):
+    run_dir = tmp_path / "r"
+    args = ["--config", CONFIG, "--base", str(tiny_base), "--run.run_dir", str(run_dir), "--optim.max_steps", "4",
+            "--run.checkpoint_every", "2"]
+    run_stage("posttrain", *args)
+    before = (run_dir / "metrics.jsonl").read_text()
+    proc = run_stage("posttrain", *args)
+    assert "already finished (max_steps after 4 steps, 128 reward queries); nothing to do" in proc.stdout
+    assert (run_dir / "metrics.jsonl").read_text() == before
+    # a killed run's last checkpoint damaged afterwards: resuming says which one, and how to go on
+    (run_dir / "metrics.jsonl").write_text("".join(line + "\n" for line in before.splitlines() if '"done/' not in line))
+    ckpt = run_dir / "checkpoints" / "step_0000004"
+    (ckpt / "model.safetensors").write_bytes(b"\x00" * 10)
+    proc = run_stage("posttrain", *args, check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert f"checkpoint '{ckpt}' cannot be loaded" in proc.stderr and "delete that folder" in proc.stderr
+    (run_dir / "model.txt").write_text("not a folder")
+    proc = run_stage("posttrain", *args[:4], "--run.run_dir", str(run_dir / "model.txt"), check=False)
+    assert proc.returncode == 2 and "run.run_dir: '" in proc.stderr and "is a file, not a folder" in proc.stderr
+
+
 @pytest.mark.parametrize("stage", ["pretrain", "posttrain"])
 def test_data_parallel_on_two_cpu_processes(tmp_path, tiny_base, stage):
     """torchrun with 2 processes (gloo on CPU): one run folder, global counts, every process's RNG state saved."""
