@@ -29,6 +29,16 @@ def run_stage(stage: str, *args: str, env: dict | None = None, check: bool = Tru
     return proc
 
 
+def one_line_error(main, argv: list[str], capsys) -> str:
+    """Run a stage's ``main`` in this process on bad input: it must exit 2 with one line on stderr and no traceback
+    (the same wrapper as the command line; run in-process, a test skips the seconds of a fresh interpreter)."""
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
 def run_make(*args: str) -> subprocess.CompletedProcess:
     """``make args`` from the repo root with this interpreter, as a user would; fails the test on a non-zero exit."""
     proc = subprocess.run(["make", f"PYTHON={sys.executable}", *args], cwd=ROOT, capture_output=True, text=True)

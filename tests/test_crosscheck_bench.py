@@ -8,8 +8,8 @@ import statistics
 import pytest
 
 from eval.analysis import read_metrics
+from tests.conftest import one_line_error, run_stage
 from tests.conftest import run_make as make
-from tests.conftest import run_stage
 
 
 @pytest.mark.slow  # eight post-training runs, half of them through TRL: about 3 minutes
@@ -26,7 +26,7 @@ def test_make_bench_on_the_tiny_base(tmp_path):
     make("bench", "CONFIGS=configs/tiny", f"RUNS={tmp_path}")
     out = tmp_path / "bench"
     results = json.loads((out / "bench.json").read_text())["results"]
-    assert {(r["backend"], r["batch"]) for r in results} == {(b, n) for b in ("native", "trl") for n in (8, 16)}
+    assert [(r["backend"], r["batch"]) for r in results] == [("native", 8), ("trl", 8)]
     for r in results:
         rows = read_metrics(out / f"{r['backend']}_b{r['batch']}" / "metrics.jsonl")
         steps = [row for row in rows if "train/update_time_s" in row]
@@ -53,11 +53,13 @@ def test_bench_rejects_a_warmup_that_times_nothing_or_the_setup(tmp_path, steps,
     ("posttrain.crosscheck", ["--posttrain_args", "[--algo.bogus, '1']"], "posttrain_args: command line: --algo.bogus"),
     ("eval.experiments", ["--extra_args", "[--optim.bogus, '1']"], "extra_args: command line: --optim.bogus"),
 ])
-def test_drivers_check_stage_overrides_before_touching_runs(tmp_path, driver, args, words):
+def test_drivers_check_stage_overrides_before_touching_runs(tmp_path, capsys, driver, args, words):
+    import importlib
+
     # an earlier invocation's run folders stay as they were: the overrides are checked before any run is reused or redone
     kept = tmp_path / "out" / "native_b64" / "metrics.jsonl"
     kept.parent.mkdir(parents=True)
     kept.write_text("{}\n")
-    proc = run_stage(driver, "--out_dir", str(tmp_path / "out"), *args, check=False)
-    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and words in proc.stderr
+    main = importlib.import_module(driver).main
+    assert words in one_line_error(main, ["--out_dir", str(tmp_path / "out"), *args], capsys)
     assert sorted(p.name for p in (tmp_path / "out").rglob("*")) == ["metrics.jsonl", "native_b64"]

@@ -19,7 +19,7 @@ from eval.config import EvalStageConfig
 from eval.evaluate import summarise
 from eval.passk import default_ks, pass_at_k
 from eval.report import build_report
-from tests.conftest import TINY, run_stage
+from tests.conftest import TINY, one_line_error, run_stage
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -225,7 +225,7 @@ def test_report_on_tiny_finished_runs(tiny_eval, tiny_base, tmp_path):
     assert "**process**: queries ∝ N^1.00" in report and "fitted log-log slope **-1.00**" in report
 
 
-def test_eval_rejects_bad_paths_in_one_line(tmp_path, tiny_base):
+def test_eval_rejects_bad_paths_in_one_line(tmp_path, tiny_base, capsys):
     proc = run_stage("eval", "--config", str(TINY / "eval.yaml"), "--base", str(tiny_base), "--out_dir",
                      str(tmp_path / "e"), "--checkpoints.ghost", str(tmp_path / "nowhere"), check=False)
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0
@@ -234,13 +234,13 @@ def test_eval_rejects_bad_paths_in_one_line(tmp_path, tiny_base):
     assert proc.returncode == 2 and "nobase" in proc.stderr and "Traceback" not in proc.stderr
     # experiment results are checked before anything is evaluated or written
     (tmp_path / "results.json").write_text('{"runs": [{"arm": "outcome"}]}')
+    from eval.__main__ import main
+
+    args = ["--config", str(TINY / "eval.yaml"), "--base", str(tiny_base)]
     for key, path, words in (("scaling_results", "README.md", "scaling_results: cannot read 'README.md' as JSON"),
                              ("alpha_results", str(tmp_path / "results.json"), "alpha_results: '")):
-        proc = run_stage("eval", "--config", str(TINY / "eval.yaml"), "--base", str(tiny_base), "--out_dir",
-                         str(tmp_path / "e"), f"--{key}", path, check=False)
-        assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and words in proc.stderr
+        assert words in one_line_error(main, [*args, "--out_dir", str(tmp_path / "e"), f"--{key}", path], capsys)
         assert not (tmp_path / "e").exists()
     (tmp_path / "file").write_text("")
-    proc = run_stage("eval", "--config", str(TINY / "eval.yaml"), "--base", str(tiny_base), "--out_dir",
-                     str(tmp_path / "file"), check=False)
-    assert proc.returncode == 2 and "out_dir: '" in proc.stderr and "is a file, not a folder" in proc.stderr
+    err = one_line_error(main, [*args, "--out_dir", str(tmp_path / "file")], capsys)
+    assert "out_dir: '" in err and "is a file, not a folder" in err

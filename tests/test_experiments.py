@@ -33,8 +33,7 @@ def test_make_scaling_and_alpha_on_tiny_configs(tmp_path):
     assert {(r["arm"], r["N"]) for r in scaling["runs"]} == {(a, n) for a in ("outcome", "process") for n in (2, 3)}
     check_runs(scaling, lambda r: runs / "scaling" / f"N{r['N']}" / f"{r['arm']}_s{r['seed']}")
     alpha = json.loads((runs / "alpha" / "results.json").read_text())
-    # the on-support clusters of the tiny base: exact (α ≈ 1) and sequence(0.5) at N = 3 (α ≈ 0.125 ≥ 0.06)
-    assert sorted(r["cluster"] for r in alpha["runs"]) == [0, 1]
+    assert [r["cluster"] for r in alpha["runs"]] == [1]  # the tiny config's one cluster: sequence(0.5), α ≈ 0.125
     check_runs(alpha, lambda r: runs / "alpha" / f"outcome_c{r['cluster']}_s{r['seed']}")
     for name, verdict in (("scaling", scaling_verdict(scaling)), ("alpha", [alpha_verdict(alpha)])):
         assert (runs / name / f"{name}.png").stat().st_size > 10_000

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import ROOT, TINY, run_stage
+from tests.conftest import ROOT, TINY, one_line_error, run_stage
 
 CONFIG = str(TINY / "posttrain_outcome.yaml")
 
@@ -159,32 +159,35 @@ def damaged_copy(tiny_base, tmp_path, file: str):
     ("model/tokenizer.json", "checkpoint '{base}/model' cannot be loaded"),
     ("data/eval_prompts/data-00000-of-00001.arrow", "dataset '{base}/data/eval_prompts' cannot be loaded"),
 ])
-def test_a_damaged_base_is_one_line(tmp_path, tiny_base, file, words):
+def test_a_damaged_base_is_one_line(tmp_path, tiny_base, capsys, file, words):
+    from posttrain.__main__ import main
+
     base = damaged_copy(tiny_base, tmp_path, file)
-    proc = run_stage("posttrain", "--config", CONFIG, "--base", str(base), "--run.run_dir", str(tmp_path / "r"), check=False)
-    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
-    assert words.format(base=base) in proc.stderr and not (tmp_path / "r").exists()
+    err = one_line_error(main, ["--config", CONFIG, "--base", str(base), "--run.run_dir", str(tmp_path / "r")], capsys)
+    assert words.format(base=base) in err and not (tmp_path / "r").exists()
 
 
-def test_rerun_of_a_finished_run_changes_nothing_and_a_damaged_checkpoint_is_one_line(tmp_path, tiny_base):
+def test_rerun_of_a_finished_run_changes_nothing_and_a_damaged_checkpoint_is_one_line(tmp_path, tiny_base, capsys):
+    from posttrain.__main__ import main
+
     run_dir = tmp_path / "r"
     args = ["--config", CONFIG, "--base", str(tiny_base), "--run.run_dir", str(run_dir), "--optim.max_steps", "4",
             "--run.checkpoint_every", "2"]
-    run_stage("posttrain", *args)
+    main(args)
     before = (run_dir / "metrics.jsonl").read_text()
-    proc = run_stage("posttrain", *args)
-    assert "already finished (max_steps after 4 steps, 128 reward queries); nothing to do" in proc.stdout
+    capsys.readouterr()
+    main(args)
+    assert "already finished (max_steps after 4 steps, 128 reward queries); nothing to do" in capsys.readouterr().out
     assert (run_dir / "metrics.jsonl").read_text() == before
     # a killed run's last checkpoint damaged afterwards: resuming says which one, and how to go on
     (run_dir / "metrics.jsonl").write_text("".join(line + "\n" for line in before.splitlines() if '"done/' not in line))
     ckpt = run_dir / "checkpoints" / "step_0000004"
     (ckpt / "model.safetensors").write_bytes(b"\x00" * 10)
-    proc = run_stage("posttrain", *args, check=False)
-    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
-    assert f"checkpoint '{ckpt}' cannot be loaded" in proc.stderr and "delete that folder" in proc.stderr
+    err = one_line_error(main, args, capsys)
+    assert f"checkpoint '{ckpt}' cannot be loaded" in err and "delete that folder" in err
     (run_dir / "model.txt").write_text("not a folder")
-    proc = run_stage("posttrain", *args[:4], "--run.run_dir", str(run_dir / "model.txt"), check=False)
-    assert proc.returncode == 2 and "run.run_dir: '" in proc.stderr and "is a file, not a folder" in proc.stderr
+    err = one_line_error(main, [*args[:4], "--run.run_dir", str(run_dir / "model.txt")], capsys)
+    assert "run.run_dir: '" in err and "is a file, not a folder" in err
 
 
 @pytest.mark.parametrize("stage", ["pretrain", "posttrain"])

@@ -48,9 +48,9 @@ def prepare(run_dir: Path, base: Path, *overrides: str) -> dict:
                 eval_set=eval_set, threshold=threshold, run=run, prompts_source=prompts_source)
 
 
-def run_backend(run_dir: Path, base: Path, *overrides: str) -> dict:
+def run_backend(run_dir: Path, base: Path, *overrides: str) -> None:
     kw = prepare(run_dir, base, *overrides)
-    return run_trl(kw.pop("cfg"), **kw)
+    run_trl(kw.pop("cfg"), **kw)
 
 
 def metrics(run_dir: Path) -> list[dict]:
@@ -63,7 +63,7 @@ def metrics(run_dir: Path) -> list[dict]:
 ])
 def test_trl_backend_writes_the_standard_outputs(tmp_path, tiny_base, reward, extra):
     run_dir = tmp_path / "run"
-    result = run_backend(run_dir, tiny_base, "--reward.name", reward, *extra)
+    run_backend(run_dir, tiny_base, "--reward.name", reward, *extra)
     rows = metrics(run_dir)
     train = [r for r in rows if "train/reward_mean" in r]
     assert [r["step"] for r in train] == [1, 2, 3]
@@ -83,7 +83,6 @@ def test_trl_backend_writes_the_standard_outputs(tmp_path, tiny_base, reward, ex
     assert len(evals[-1]["eval/tracked_likelihood"]) == 4 and "eval/offsupport_likelihood" in evals[-1]
     done = {"step": 3, "done/stop_reason": "max_steps", "done/steps": 3, "done/reward_queries": queries[-1]}
     assert done.items() <= rows[-1].items()
-    assert result["steps"] == 3 and result["queries"] == queries[-1]
 
     ckpts = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     assert ckpts == ["step_0000002", "step_0000003"]
