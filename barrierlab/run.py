@@ -117,9 +117,10 @@ class RunDir:
             self._tb.close()
 
     # ------------------------------------------------------------------ checkpoints
-    def resume(self, model, optimizer) -> dict | None:
-        """Load the latest checkpoint's weights and optimiser state into ``model`` and ``optimizer``, drop the
-        metric lines logged after it, and return its trainer state (None: no checkpoint, start afresh)."""
+    def resume(self, model, optimizer=None) -> dict | None:
+        """Load the latest checkpoint's weights and optimiser state into ``model`` and ``optimizer`` (None: the
+        caller loads ``state["optimizer"]`` itself), drop the metric lines logged after it, and return its trainer
+        state (None: no checkpoint, start afresh)."""
         ckpt = self.latest_checkpoint()
         if ckpt is None:
             return None
@@ -128,7 +129,8 @@ class RunDir:
         try:
             state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
             model.load_state_dict(load_file(str(ckpt / "model.safetensors")))
-            optimizer.load_state_dict(state["optimizer"])
+            if optimizer is not None:
+                optimizer.load_state_dict(state["optimizer"])
         except Exception as err:  # checkpoints are written atomically: this one was damaged afterwards
             raise UserError(f"checkpoint '{ckpt}' cannot be loaded ({_first_line(err)}); delete that folder to resume "
                             "from the one before it") from None

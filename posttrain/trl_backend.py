@@ -41,8 +41,9 @@ Remaining differences from the native engine, and why
 - ``algo.kl_coef`` > 0: TRL's k3 estimator at the sampled tokens, with q0 loaded by TRL from the base model's
   folder (restricted to the answers by the same bias); the native engine adds the exact KL over the answers.
   Same KL in expectation, different gradient.
-- No resume: Trainer has its own resume format. Our checkpoints hold model, tokenizer, optimizer state and
-  counters, but a folder that already has one raises UserError instead of resuming.
+- Resume: from the run's own ``checkpoints/step_N`` (not Trainer's format): weights, optimiser state, counters,
+  the reward's noise state and the global torch RNG that TRL samples with; the Trainer then runs the remaining
+  steps on the remaining prompts. A killed run resumed this way ends as the uninterrupted run does (tested).
 - One process, transformer models only: the per-token baselines and the query count use the local batch, and
   TRL's fused LM head needs an ``lm_head`` (the linear policy has none). Both raise UserError.
 - The reward model gets CPU tensors (TRL hands the reward function Python lists); native: the run's device.
@@ -63,7 +64,7 @@ from tqdm import tqdm
 
 from barrierlab.errors import UserError
 from barrierlab.models import MASKED_LOGIT
-from barrierlab.run import RunDir, save_model_dir, synchronize
+from barrierlab.run import RunDir, fault_point, save_model_dir, synchronize
 from barrierlab.tokenizer import ANSWER0, BIT0, answer_ids, prompt_text
 from posttrain.advantages import advantages
 from posttrain.evaluation import ExactEval, log_finish, support_postfix
@@ -187,8 +188,9 @@ def _trainer_classes():
     return GRPOTrainer, PrefixAdvantageTrainer
 
 
-def grpo_config(cfg, N: int, k: int, vocab: int, output_dir: str):
-    """The native config in TRL's terms; every field that matters is set, not left to TRL's defaults."""
+def grpo_config(cfg, N: int, k: int, vocab: int, output_dir: str, steps: int):
+    """The native config in TRL's terms for a run of ``steps`` updates; every field that matters is set, not left
+    to TRL's defaults."""
     from trl import GRPOConfig
 
     cuda = torch.cuda.is_available()
@@ -209,7 +211,7 @@ def grpo_config(cfg, N: int, k: int, vocab: int, output_dir: str):
         lr_scheduler_type="constant",
         warmup_steps=0,
         max_grad_norm=cfg.optim.grad_clip,
-        max_steps=cfg.optim.max_steps,
+        max_steps=steps,
         # one generation of B completions (B/G prompts × G) per step, one update on it: on-policy
         per_device_train_batch_size=B,
         gradient_accumulation_steps=1,
@@ -244,12 +246,13 @@ def grpo_config(cfg, N: int, k: int, vocab: int, output_dir: str):
     )
 
 
-def build_trainer(cfg, model, tokenizer, reward_fn: RewardFunction, dataset, k: int, N: int, output_dir: str):
+def build_trainer(cfg, model, tokenizer, reward_fn: RewardFunction, dataset, k: int, N: int, output_dir: str,
+                  steps: int):
     """The stock GRPOTrainer where TRL's advantages are the native ones (outcome, group_mean), else the per-token one."""
     add_answer_bias(model, k)
     trl_tokenizer = copy.deepcopy(tokenizer)
     trl_tokenizer.eos_token = "[UNK]"  # TRL needs an eos id; [UNK] never occurs and is suppressed
-    args = grpo_config(cfg, N, k, model.config.vocab_size, output_dir)
+    args = grpo_config(cfg, N, k, model.config.vocab_size, output_dir, steps)
     stock, prefix = _trainer_classes()
     common = dict(model=model, args=args, train_dataset=dataset, processing_class=trl_tokenizer)
     if reward_fn.reward.granularity == "outcome" and cfg.algo.baseline == "group_mean":
@@ -274,16 +277,22 @@ def run_trl(cfg, *, model, tokenizer, reward, task, base_dir, eval_set, threshol
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     check_supported(cfg, model)
-    if run.latest_checkpoint() is not None:
-        raise UserError(f"{run.path} has checkpoints: the trl backend cannot resume; pass a new --run.run_dir")
-    started = time.time()
     k, N, G, B = task.k, task.N, cfg.algo.group_size, cfg.optim.batch_size
     saved_config = {"eos_token_id": model.config.eos_token_id, "use_cache": model.config.use_cache}
     reward_fn = RewardFunction(reward, tokenizer, N)
+    # every step's prompts, as an uninterrupted run draws them; a resumed run takes the ones it has not trained on
     dataset = prompt_dataset(prompts_source, cfg.optim.max_steps, B // G)
+    resumed = run.resume(model)  # before the answer bias is added: checkpoints hold the plain model
+    first_step = 0 if resumed is None else resumed["step"]
+    started = time.time() - (0.0 if resumed is None else resumed["wall_time_s"])
+    if resumed is not None:
+        reward.load_state_dict(resumed["reward"])
+        reward_fn.queries, reward_fn.samples = resumed["queries"], resumed["samples"]
+        dataset = dataset.select(range(first_step * (B // G), len(dataset)))
+        print(f"resuming {run.path} from step {first_step} ({reward_fn.queries} reward queries spent)")
     task_json = (base_dir / "model" / "task.json").read_text()
     scratch = tempfile.TemporaryDirectory(prefix="barrierlab_trl_")  # TRL's output_dir: nothing is saved there
-    trainer = build_trainer(cfg, model, tokenizer, reward_fn, dataset, k, N, scratch.name)
+    trainer = build_trainer(cfg, model, tokenizer, reward_fn, dataset, k, N, scratch.name, cfg.optim.max_steps - first_step)
     trainer.remove_callback(PrinterCallback)  # our own bar and metrics.jsonl instead of printed dicts
     trainer.remove_callback(ProgressCallback)
     evaluator = ExactEval(eval_set, threshold, cfg.eval.num_tracked, k, trainer.accelerator.device, cfg.prompts.clusters)
@@ -292,9 +301,18 @@ def run_trl(cfg, *, model, tokenizer, reward, task, base_dir, eval_set, threshol
         """After each step's log: the train/ line, evaluation, checkpoint and stop rules of the native loop."""
 
         def __init__(self):
-            self.step, self.last, self.last_eval, self.stop_reason = 0, None, -1, "max_steps"
-            self.bar = tqdm(total=cfg.optim.max_steps, desc=f"posttrain[{cfg.reward.name}, trl]",
+            self.step, self.last, self.last_eval, self.stop_reason = first_step, None, -1, "max_steps"
+            self.bar = tqdm(total=cfg.optim.max_steps, initial=first_step, desc=f"posttrain[{cfg.reward.name}, trl]",
                             disable=not cfg.run.progress, mininterval=1.0)
+
+        def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
+            # a resumed run's first step: Trainer has built its optimiser, reseeded torch and drawn a seed for its
+            # dataloader by now; restore the optimiser and the RNG the next generation samples with
+            if resumed is not None and state.global_step == 0:
+                optimizer.load_state_dict(resumed["optimizer"])
+                torch.set_rng_state(resumed["torch_rng"])
+                if "cuda_rng" in resumed:
+                    torch.cuda.set_rng_state_all(resumed["cuda_rng"])
 
         def evaluate(self):
             model.eval()
@@ -308,16 +326,19 @@ def run_trl(cfg, *, model, tokenizer, reward, task, base_dir, eval_set, threshol
         def checkpoint(self, optimizer):
             state = {"backend": "trl", "step": self.step, "queries": reward_fn.queries, "samples": reward_fn.samples,
                      "optimizer": optimizer.state_dict(), "reward": reward.state_dict(),
-                     "wall_time_s": time.time() - started}
+                     "wall_time_s": time.time() - started, "torch_rng": torch.get_rng_state()}
+            if torch.cuda.is_available():
+                state["cuda_rng"] = torch.cuda.get_rng_state_all()
             with as_saved(model, saved_config):
                 run.save_checkpoint(self.step, model, tokenizer, state)
 
         def on_log(self, args, state, control, logs=None, **kwargs):
-            if "loss" not in logs or state.global_step == self.step:  # the end-of-training summary, not a step
+            step = first_step + state.global_step
+            if "loss" not in logs or step == self.step:  # the end-of-training summary, not a step
                 return
             synchronize(trainer.accelerator.device)
             update_time = time.perf_counter() - self.tick  # generation, rewards and the update since the last step
-            self.step = step = state.global_step
+            self.step = step
             self.bar.update(1)
             if step % cfg.eval.log_every == 0:
                 metrics = {
@@ -338,6 +359,7 @@ def run_trl(cfg, *, model, tokenizer, reward, task, base_dir, eval_set, threshol
                 self.evaluate()
             if cfg.run.checkpoint_every and step % cfg.run.checkpoint_every == 0:
                 self.checkpoint(kwargs["optimizer"])
+            fault_point(step)
             target = cfg.optim.target_likelihood
             if out_of_queries:
                 self.stop_reason = "max_queries"
@@ -350,7 +372,8 @@ def run_trl(cfg, *, model, tokenizer, reward, task, base_dir, eval_set, threshol
 
     logger = RunLogger()
     trainer.add_callback(logger)
-    logger.evaluate()  # step 0: the base model
+    if resumed is None:
+        logger.evaluate()  # step 0: the base model
     model.train()
     logger.tick = time.perf_counter()
     trainer.train()

@@ -148,7 +148,8 @@ def test_trl_gradient_is_the_native_policy_gradient(tmp_path, tiny_base, reward,
     G = cfg.algo.group_size
     reward_fn = RewardFunction(kw["reward"], kw["tokenizer"], task.N)
     dataset = prompt_dataset(kw["prompts_source"], 1, cfg.optim.batch_size // G)
-    trainer = build_trainer(cfg, model, kw["tokenizer"], reward_fn, dataset, task.k, task.N, str(tmp_path / "trl"))
+    trainer = build_trainer(cfg, model, kw["tokenizer"], reward_fn, dataset, task.k, task.N, str(tmp_path / "trl"),
+                            cfg.optim.max_steps)
     batch = trainer._generate_and_score_completions([row for row in dataset for _ in range(G)])  # as RepeatSampler
     model.train()
     trainer.current_gradient_accumulation_steps = 1  # set by the training loop
