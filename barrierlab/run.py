@@ -83,19 +83,18 @@ class RunDir:
         self._report_to = run.report_to
 
     # ------------------------------------------------------------------ metrics
-    def finished(self) -> dict | None:
-        """The closing ``done/`` metrics of a run that already finished in this folder (None: it has not)."""
-        path = self.path / "metrics.jsonl"
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-        return next((r for r in reversed(rows) if "done/steps" in r), None)
+    def last_row(self, key: str, upto: int | None = None) -> dict | None:
+        """The last metrics row that has ``key`` (``done/steps``: the run finished; ``eval/likelihood``: its latest
+        evaluation), at step ``upto`` or before if given, or None."""
+        return last_row(self.path, key, upto)
 
     def truncate_metrics(self, after_step: int) -> None:
         """Drop metric lines logged after ``after_step`` (they belong to work lost in a kill)."""
         path = self.path / "metrics.jsonl"
         if not self.is_main or not path.exists():
             return
-        kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= after_step]
-        atomic_write_text(path, "".join(line + "\n" for line in kept))
+        kept = [row for row in read_metrics(path) if row["step"] <= after_step]
+        atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in kept))
 
     def log(self, step: int, metrics: dict) -> None:
         if not self.is_main:
@@ -120,9 +119,10 @@ class RunDir:
     def resume(self, model, optimizer=None) -> dict | None:
         """Load the latest checkpoint's weights and optimiser state into ``model`` and ``optimizer`` (None: the
         caller loads ``state["optimizer"]`` itself), drop the metric lines logged after it, and return its trainer
-        state (None: no checkpoint, start afresh)."""
+        state (None: no checkpoint, start afresh, without the lines of a run killed before its first checkpoint)."""
         ckpt = self.latest_checkpoint()
         if ckpt is None:
+            self.truncate_metrics(-1)
             return None
         from safetensors.torch import load_file
 
@@ -210,6 +210,29 @@ def save_dataset(dataset, final: Path) -> None:
     dataset.save_to_disk(str(tmp))
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
+
+
+def read_metrics(path) -> list[dict]:
+    """The rows of a metrics.jsonl. A kill can cut the last line short: that line is left out; a damaged line
+    before it is a one-line error."""
+    lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
+    rows = []
+    for i, line in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i + 1 < len(lines):
+                raise UserError(f"'{path}' line {i + 1} is not JSON; the file is damaged: delete the run folder to start "
+                                "over") from None
+    return rows
+
+
+def last_row(run_dir, key: str, upto: int | None = None) -> dict | None:
+    """The last row of ``run_dir``'s metrics.jsonl that has ``key``, at step ``upto`` or before if given (None:
+    none, or no metrics yet)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    rows = read_metrics(path) if path.exists() else []
+    return next((r for r in reversed(rows) if key in r and (upto is None or r["step"] <= upto)), None)
 
 
 def output_dir(path, key: str, create: bool = True) -> Path:

@@ -2,17 +2,9 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 
 QUERIES = "train/reward_queries"
-
-
-def read_metrics(path: Path) -> list[dict]:
-    """The rows of a run's metrics.jsonl."""
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
 def eval_rows(rows: list[dict]) -> list[dict]:

@@ -23,10 +23,10 @@ from typing import Literal
 
 from barrierlab.config import dump_yaml, load_config, require
 from barrierlab.errors import UserError, cli_entry
-from barrierlab.run import atomic_write_text, output_dir
+from barrierlab.run import atomic_write_text, last_row, output_dir, read_metrics
 from barrierlab.stages import check_stage_args, ensure_base, run_stage
 from eval import figures
-from eval.analysis import fittable, queries_to_reach, read_metrics
+from eval.analysis import fittable, queries_to_reach
 from posttrain.config import PosttrainConfig
 from pretrain.config import PretrainConfig
 
@@ -72,14 +72,12 @@ def pretrain(cfg: ExperimentConfig, run_dir: Path, *overrides: str) -> dict:
 def posttrain_to_target(cfg: ExperimentConfig, arm: str, base: Path, run_dir: Path, seed: int,
                         clusters: list[int]) -> tuple[int, bool]:
     """Queries this arm spent to reach the target on ``clusters`` (or the budget, censored)."""
-    metrics = run_dir / "metrics.jsonl"
-    done = metrics.exists() and any("done/steps" in row for row in read_metrics(metrics))
-    if not done:
+    if last_row(run_dir, "done/steps") is None:  # finished runs are reused, unfinished ones resume
         run_stage("posttrain", "--config", cfg.posttrain_configs[arm], "--base", str(base), "--run.run_dir", str(run_dir),
               "--run.seed", str(seed), "--run.progress", "false", "--prompts.clusters", json.dumps(clusters),
               "--optim.target_likelihood", str(cfg.target_likelihood), "--optim.stop_on", "trained",
               "--optim.max_queries", str(cfg.max_queries), "--optim.max_steps", "1000000000", *cfg.extra_args)
-    return queries_to_reach(read_metrics(metrics), "eval/trained_likelihood", cfg.target_likelihood)
+    return queries_to_reach(read_metrics(run_dir / "metrics.jsonl"), "eval/trained_likelihood", cfg.target_likelihood)
 
 
 def run_scaling(cfg: ExperimentConfig, out: Path) -> dict:

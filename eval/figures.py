@@ -1,6 +1,6 @@
 """The five figures of the evaluation report, one function each, from plain Python data to a PNG.
 
-Inputs are what the stages write: metrics.jsonl rows (``eval.analysis.read_metrics``), eval.json, and
+Inputs are what the stages write: metrics.jsonl rows (``barrierlab.run.read_metrics``), eval.json, and
 the JSON of the scaling experiments::
 
     {"k": 8, "target_likelihood": 0.5, "runs": [{"arm": "outcome", "N": 4, "queries": 81920, "censored": false}, ...]}

@@ -17,9 +17,9 @@ import yaml
 
 from barrierlab.errors import UserError
 from barrierlab.metrics import fmt_value
-from barrierlab.run import atomic_write_text
+from barrierlab.run import atomic_write_text, read_metrics
 from eval import figures
-from eval.analysis import eval_rows, queries_to_reach, read_metrics
+from eval.analysis import eval_rows, queries_to_reach
 from eval.experiments import alpha_verdict, scaling_verdict
 from posttrain.evaluation import tracked_indices
 from rewards import resolve_class

@@ -36,7 +36,7 @@ from barrierlab.tokenizer import ANSWER0, answer_ids, prompt_ids
 from posttrain.advantages import advantages
 from posttrain.behaviour import Sampler, collect
 from posttrain.config import PosttrainConfig
-from posttrain.evaluation import ExactEval, log_finish, support_postfix
+from posttrain.evaluation import ExactEval, log_finish, stop_reason, support_postfix
 from rewards import make_reward
 
 
@@ -174,7 +174,7 @@ def main(argv):
     sample_gen = torch.Generator(device=acc.device).manual_seed(cfg.run.seed * 104729 + rank)
     prompts_source = PromptSource(cfg, task, prompt_gen)
     run = RunDir(cfg, cfg.run, is_main=acc.is_main_process)  # validation is done: only now write anything
-    done = run.finished()
+    done = run.last_row("done/steps")
     if done is not None:
         acc.print(f"{run.path} already finished ({done['done/stop_reason']} after {done['done/steps']} steps, "
                   f"{done['done/reward_queries']} reward queries); nothing to do")
@@ -189,11 +189,11 @@ def main(argv):
     optimizer = make_optimizer(cfg, model)
     evaluator = ExactEval(eval_set, threshold, cfg.eval.num_tracked, k, acc.device, cfg.prompts.clusters)
 
-    step, queries, samples, wall_before = 0, 0, 0, 0.0
+    step, queries, samples, wall_before, stop = 0, 0, 0, 0.0, None
     started = time.time()
     state = run.resume(model, optimizer)
     if state is not None:
-        step, queries, samples = state["step"], state["queries"], state["samples"]
+        step, queries, samples, stop = state["step"], state["queries"], state["samples"], state.get("stop_reason")
         wall_before = state["wall_time_s"]
         prompt_gen.set_state(state["prompt_gen"][rank])
         sample_gen.set_state(state["sample_gen"][rank])
@@ -209,7 +209,7 @@ def main(argv):
         return {"step": step, "queries": queries, "samples": samples, "optimizer": optimizer.state_dict(),
                 "wall_time_s": wall_before + time.time() - started,
                 "prompt_gen": gather(prompt_gen.get_state()), "sample_gen": gather(sample_gen.get_state()),
-                "reward": reward.state_dict()}
+                "reward": reward.state_dict(), "stop_reason": stop}
 
     evaluated_at = -1
 
@@ -229,10 +229,13 @@ def main(argv):
     bar = tqdm(total=cfg.optim.max_queries if by_queries else cfg.optim.max_steps, initial=queries if by_queries else step,
                unit=" queries" if by_queries else " steps", unit_scale=by_queries, desc=f"posttrain[{cfg.reward.name}]",
                disable=not (cfg.run.progress and acc.is_main_process), mininterval=1.0)
-    last = evaluate() if step == 0 else None
-    stop_reason = "max_steps"
+    if state is None:
+        last = evaluate()  # step 0: the base model
+    else:  # resumed: the latest evaluation is in the metrics kept (a run killed at its end has it at this step)
+        last = run.last_row("eval/likelihood", upto=step)
+        evaluated_at = last["step"] if last else -1
     model.train()
-    while step < cfg.optim.max_steps:
+    while stop is None and step < cfg.optim.max_steps:
         tick = time.perf_counter()
         prompts, columns = prompts_source.draw(per_rank // G)
         prompts = prompts.repeat_interleave(G, 0).to(acc.device)
@@ -277,18 +280,10 @@ def main(argv):
         if step % cfg.eval.eval_every == 0 or out_of_queries or step == cfg.optim.max_steps:
             last = evaluate()
             bar.set_postfix(step=step, **support_postfix(last))
+        stop = stop_reason(cfg, step, queries, last, evaluator)  # decided before the checkpoint, which keeps it
         if cfg.run.checkpoint_every and step % cfg.run.checkpoint_every == 0:
             run.save_checkpoint(step, policy, tokenizer, checkpoint_state())
         fault_point(step)
-        if out_of_queries:
-            stop_reason = "max_queries"
-            break
-        target = cfg.optim.target_likelihood
-        if target is not None and last is not None and step % cfg.eval.eval_every == 0:
-            value = evaluator.stop_value(last, cfg.optim.stop_on)
-            if value is not None and value >= target:
-                stop_reason = "target_likelihood"
-                break
     bar.close()
     if evaluated_at != step:
         last = evaluate()
@@ -297,7 +292,7 @@ def main(argv):
         extra = {name: (base_dir / "model" / name).read_text() for name in ("task.json",)}
         save_model_dir(run.path / "model", policy, tokenizer, extra)
         run.save_checkpoint(step, policy, tokenizer, state)
-        log_finish(run, step=step, reason=stop_reason, queries=queries, wall_time_s=wall_before + time.time() - started,
+        log_finish(run, step=step, reason=stop or "max_steps", queries=queries, wall_time_s=wall_before + time.time() - started,
                    device=acc.device, last=last)
     run.close()
 

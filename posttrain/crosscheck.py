@@ -22,9 +22,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from barrierlab.config import dump_yaml, load_config, require  # noqa: E402
 from barrierlab.errors import cli_entry  # noqa: E402
-from barrierlab.run import atomic_write_text, output_dir  # noqa: E402
+from barrierlab.run import atomic_write_text, last_row, output_dir, read_metrics  # noqa: E402
 from barrierlab.stages import check_stage_args, ensure_base, run_stage  # noqa: E402
-from eval.analysis import QUERIES, eval_rows, read_metrics  # noqa: E402
+from eval.analysis import QUERIES, eval_rows  # noqa: E402
 from posttrain.config import PosttrainConfig  # noqa: E402
 from pretrain.config import PretrainConfig  # noqa: E402
 
@@ -143,7 +143,7 @@ def main(argv):
         for backend in cfg.backends:
             for seed in cfg.seeds:
                 run_dir = out / f"{arm}_{backend}_s{seed}"
-                if not (run_dir / "model").exists():
+                if last_row(run_dir, "done/steps") is None:  # finished runs are reused, unfinished ones resume
                     run_stage("posttrain", "--config", config, "--base", str(base), "--run.run_dir", str(run_dir),
                           "--backend", backend, "--run.seed", str(seed), "--optim.max_queries", str(cfg.max_queries),
                           "--optim.max_steps", str(steps_within(config, cfg)), "--run.progress", "false",

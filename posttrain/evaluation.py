@@ -60,6 +60,19 @@ class ExactEval:
         return metrics.get(f"eval/{split}_likelihood")
 
 
+def stop_reason(cfg, step: int, queries: int, last: dict | None, evaluator: ExactEval) -> str | None:
+    """Why a post-training run stops after ``step`` (None: it goes on to the next step or to ``max_steps``):
+    the query budget is spent, or the evaluation of this step reached the target likelihood."""
+    if cfg.optim.max_queries is not None and queries >= cfg.optim.max_queries:
+        return "max_queries"
+    target = cfg.optim.target_likelihood
+    if target is not None and last is not None and step % cfg.eval.eval_every == 0:
+        value = evaluator.stop_value(last, cfg.optim.stop_on)
+        if value is not None and value >= target:
+            return "target_likelihood"
+    return None
+
+
 def support_postfix(last: dict) -> dict[str, str]:
     """The progress bar's view of the latest evaluation: on- and off-support likelihood of y*."""
     return {"on": fmt_value(last["eval/onsupport_likelihood"], 4), "off": fmt_value(last["eval/offsupport_likelihood"], 4)}

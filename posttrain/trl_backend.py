@@ -67,7 +67,7 @@ from barrierlab.models import MASKED_LOGIT
 from barrierlab.run import RunDir, fault_point, save_model_dir, synchronize
 from barrierlab.tokenizer import ANSWER0, BIT0, answer_ids, prompt_text
 from posttrain.advantages import advantages
-from posttrain.evaluation import ExactEval, log_finish, support_postfix
+from posttrain.evaluation import ExactEval, log_finish, stop_reason, support_postfix
 
 
 def _offline() -> None:
@@ -266,7 +266,7 @@ def build_trainer(cfg, model, tokenizer, reward_fn: RewardFunction, dataset, k: 
     return trainer
 
 
-def run_trl(cfg, *, model, tokenizer, reward, task, base_dir, eval_set, threshold, run: RunDir, prompts_source) -> dict:
+def run_trl(cfg, *, model, tokenizer, reward, task, base_dir, eval_set, threshold, run: RunDir, prompts_source) -> None:
     """Post-train ``model`` with TRL; writes the run folder as the native loop does and closes ``run``.
 
     Arguments are what ``posttrain.__main__.main`` has built by then: ``reward`` is its ``make_reward(cfg.reward)``
@@ -288,20 +288,27 @@ def run_trl(cfg, *, model, tokenizer, reward, task, base_dir, eval_set, threshol
     if resumed is not None:
         reward.load_state_dict(resumed["reward"])
         reward_fn.queries, reward_fn.samples = resumed["queries"], resumed["samples"]
-        dataset = dataset.select(range(first_step * (B // G), len(dataset)))
         print(f"resuming {run.path} from step {first_step} ({reward_fn.queries} reward queries spent)")
+    # a run killed after its last step (or after it decided to stop) has nothing left to train: no Trainer then
+    remaining = cfg.optim.max_steps - first_step if resumed is None or resumed.get("stop_reason") is None else 0
     task_json = (base_dir / "model" / "task.json").read_text()
     scratch = tempfile.TemporaryDirectory(prefix="barrierlab_trl_")  # TRL's output_dir: nothing is saved there
-    trainer = build_trainer(cfg, model, tokenizer, reward_fn, dataset, k, N, scratch.name, cfg.optim.max_steps - first_step)
-    trainer.remove_callback(PrinterCallback)  # our own bar and metrics.jsonl instead of printed dicts
-    trainer.remove_callback(ProgressCallback)
-    evaluator = ExactEval(eval_set, threshold, cfg.eval.num_tracked, k, trainer.accelerator.device, cfg.prompts.clusters)
+    trainer = None
+    if remaining > 0:
+        dataset = dataset.select(range(first_step * (B // G), len(dataset)))
+        trainer = build_trainer(cfg, model, tokenizer, reward_fn, dataset, k, N, scratch.name, remaining)
+        trainer.remove_callback(PrinterCallback)  # our own bar and metrics.jsonl instead of printed dicts
+        trainer.remove_callback(ProgressCallback)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # where the Trainer puts the model
+    model.to(device)
+    evaluator = ExactEval(eval_set, threshold, cfg.eval.num_tracked, k, device, cfg.prompts.clusters)
 
     class RunLogger(TrainerCallback):
         """After each step's log: the train/ line, evaluation, checkpoint and stop rules of the native loop."""
 
         def __init__(self):
-            self.step, self.last, self.last_eval, self.stop_reason = first_step, None, -1, "max_steps"
+            self.step, self.last, self.last_eval = first_step, None, -1
+            self.stop_reason = None if resumed is None else resumed.get("stop_reason")  # None: not stopping
             self.bar = tqdm(total=cfg.optim.max_steps, initial=first_step, desc=f"posttrain[{cfg.reward.name}, trl]",
                             disable=not cfg.run.progress, mininterval=1.0)
 
@@ -326,7 +333,8 @@ def run_trl(cfg, *, model, tokenizer, reward, task, base_dir, eval_set, threshol
         def checkpoint(self, optimizer):
             state = {"backend": "trl", "step": self.step, "queries": reward_fn.queries, "samples": reward_fn.samples,
                      "optimizer": optimizer.state_dict(), "reward": reward.state_dict(),
-                     "wall_time_s": time.time() - started, "torch_rng": torch.get_rng_state()}
+                     "wall_time_s": time.time() - started, "torch_rng": torch.get_rng_state(),
+                     "stop_reason": self.stop_reason}
             if torch.cuda.is_available():
                 state["cuda_rng"] = torch.cuda.get_rng_state_all()
             with as_saved(model, saved_config):
@@ -336,7 +344,7 @@ def run_trl(cfg, *, model, tokenizer, reward, task, base_dir, eval_set, threshol
             step = first_step + state.global_step
             if "loss" not in logs or step == self.step:  # the end-of-training summary, not a step
                 return
-            synchronize(trainer.accelerator.device)
+            synchronize(device)
             update_time = time.perf_counter() - self.tick  # generation, rewards and the update since the last step
             self.step = step
             self.bar.update(1)
@@ -357,34 +365,33 @@ def run_trl(cfg, *, model, tokenizer, reward, task, base_dir, eval_set, threshol
             out_of_queries = cfg.optim.max_queries is not None and reward_fn.queries >= cfg.optim.max_queries
             if step % cfg.eval.eval_every == 0 or out_of_queries or step == cfg.optim.max_steps:
                 self.evaluate()
+            self.stop_reason = stop_reason(cfg, step, reward_fn.queries, self.last, evaluator)  # kept by the checkpoint
             if cfg.run.checkpoint_every and step % cfg.run.checkpoint_every == 0:
                 self.checkpoint(kwargs["optimizer"])
             fault_point(step)
-            target = cfg.optim.target_likelihood
-            if out_of_queries:
-                self.stop_reason = "max_queries"
-            elif target is not None and step % cfg.eval.eval_every == 0:
-                value = evaluator.stop_value(self.last, cfg.optim.stop_on)
-                if value is not None and value >= target:
-                    self.stop_reason = "target_likelihood"
-            control.should_training_stop = self.stop_reason != "max_steps"
+            control.should_training_stop = self.stop_reason is not None
             self.tick = time.perf_counter()
 
     logger = RunLogger()
-    trainer.add_callback(logger)
     if resumed is None:
         logger.evaluate()  # step 0: the base model
-    model.train()
-    logger.tick = time.perf_counter()
-    trainer.train()
+    else:  # the latest evaluation is in the metrics kept (a run killed at its end has it at this step)
+        logger.last = run.last_row("eval/likelihood", upto=first_step)
+        logger.last_eval = logger.last["step"] if logger.last else -1
+    if trainer is not None:
+        trainer.add_callback(logger)
+        model.train()
+        logger.tick = time.perf_counter()
+        trainer.train()
     logger.bar.close()
     if logger.last_eval != logger.step:
         logger.evaluate()
     step, queries = logger.step, reward_fn.queries
     with as_saved(model, saved_config):
         save_model_dir(run.path / "model", model, tokenizer, {"task.json": task_json})
-    logger.checkpoint(trainer.optimizer)
-    log_finish(run, step=step, reason=logger.stop_reason, queries=queries, wall_time_s=time.time() - started,
-               device=trainer.accelerator.device, last=logger.last)
+    if trainer is not None:  # else nothing trained since the checkpoint it resumed from
+        logger.checkpoint(trainer.optimizer)
+    log_finish(run, step=step, reason=logger.stop_reason or "max_steps", queries=queries, wall_time_s=time.time() - started,
+               device=device, last=logger.last)
     run.close()
     scratch.cleanup()

@@ -7,7 +7,7 @@ import statistics
 
 import pytest
 
-from eval.analysis import read_metrics
+from barrierlab.run import read_metrics
 from tests.conftest import one_line_error, run_stage
 from tests.conftest import run_make as make
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from eval.analysis import read_metrics
+from barrierlab.run import read_metrics
 from eval.experiments import alpha_verdict, scaling_verdict
 from eval.figures import alpha_fit, scaling_fit
 from tests.conftest import run_make as make

@@ -49,18 +49,25 @@ def test_smoke_both_rewards_both_models(tmp_path, tiny_base, tiny_linear_base, r
     assert rows[-1]["done/stop_reason"] == "max_steps"
 
 
-def test_resume_after_kill_matches_uninterrupted_run(tmp_path, tiny_base):
-    args = ["--config", CONFIG, "--base", str(tiny_base), "--reward.name", "noisy_process",
-            "--algo.behaviour", "on_policy", "--run.checkpoint_every", "4"]
+@pytest.mark.parametrize("extra, kill_after", [
+    ([], "6"),                             # mid-run: the noisy reward's and both generators' states come back
+    # killed right after the checkpoint of the step that spent the budget (32 queries a step: step 8): no more steps
+    (["--reward.name", "noisy_outcome", "--optim.max_queries", "250"], "8"),
+])
+def test_resume_after_kill_matches_uninterrupted_run(tmp_path, tiny_base, extra, kill_after):
+    args = ["--config", CONFIG, "--base", str(tiny_base), "--algo.behaviour", "on_policy", "--run.checkpoint_every", "4",
+            *(extra or ["--reward.name", "noisy_process"])]
     run_stage("posttrain", *args, "--run.run_dir", str(tmp_path / "straight"))
     killed = run_stage("posttrain", *args, "--run.run_dir", str(tmp_path / "resumed"),
-                       env={"BARRIERLAB_KILL_AFTER_STEP": "6"}, check=False)
+                       env={"BARRIERLAB_KILL_AFTER_STEP": kill_after}, check=False)
     assert killed.returncode == -9
     run_stage("posttrain", *args, "--run.run_dir", str(tmp_path / "resumed"))
     a = load_file(str(tmp_path / "straight" / "model" / "model.safetensors"))
     b = load_file(str(tmp_path / "resumed" / "model" / "model.safetensors"))
     assert all(torch.equal(a[name], b[name]) for name in a)
-    assert metrics(tmp_path / "straight", timings=False) == metrics(tmp_path / "resumed", timings=False)
+    rows = metrics(tmp_path / "straight", timings=False)
+    assert rows == metrics(tmp_path / "resumed", timings=False)
+    assert (rows[-1]["done/stop_reason"], rows[-1]["done/steps"]) == (("max_queries", 8) if extra else ("max_steps", 12))
 
 
 def test_query_budget_and_target_stop(tmp_path, tiny_base):

@@ -20,10 +20,15 @@ def metrics(run_dir) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in MEASURED} for r in rows]
 
 
-def test_trl_resume_after_kill_matches_uninterrupted_run(tmp_path, tiny_base):
+@pytest.mark.parametrize("config, extra, stop", [
     # ±1 process rewards through the per-token subclass: every step samples (global RNG) and moves the weights
-    args = ["--config", str(TINY / "posttrain_process.yaml"), "--base", str(tiny_base), "--backend", "trl",
-            "--optim.max_steps", "6", "--run.checkpoint_every", "2", "--algo.group_size", "4", "--reward.signed", "true"]
+    ("posttrain_process.yaml", ["--reward.signed", "true"], "max_steps"),
+    # killed right after the checkpoint of the step that spent the budget: the resumed run must not train on
+    ("posttrain_outcome.yaml", ["--optim.max_queries", "100"], "max_queries"),
+])
+def test_trl_resume_after_kill_matches_uninterrupted_run(tmp_path, tiny_base, config, extra, stop):
+    args = ["--config", str(TINY / config), "--base", str(tiny_base), "--backend", "trl", "--optim.max_steps", "6",
+            "--run.checkpoint_every", "2", "--algo.group_size", "4", *extra]
     run_stage("posttrain", *args, "--run.run_dir", str(tmp_path / "straight"))
     killed = run_stage("posttrain", *args, "--run.run_dir", str(tmp_path / "resumed"),
                        env={"BARRIERLAB_KILL_AFTER_STEP": "4"}, check=False)
@@ -33,4 +38,5 @@ def test_trl_resume_after_kill_matches_uninterrupted_run(tmp_path, tiny_base):
     a = load_file(str(tmp_path / "straight" / "model" / "model.safetensors"))
     b = load_file(str(tmp_path / "resumed" / "model" / "model.safetensors"))
     assert all(torch.equal(a[name], b[name]) for name in a)
-    assert metrics(tmp_path / "straight") == metrics(tmp_path / "resumed")
+    rows = metrics(tmp_path / "straight")
+    assert rows == metrics(tmp_path / "resumed") and rows[-1]["done/stop_reason"] == stop
