@@ -10,11 +10,12 @@ RUNS ?= runs
 MODEL ?= transformer
 REWARD ?= outcome
 ARGS ?=
-ifneq ($(filter-out outcome process,$(REWARD)),)
-$(error REWARD=$(REWARD): use REWARD=outcome or REWARD=process)
+# one word, one of the allowed ones ("1" is what a good value gives)
+ifneq ($(words $(REWARD))$(filter-out outcome process,$(REWARD)),1)
+$(error REWARD='$(REWARD)': use REWARD=outcome or REWARD=process)
 endif
-ifneq ($(filter-out transformer linear,$(MODEL)),)
-$(error MODEL=$(MODEL): use MODEL=transformer or MODEL=linear)
+ifneq ($(words $(MODEL))$(filter-out transformer linear,$(MODEL)),1)
+$(error MODEL='$(MODEL)': use MODEL=transformer or MODEL=linear)
 endif
 SUFFIX := $(if $(filter linear,$(MODEL)),_linear,)
 BASE := $(RUNS)/base$(SUFFIX)

@@ -302,7 +302,8 @@ def load_config(cls: type, argv: list[str], default_config: str | None = None, p
     if config_path:
         path = Path(config_path)
         if path.is_dir():
-            raise UserError(f"--config '{config_path}' is a folder; pass a YAML file (e.g. {path / 'pretrain.yaml'})")
+            example = path / Path(default_config or "config.yaml").name
+            raise UserError(f"--config '{config_path}' is a folder; pass a YAML file (e.g. {example})")
         if not path.is_file():
             raise UserError(f"config file '{config_path}' not found; pass an existing YAML file with --config")
         try:

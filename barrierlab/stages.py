@@ -11,9 +11,12 @@ from barrierlab.config import load_config
 from barrierlab.errors import UserError
 
 
-def check_stage_args(stage_config: type, config: str, args: list[str], key: str) -> None:
-    """Fail in one line, before any run starts or is reused, when the overrides ``args`` (the driver's config key
-    ``key``) do not fit the stage config file ``config``."""
+def check_stage_args(stage_config: type, config: str, args: list[str], key: str, config_key: str) -> None:
+    """Fail in one line, before any run starts or is reused, when the stage config file ``config`` (the driver's
+    key ``config_key``) is missing, or the overrides a run will get, ``args`` (from the driver's key ``key``), do
+    not fit it."""
+    if not Path(config).is_file():
+        raise UserError(f"{config_key}: config file '{config}' not found; fix {config_key}")
     try:
         load_config(stage_config, ["--config", config, *args])
     except UserError as err:

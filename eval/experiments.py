@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Literal
 
 from barrierlab.config import dump_yaml, load_config, require
-from barrierlab.errors import UserError, cli_entry
+from barrierlab.errors import cli_entry
 from barrierlab.run import atomic_write_text, last_row, output_dir, read_metrics
 from barrierlab.stages import check_stage_args, ensure_base, run_stage
 from eval import figures
@@ -65,8 +65,26 @@ class ExperimentConfig:
         require(len(self.posttrain_configs) >= 1, "posttrain_configs", "must name at least one arm")
 
 
-def pretrain(cfg: ExperimentConfig, run_dir: Path, *overrides: str) -> dict:
-    return ensure_base(cfg.pretrain_config, run_dir, *overrides, *cfg.extra_args)
+def pretrain_overrides(cfg: ExperimentConfig, N: int | None) -> list[str]:
+    """What a base's pretraining gets on top of its config (besides its run folder): N, in the scaling experiment."""
+    return [*(["--task.N", str(N)] if N is not None else []), *cfg.extra_args]
+
+
+def posttrain_overrides(cfg: ExperimentConfig, seed: int, clusters: list[int]) -> list[str]:
+    """What every post-training run gets on top of its arm's config (besides its base and run folder)."""
+    return ["--run.seed", str(seed), "--run.progress", "false", "--prompts.clusters", json.dumps(clusters),
+            "--optim.target_likelihood", str(cfg.target_likelihood), "--optim.stop_on", "trained",
+            "--optim.max_queries", str(cfg.max_queries), "--optim.max_steps", "1000000000", *cfg.extra_args]
+
+
+def check_overrides(cfg: ExperimentConfig) -> None:
+    """Every stage call's config and overrides, checked before any run is reused or started (clusters: any, they
+    are known only once the base is pretrained)."""
+    for N in cfg.Ns if cfg.experiment == "scaling" else [None]:
+        check_stage_args(PretrainConfig, cfg.pretrain_config, pretrain_overrides(cfg, N), "extra_args", "pretrain_config")
+    for config in cfg.posttrain_configs.values():
+        check_stage_args(PosttrainConfig, config, posttrain_overrides(cfg, cfg.seeds[0], cfg.clusters or [0]), "extra_args",
+                         "posttrain_configs")
 
 
 def posttrain_to_target(cfg: ExperimentConfig, arm: str, base: Path, run_dir: Path, seed: int,
@@ -74,9 +92,7 @@ def posttrain_to_target(cfg: ExperimentConfig, arm: str, base: Path, run_dir: Pa
     """Queries this arm spent to reach the target on ``clusters`` (or the budget, censored)."""
     if last_row(run_dir, "done/steps") is None:  # finished runs are reused, unfinished ones resume
         run_stage("posttrain", "--config", cfg.posttrain_configs[arm], "--base", str(base), "--run.run_dir", str(run_dir),
-              "--run.seed", str(seed), "--run.progress", "false", "--prompts.clusters", json.dumps(clusters),
-              "--optim.target_likelihood", str(cfg.target_likelihood), "--optim.stop_on", "trained",
-              "--optim.max_queries", str(cfg.max_queries), "--optim.max_steps", "1000000000", *cfg.extra_args)
+                  *posttrain_overrides(cfg, seed, clusters))
     return queries_to_reach(read_metrics(run_dir / "metrics.jsonl"), "eval/trained_likelihood", cfg.target_likelihood)
 
 
@@ -84,7 +100,7 @@ def run_scaling(cfg: ExperimentConfig, out: Path) -> dict:
     runs, k = [], None
     for N in cfg.Ns:
         base = out / f"N{N}" / "base"
-        support = pretrain(cfg, base, "--task.N", str(N))
+        support = ensure_base(cfg.pretrain_config, base, *pretrain_overrides(cfg, N))
         k = support["k"]
         clusters = cfg.clusters or [r["cluster"] for r in support["clusters"] if r["coverage"] == "sequence(0)"]
         for seed in cfg.seeds:
@@ -98,7 +114,7 @@ def run_scaling(cfg: ExperimentConfig, out: Path) -> dict:
 def run_alpha(cfg: ExperimentConfig, out: Path) -> dict:
     runs = []
     base = out / "base"
-    support = pretrain(cfg, base)
+    support = ensure_base(cfg.pretrain_config, base, *pretrain_overrides(cfg, None))
     threshold = support["offsupport_threshold"]
     rows = {r["cluster"]: r for r in support["clusters"]}
     chosen = cfg.clusters or [c for c, r in rows.items() if math.isfinite(r["designed_alpha"]) and r["designed_alpha"] >= threshold]
@@ -177,12 +193,7 @@ def write_report(cfg: ExperimentConfig, out: Path, results: dict) -> None:
 @cli_entry
 def main(argv):
     cfg = load_config(ExperimentConfig, argv, default_config="configs/scaling.yaml", prog="eval.experiments")
-    for path in [cfg.pretrain_config, *cfg.posttrain_configs.values()]:
-        if not Path(path).is_file():
-            raise UserError(f"config file '{path}' not found; fix pretrain_config / posttrain_configs")
-    check_stage_args(PretrainConfig, cfg.pretrain_config, cfg.extra_args, "extra_args")
-    for config in cfg.posttrain_configs.values():
-        check_stage_args(PosttrainConfig, config, cfg.extra_args, "extra_args")
+    check_overrides(cfg)
     out = output_dir(cfg.out_dir, "out_dir")
     results = run_scaling(cfg, out) if cfg.experiment == "scaling" else run_alpha(cfg, out)
     write_report(cfg, out, results)

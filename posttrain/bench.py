@@ -66,15 +66,25 @@ class BenchConfig:
         require(self.steps > self.warmup_steps, "steps", f"must exceed warmup_steps = {self.warmup_steps} (one timed update at least)")
 
 
+def posttrain_overrides(cfg: BenchConfig, backend: str, batch: int) -> list[str]:
+    """What every measured posttrain run gets on top of POSTTRAIN_CONFIG (besides its base and run folder)."""
+    return ["--backend", backend, "--optim.batch_size", str(batch), "--algo.group_size", str(cfg.group_size),
+            "--reward.signed", "true", "--algo.baseline", "none", "--optim.max_steps", str(cfg.steps),
+            "--optim.max_queries", "null", "--eval.eval_every", "1000000", "--eval.num_tracked", "0",
+            "--run.checkpoint_every", "0", "--run.progress", "false", "--run.report_to", "[]", *cfg.posttrain_args]
+
+
+def runs(cfg: BenchConfig) -> list[tuple[str, int]]:
+    """(backend, batch) of every measurement, in order."""
+    return [(backend, batch) for batch in cfg.batch_sizes for backend in cfg.backends
+            if backend == "native" or batch <= cfg.trl_max_batch]
+
+
 def measure(cfg: BenchConfig, base: Path, backend: str, batch: int) -> dict:
     run_dir = Path(cfg.out_dir) / f"{backend}_b{batch}"
     shutil.rmtree(run_dir, ignore_errors=True)  # every number from this invocation (an old run may be another device's)
-    run_stage("posttrain", "--config", POSTTRAIN_CONFIG, "--base", str(base),
-        "--run.run_dir", str(run_dir), "--backend", backend, "--optim.batch_size", str(batch),
-        "--algo.group_size", str(cfg.group_size), "--reward.signed", "true", "--algo.baseline", "none",
-        "--optim.max_steps", str(cfg.steps),
-        "--optim.max_queries", "null", "--eval.eval_every", "1000000", "--eval.num_tracked", "0",
-        "--run.checkpoint_every", "0", "--run.progress", "false", "--run.report_to", "[]", *cfg.posttrain_args)
+    run_stage("posttrain", "--config", POSTTRAIN_CONFIG, "--base", str(base), "--run.run_dir", str(run_dir),
+              *posttrain_overrides(cfg, backend, batch))
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     every = [r for r in rows if "train/update_time_s" in r]
     steps = every[cfg.warmup_steps:]
@@ -105,13 +115,14 @@ def table(results: list[dict]) -> str:
 @cli_entry
 def main(argv):
     cfg = load_config(BenchConfig, argv, default_config="configs/bench.yaml", prog="posttrain.bench")
-    check_stage_args(PretrainConfig, cfg.pretrain_config, cfg.pretrain_args, "pretrain_args")
-    check_stage_args(PosttrainConfig, POSTTRAIN_CONFIG, cfg.posttrain_args, "posttrain_args")
+    check_stage_args(PretrainConfig, cfg.pretrain_config, cfg.pretrain_args, "pretrain_args", "pretrain_config")
+    for backend, batch in runs(cfg):
+        check_stage_args(PosttrainConfig, POSTTRAIN_CONFIG, posttrain_overrides(cfg, backend, batch), "posttrain_args",
+                         "POSTTRAIN_CONFIG")
     out = output_dir(cfg.out_dir, "out_dir")
     base = out / "base"
     ensure_base(cfg.pretrain_config, base, *cfg.pretrain_args)
-    results = [measure(cfg, base, backend, batch) for batch in cfg.batch_sizes for backend in cfg.backends
-               if backend == "native" or batch <= cfg.trl_max_batch]
+    results = [measure(cfg, base, backend, batch) for backend, batch in runs(cfg)]
     text = table(results)
     atomic_write_text(out / "bench.json", json.dumps({"device": device_name(), "results": results}, indent=2))
     print(f"device: {device_name()}\n{text}\nwritten: {out / 'bench.json'}")

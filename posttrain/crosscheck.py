@@ -65,6 +65,13 @@ def steps_within(config: str, cfg: CrosscheckConfig) -> int:
     return -(-cfg.max_queries // batch) + 1
 
 
+def run_overrides(cfg: CrosscheckConfig, config: str, backend: str, seed: int) -> list[str]:
+    """What each run gets on top of its post-training config (besides its base and run folder)."""
+    return ["--backend", backend, "--run.seed", str(seed), "--optim.max_queries", str(cfg.max_queries),
+            "--optim.max_steps", str(steps_within(config, cfg)), "--run.progress", "false", "--run.checkpoint_every", "0",
+            *cfg.posttrain_args]
+
+
 def final(rows: list[dict], key: str) -> float | None:
     values = [r[key] for r in eval_rows(rows) if r.get(key) is not None]
     return values[-1] if values else None
@@ -132,9 +139,13 @@ def figure(runs: dict, path: Path) -> None:
 @cli_entry
 def main(argv):
     cfg = load_config(CrosscheckConfig, argv, default_config="configs/crosscheck.yaml", prog="posttrain.crosscheck")
-    check_stage_args(PretrainConfig, cfg.pretrain_config, cfg.pretrain_args, "pretrain_args")
+    check_stage_args(PretrainConfig, cfg.pretrain_config, cfg.pretrain_args, "pretrain_args", "pretrain_config")
     for config in cfg.posttrain_configs.values():
-        check_stage_args(PosttrainConfig, config, cfg.posttrain_args, "posttrain_args")
+        # the overrides alone first (the run's step count is read through them), then every run's whole command line
+        check_stage_args(PosttrainConfig, config, cfg.posttrain_args, "posttrain_args", "posttrain_configs")
+        for backend in cfg.backends:
+            check_stage_args(PosttrainConfig, config, run_overrides(cfg, config, backend, cfg.seeds[0]), "posttrain_args",
+                             "posttrain_configs")
     out = output_dir(cfg.out_dir, "out_dir")
     base = out / "base"
     ensure_base(cfg.pretrain_config, base, *cfg.pretrain_args)
@@ -145,9 +156,7 @@ def main(argv):
                 run_dir = out / f"{arm}_{backend}_s{seed}"
                 if last_row(run_dir, "done/steps") is None:  # finished runs are reused, unfinished ones resume
                     run_stage("posttrain", "--config", config, "--base", str(base), "--run.run_dir", str(run_dir),
-                          "--backend", backend, "--run.seed", str(seed), "--optim.max_queries", str(cfg.max_queries),
-                          "--optim.max_steps", str(steps_within(config, cfg)), "--run.progress", "false",
-                          "--run.checkpoint_every", "0", *cfg.posttrain_args)
+                              *run_overrides(cfg, config, backend, seed))
                 runs.setdefault((arm, backend), {})[seed] = read_metrics(run_dir / "metrics.jsonl")
                 print(f"{arm} {backend} seed {seed}: off-support {final(runs[(arm, backend)][seed], OFF):.3g}", flush=True)
     table = summarise(runs)
