@@ -83,11 +83,6 @@ class RunDir:
         self._report_to = run.report_to
 
     # ------------------------------------------------------------------ metrics
-    def last_row(self, key: str, upto: int | None = None) -> dict | None:
-        """The last metrics row that has ``key`` (``done/steps``: the run finished; ``eval/likelihood``: its latest
-        evaluation), at step ``upto`` or before if given, or None."""
-        return last_row(self.path, key, upto)
-
     def truncate_metrics(self, after_step: int) -> None:
         """Drop metric lines logged after ``after_step`` (they belong to work lost in a kill)."""
         path = self.path / "metrics.jsonl"
@@ -228,8 +223,8 @@ def read_metrics(path) -> list[dict]:
 
 
 def last_row(run_dir, key: str, upto: int | None = None) -> dict | None:
-    """The last row of ``run_dir``'s metrics.jsonl that has ``key``, at step ``upto`` or before if given (None:
-    none, or no metrics yet)."""
+    """The last row of ``run_dir``'s metrics.jsonl that has ``key`` (``done/steps``: the run finished;
+    ``eval/likelihood``: its latest evaluation), at step ``upto`` or before if given (None: none, or no metrics)."""
     path = Path(run_dir) / "metrics.jsonl"
     rows = read_metrics(path) if path.exists() else []
     return next((r for r in reversed(rows) if key in r and (upto is None or r["step"] <= upto)), None)

@@ -24,6 +24,7 @@ from barrierlab.run import (
     RunDir,
     column_tensor,
     fault_point,
+    last_row,
     load_dataset_dir,
     load_model_dir,
     make_accelerator,
@@ -174,7 +175,7 @@ def main(argv):
     sample_gen = torch.Generator(device=acc.device).manual_seed(cfg.run.seed * 104729 + rank)
     prompts_source = PromptSource(cfg, task, prompt_gen)
     run = RunDir(cfg, cfg.run, is_main=acc.is_main_process)  # validation is done: only now write anything
-    done = run.last_row("done/steps")
+    done = last_row(run.path, "done/steps")
     if done is not None:
         acc.print(f"{run.path} already finished ({done['done/stop_reason']} after {done['done/steps']} steps, "
                   f"{done['done/reward_queries']} reward queries); nothing to do")
@@ -232,7 +233,7 @@ def main(argv):
     if state is None:
         last = evaluate()  # step 0: the base model
     else:  # resumed: the latest evaluation is in the metrics kept (a run killed at its end has it at this step)
-        last = run.last_row("eval/likelihood", upto=step)
+        last = last_row(run.path, "eval/likelihood", upto=step)
         evaluated_at = last["step"] if last else -1
     model.train()
     while stop is None and step < cfg.optim.max_steps:

@@ -26,7 +26,7 @@ import torch
 
 from barrierlab.config import load_config, require
 from barrierlab.errors import cli_entry
-from barrierlab.run import atomic_write_text, output_dir
+from barrierlab.run import atomic_write_text, output_dir, read_metrics
 from barrierlab.stages import check_stage_args, ensure_base, run_stage
 from posttrain.config import PosttrainConfig
 from pretrain.config import PretrainConfig
@@ -85,7 +85,7 @@ def measure(cfg: BenchConfig, base: Path, backend: str, batch: int) -> dict:
     shutil.rmtree(run_dir, ignore_errors=True)  # every number from this invocation (an old run may be another device's)
     run_stage("posttrain", "--config", POSTTRAIN_CONFIG, "--base", str(base), "--run.run_dir", str(run_dir),
               *posttrain_overrides(cfg, backend, batch))
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(run_dir / "metrics.jsonl")
     every = [r for r in rows if "train/update_time_s" in r]
     steps = every[cfg.warmup_steps:]
     seconds = statistics.median(r["train/update_time_s"] for r in steps)

@@ -64,7 +64,7 @@ from tqdm import tqdm
 
 from barrierlab.errors import UserError
 from barrierlab.models import MASKED_LOGIT
-from barrierlab.run import RunDir, fault_point, save_model_dir, synchronize
+from barrierlab.run import RunDir, fault_point, last_row, save_model_dir, synchronize
 from barrierlab.tokenizer import ANSWER0, BIT0, answer_ids, prompt_text
 from posttrain.advantages import advantages
 from posttrain.evaluation import ExactEval, log_finish, stop_reason, support_postfix
@@ -376,7 +376,7 @@ def run_trl(cfg, *, model, tokenizer, reward, task, base_dir, eval_set, threshol
     if resumed is None:
         logger.evaluate()  # step 0: the base model
     else:  # the latest evaluation is in the metrics kept (a run killed at its end has it at this step)
-        logger.last = run.last_row("eval/likelihood", upto=first_step)
+        logger.last = last_row(run.path, "eval/likelihood", upto=first_step)
         logger.last_eval = logger.last["step"] if logger.last else -1
     if trainer is not None:
         trainer.add_callback(logger)
