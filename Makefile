@@ -74,4 +74,4 @@ lint:  ## ruff
 
 clean:  ## remove runs and caches (keeps .venv)
 	rm -rf $(RUNS) .pytest_cache .ruff_cache
-	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+	find . \( -path ./.venv -o -path ./.git \) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -130,7 +130,7 @@ def adaptive_gradient(learner, rollout, adv) -> torch.Tensor:
     B = rollout.responses.shape[0]
     for b in (adv != 0).any(-1).nonzero().flatten().tolist():  # a response without signal adds η_b · 0
         lp = learner(rollout.prompts[b : b + 1], rollout.responses[b : b + 1]).log_softmax(-1)
-        lp = lp.gather(-1, rollout.responses[b : b + 1].unsqueeze(-1)).squeeze(-1)[0]
+        lp = lp.gather(-1, rollout.responses[b : b + 1].unsqueeze(-1)).squeeze(-1)[0] * rollout.mask[b]
         grad_seq = torch.autograd.grad(lp.sum(), params, retain_graph=True, allow_unused=True)
         grad_adv = torch.autograd.grad((adv[b] * lp).sum(), params, allow_unused=True)
         sq = sum(float(g.pow(2).sum()) for g in grad_seq if g is not None)
@@ -155,12 +155,12 @@ def make_optimizer(cfg: PosttrainConfig, model):
 @cli_entry
 def main(argv):
     cfg = load_config(PosttrainConfig, argv, default_config="configs/posttrain_outcome.yaml", prog="posttrain")
-    reward = make_reward(cfg.reward)
+    acc = make_accelerator(cfg.run)
+    reward = make_reward(cfg.reward, seed=cfg.run.seed, rank=acc.process_index)
     check_pairing(cfg, reward)
     base_dir = Path(cfg.base)
     model, tokenizer, task_info = load_model_dir(base_dir / "model")
     eval_set = load_dataset_dir(base_dir / "data" / "eval_prompts", ["prompt_ids", "target_ids", "base_alpha"])
-    acc = make_accelerator(cfg.run)
     if cfg.optim.optimizer == "adaptive" and acc.num_processes > 1:
         raise UserError("optim.optimizer 'adaptive' computes per-response gradients on one process; use adam/adagrad/sgd with several")
     task = task_from_info(task_info)

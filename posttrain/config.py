@@ -39,6 +39,9 @@ class AlgoConfig:
                 f"baseline '{self.baseline}' needs group_size ≥ 2")
         require(self.kl_coef >= 0, "kl_coef", "must be ≥ 0")
         require(self.temperature > 0, "temperature", "must be > 0")
+        require(self.behaviour != "teacher_forcing" or self.baseline == "none", "baseline",
+                "teacher_forcing feeds y* itself, so every exact reward is equal and a mean baseline zeroes every "
+                "advantage: use none")
 
 
 @dataclass
@@ -119,3 +122,6 @@ class PosttrainConfig:
     def check(self):
         require(self.optim.batch_size % self.algo.group_size == 0, "optim.batch_size",
                 f"must be a multiple of algo.group_size = {self.algo.group_size}")
+        if self.optim.optimizer == "adaptive":  # its step is the theory's, per response: nothing else enters it
+            require(self.algo.kl_coef == 0, "algo.kl_coef", "must be 0 with optim.optimizer 'adaptive'")
+            require(self.optim.grad_clip == 0, "optim.grad_clip", "must be 0 with optim.optimizer 'adaptive'")

@@ -33,7 +33,8 @@ class RewardConfig:
     signed: bool = False
     """Reward values in {-1, +1} instead of {0, 1}."""
     params: dict = field(default_factory=dict)
-    """Keyword arguments of the reward model, e.g. {flip_prob: 0.1} or {stop_at_first_error: false}."""
+    """Keyword arguments of the reward model, e.g. {flip_prob: 0.1} or {stop_at_first_error: false}; each must have
+    its default's type. A noisy verifier's noise seed defaults to run.seed (each process adds 1000003 × its rank)."""
 
     def check(self):
         require(self.name != "", "name", "must name a reward: " + ", ".join(REWARDS))
@@ -58,15 +59,51 @@ def resolve_class(name: str) -> type:
     return cls
 
 
-def make_reward(cfg: RewardConfig) -> RewardModel:
+def _parameters(cls: type) -> tuple[dict[str, inspect.Parameter], bool]:
+    """Keyword parameters of ``cls(...)``, following ``**kwargs`` up to the base classes' constructors; and whether
+    some constructor still takes any keyword."""
+    params: dict[str, inspect.Parameter] = {}
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        signature = inspect.signature(klass.__init__)
+        for name, p in signature.parameters.items():
+            if name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                params.setdefault(name, p)
+        if not any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
+            return params, False
+    return params, True
+
+
+_TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _check_type(name: str, key: str, value, default) -> None:
+    """A param must have its default's type (an int passes for a float): YAML's ``fasle`` is a string, not false."""
+    expected = type(default)
+    if expected not in _TYPE_WORDS:
+        return
+    ok = isinstance(value, expected) and not (expected is int and isinstance(value, bool))
+    ok |= expected is float and isinstance(value, int) and not isinstance(value, bool)
+    if not ok:
+        raise UserError(f"reward.params: '{key}' of {name} must be {_TYPE_WORDS[expected]}, got {value!r}")
+
+
+def make_reward(cfg: RewardConfig, seed: int = 0, rank: int = 0) -> RewardModel:
+    """The reward model of ``cfg``. A model with a ``seed`` parameter (the noisy verifiers) gets ``reward.params.seed``
+    if set, else ``seed`` (the run's), offset by the process ``rank`` so that processes draw different noise."""
     cls = resolve_class(cfg.name)
-    accepted = inspect.signature(cls.__init__).parameters
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
-    for key in cfg.params:
+    accepted, takes_any = _parameters(cls)
+    params = dict(cfg.params)
+    for key, value in params.items():
         if key not in accepted and not takes_any:
-            names = [n for n in accepted if n not in ("self", "signed")]
+            names = [n for n in accepted if n != "signed"]
             raise UserError(f"reward.params: '{key}' is not a parameter of {cfg.name}; allowed: {', '.join(names) or 'none'}")
+        if key in accepted and accepted[key].default is not inspect.Parameter.empty:
+            _check_type(cfg.name, key, value, accepted[key].default)
+    if "seed" in accepted:
+        params["seed"] = params.get("seed", seed) + 1_000_003 * rank
     try:
-        return cls(signed=cfg.signed, **cfg.params)
+        return cls(signed=cfg.signed, **params)
     except (TypeError, ValueError) as err:
         raise UserError(f"reward '{cfg.name}': bad params {cfg.params}: {err}") from None

@@ -68,6 +68,19 @@ def test_out_of_range_values(tmp_path, text, key, words):
     assert f"key '{key}'" in msg and words in msg and "cfg.yaml" in msg
 
 
+@pytest.mark.parametrize(
+    "text, key, words",
+    [
+        ("algo: {behaviour: teacher_forcing, baseline: batch_mean}\n", "algo.baseline", "zeroes every advantage: use none"),
+        ("optim: {optimizer: adaptive, grad_clip: 1.0}\n", "optim.grad_clip", "must be 0 with optim.optimizer 'adaptive'"),
+        ("optim: {optimizer: adaptive}\nalgo: {kl_coef: 0.1}\n", "algo.kl_coef", "must be 0 with optim.optimizer 'adaptive'"),
+    ],
+)
+def test_posttrain_combinations_that_would_do_nothing_or_be_ignored(tmp_path, text, key, words):
+    msg = error_of(tmp_path, text, PosttrainConfig)
+    assert f"key '{key}'" in msg and words in msg and "cfg.yaml" in msg
+
+
 def test_command_line_override_and_its_errors(tmp_path):
     cfg = load_config(PretrainConfig, ["--config", write(tmp_path, "{}"), "--task.k", "5", "--model.kind=linear"])
     assert cfg.task.k == 5 and cfg.model.kind == "linear"

@@ -13,7 +13,7 @@ from tests.conftest import ROOT
 from tests.conftest import run_make as make
 
 
-def test_make_pipeline_on_tiny_configs_then_clean(tmp_path):
+def test_make_pipeline_on_tiny_configs(tmp_path):
     runs = tmp_path / "runs"
     make("pipeline", "CONFIGS=configs/tiny", f"RUNS={runs}")
     for path in ("base/support.png", "outcome/model/model.safetensors", "process/model/model.safetensors",
@@ -21,8 +21,18 @@ def test_make_pipeline_on_tiny_configs_then_clean(tmp_path):
         assert (runs / path).exists(), path
     report = json.loads((runs / "eval" / "eval.json").read_text())
     assert set(report["checkpoints"]) == {"base", "outcome", "process"}
-    make("clean", f"RUNS={runs}")
-    assert not runs.exists()
+    figures = sorted(p.name for p in (runs / "eval" / "figures").glob("*.png"))
+    assert figures == ["barrier.png", "coverage.png", "passk.png"]
+
+
+def test_make_clean_keeps_the_virtualenv(tmp_path):
+    # in a scratch tree: cleaning the repo itself would race the other tests' imports
+    made = ["runs/base/x", ".pytest_cache/x", "pkg/__pycache__/m.pyc", ".venv/lib/__pycache__/t.pyc", ".git/__pycache__/g"]
+    for path in made:
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text("")
+    make("-C", str(tmp_path), "-f", str(ROOT / "Makefile"), "clean")
+    assert sorted(p for p in made if (tmp_path / p).exists()) == [".git/__pycache__/g", ".venv/lib/__pycache__/t.pyc"]
 
 
 def test_make_pretrain_and_posttrain_linear(tmp_path):

@@ -110,7 +110,8 @@ def test_data_parallel_gradient_is_the_full_batch_gradient(tmp_path):
 
 def test_adaptive_step_against_the_closed_form_on_the_linear_model():
     """η_b = 1/(4 + 2‖∇ log p(y_b|x_b)‖²) per response, with the linear policy's gradients in closed form;
-    responses without signal (rows 1 and 4) contribute nothing."""
+    responses without signal (rows 1 and 4) contribute nothing, and masked positions (Algorithm 2's rows after a
+    failure: rows 2 and 5 end early) are no part of the response."""
     k, d, n, b = 3, 4, 4, 6
     g = torch.Generator().manual_seed(0)
     model = LinearPolicyLM(LinearPolicyConfig(d=d, k=k, vocab_size=vocab_size(k)))
@@ -121,7 +122,10 @@ def test_adaptive_step_against_the_closed_form_on_the_linear_model():
     responses = torch.randint(0, k, (b, n), generator=g)
     adv = torch.randn(b, n, generator=g)
     adv[[1, 4]] = 0.0
-    rollout = SimpleNamespace(prompts=prompt_ids(bits), responses=responses, mask=torch.ones(b, n))
+    lengths = [n, n, 2, n, n, 1]
+    mask = (torch.arange(n) < torch.tensor(lengths)[:, None]).float()
+    adv = adv * mask
+    rollout = SimpleNamespace(prompts=prompt_ids(bits), responses=responses, mask=mask)
     adaptive_gradient(ResponseLogits(model, answer_ids(k)), rollout, adv)
 
     W1, W2 = model.W1.detach().double(), model.W2.detach().double()
@@ -130,7 +134,7 @@ def test_adaptive_step_against_the_closed_form_on_the_linear_model():
         s = 2.0 * bits[r].double() - 1
         seq1, seq2, adv1, adv2 = (torch.zeros_like(W1), torch.zeros_like(W2), torch.zeros_like(W1), torch.zeros_like(W2))
         prev = k
-        for i in range(n):
+        for i in range(lengths[r]):
             e_minus_p = torch.nn.functional.one_hot(responses[r, i], k).double() - torch.softmax(W1 @ s + W2[:, prev], 0)
             seq1 += torch.outer(e_minus_p, s)
             seq2[:, prev] += e_minus_p

@@ -69,9 +69,24 @@ def test_user_reward_by_import_path():
         ("tests.user_reward:NoGranularity", {}, "must define granularity"),
         ("process", {"flip": 0.1}, "'flip' is not a parameter of process; allowed: flip_prob, seed, stop_at_first_error"),
         ("noisy_outcome", {"flip_prob": 2.0}, "bad params"),
+        # a YAML typo is a string: it must not pass for true (a non-empty string is truthy)
+        ("noisy_process", {"stop_at_first_error": "fasle"}, "'stop_at_first_error' of noisy_process must be true or false, got 'fasle'"),
+        ("noisy_outcome", {"flip_prob": "0.1"}, "must be a number, got '0.1'"),
+        ("outcome", {"seed": 1.5}, "'seed' of outcome must be an integer, got 1.5"),
     ],
 )
 def test_bad_reward_names_and_params(name, params, words):
     with pytest.raises(UserError) as info:
         make_reward(RewardConfig(name=name, params=params))
     assert words in str(info.value)
+
+
+def test_noise_seed_is_the_runs_and_differs_across_processes():
+    def flips(params, seed=0, rank=0):
+        reward = make_reward(RewardConfig(name="noisy_outcome", params=params), seed=seed, rank=rank)
+        return reward(None, torch.zeros(64, 3, dtype=torch.long), {"target": torch.zeros(64, 3, dtype=torch.long)}).values
+
+    assert torch.equal(flips({}, seed=7), flips({"seed": 7}))  # the run's seed, unless params set one
+    assert torch.equal(flips({"flip_prob": 1}, seed=4), torch.zeros(64, 3))  # an int passes for the float flip_prob
+    runs = [flips({}, seed=0), flips({}, seed=1), flips({}, seed=0, rank=1)]
+    assert not torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])
