@@ -32,7 +32,8 @@ install: .venv/bin/python  ## create .venv and install the project (CPU torch un
 	$(PYTHON) -m pip install -q --upgrade pip
 	@if $(PYTHON) -c "import torch" 2>/dev/null; then echo "torch already installed"; \
 	elif command -v nvidia-smi >/dev/null 2>&1; then $(PYTHON) -m pip install -q "torch>=2.11"; \
-	else $(PYTHON) -m pip install -q torch==2.13.0 || $(PYTHON) -m pip install -q torch --index-url https://download.pytorch.org/whl/cpu; fi
+	else $(PYTHON) -m pip install -q torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu \
+		|| $(PYTHON) -m pip install -q torch==2.13.0; fi  # the CPU index first: PyPI's Linux torch is the CUDA build
 	$(PYTHON) -m pip install -q -e ".[dev]"
 
 pretrain:  ## pretrain the base model (MODEL=linear for the log-linear policy)

@@ -57,6 +57,19 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def check_same_config(path: Path, cfg) -> None:
+    """Refuse, in one line, a run folder ``path`` whose config.yaml holds a config other than ``cfg`` (how it shows
+    its progress aside): resuming or reusing it would mix two experiments."""
+    config_file = path / "config.yaml"
+    if not config_file.exists():
+        return
+    old, new = yaml.safe_load(config_file.read_text()), yaml.safe_load(dump_yaml(cfg))
+    diff = _first_difference(old, new, ignore={"run.progress", "run.report_to"})
+    if diff:
+        raise UserError(f"{path} already holds a run with a different config (key '{diff}'); "
+                        "pass a new --run.run_dir, or delete the folder to start over")
+
+
 class RunDir:
     """One run folder: refuses to mix runs of different configs, resumes a run of the same config."""
 
@@ -65,20 +78,10 @@ class RunDir:
         self.is_main = is_main
         self.ckpt_dir = self.path / "checkpoints"
         self.keep = run.keep_checkpoints
-        resolved = dump_yaml(cfg)
-        config_file = self.path / "config.yaml"
-        if config_file.exists():
-            old = yaml.safe_load(config_file.read_text())
-            new = yaml.safe_load(resolved)
-            diff = _first_difference(old, new, ignore={"run.progress", "run.report_to"})
-            if diff:
-                raise UserError(
-                    f"{self.path} already holds a run with a different config (key '{diff}'); "
-                    "pass a new --run.run_dir, or delete the folder to start over"
-                )
+        check_same_config(self.path, cfg)
         if is_main:
             self.path.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(config_file, resolved)
+            atomic_write_text(self.path / "config.yaml", dump_yaml(cfg))
         self._tb = None
         self._report_to = run.report_to
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from barrierlab.config import load_config
 from barrierlab.errors import UserError
+from barrierlab.run import check_same_config
+from pretrain.config import PretrainConfig
 
 
 def check_stage_args(stage_config: type, config: str, args: list[str], key: str, config_key: str) -> None:
@@ -31,9 +33,17 @@ def run_stage(stage: str, *args: str) -> None:
         raise UserError(f"{stage} {' '.join(args[:4])} ... failed: {tail}")
 
 
+def reuse_or_run(stage: str, stage_config: type, run_dir: Path, finished: bool, *args: str) -> None:
+    """Run ``python -m <stage> args`` (writing ``run_dir``) unless the run there is ``finished`` and of the same
+    config: a driver rerun reuses what it has (an unfinished run resumes), but never a run of other settings."""
+    if finished:
+        check_same_config(run_dir, load_config(stage_config, list(args)))
+    else:
+        run_stage(stage, *args)
+
+
 def ensure_base(pretrain_config: str, run_dir: Path, *overrides: str) -> dict:
-    """Pretrain a base into ``run_dir`` unless it is already there; its support.json."""
-    if not (run_dir / "support.json").exists():
-        run_stage("pretrain", "--config", pretrain_config, "--run.run_dir", str(run_dir), "--run.progress", "false",
-                  *overrides)
+    """Pretrain a base into ``run_dir`` unless it is already there (of the same config); its support.json."""
+    reuse_or_run("pretrain", PretrainConfig, run_dir, (run_dir / "support.json").exists(), "--config", pretrain_config,
+                 "--run.run_dir", str(run_dir), "--run.progress", "false", *overrides)
     return json.loads((run_dir / "support.json").read_text())

@@ -24,7 +24,7 @@ from typing import Literal
 from barrierlab.config import dump_yaml, load_config, require
 from barrierlab.errors import cli_entry
 from barrierlab.run import atomic_write_text, last_row, output_dir, read_metrics
-from barrierlab.stages import check_stage_args, ensure_base, run_stage
+from barrierlab.stages import check_stage_args, ensure_base, reuse_or_run
 from eval import figures
 from eval.analysis import fittable, queries_to_reach
 from posttrain.config import PosttrainConfig
@@ -90,9 +90,9 @@ def check_overrides(cfg: ExperimentConfig) -> None:
 def posttrain_to_target(cfg: ExperimentConfig, arm: str, base: Path, run_dir: Path, seed: int,
                         clusters: list[int]) -> tuple[int, bool]:
     """Queries this arm spent to reach the target on ``clusters`` (or the budget, censored)."""
-    if last_row(run_dir, "done/steps") is None:  # finished runs are reused, unfinished ones resume
-        run_stage("posttrain", "--config", cfg.posttrain_configs[arm], "--base", str(base), "--run.run_dir", str(run_dir),
-                  *posttrain_overrides(cfg, seed, clusters))
+    reuse_or_run("posttrain", PosttrainConfig, run_dir, last_row(run_dir, "done/steps") is not None,
+                 "--config", cfg.posttrain_configs[arm], "--base", str(base), "--run.run_dir", str(run_dir),
+                 *posttrain_overrides(cfg, seed, clusters))
     return queries_to_reach(read_metrics(run_dir / "metrics.jsonl"), "eval/trained_likelihood", cfg.target_likelihood)
 
 

@@ -22,8 +22,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from barrierlab.config import dump_yaml, load_config, require  # noqa: E402
 from barrierlab.errors import cli_entry  # noqa: E402
+from barrierlab.metrics import fmt_value  # noqa: E402
 from barrierlab.run import atomic_write_text, last_row, output_dir, read_metrics  # noqa: E402
-from barrierlab.stages import check_stage_args, ensure_base, run_stage  # noqa: E402
+from barrierlab.stages import check_stage_args, ensure_base, reuse_or_run  # noqa: E402
 from eval.analysis import QUERIES, eval_rows  # noqa: E402
 from posttrain.config import PosttrainConfig  # noqa: E402
 from pretrain.config import PretrainConfig  # noqa: E402
@@ -95,12 +96,15 @@ def verdict(table: list[dict]) -> list[str]:
     lines = []
     for row in table:
         off = row["offsupport_mean"]
-        if row["arm"] == "outcome":
-            ok = off is not None and off < 1e-3
+        if off is None:
+            lines.append(f"- {row['backend']} {row['arm']}: the base has no off-support eval prompts, so there is "
+                         "no barrier to check (NOT as predicted)")
+        elif row["arm"] == "outcome":
+            ok = off < 1e-3
             lines.append(f"- {row['backend']} outcome: off-support {off:.3g} {'<' if ok else '≥'} 1e-3 "
                          f"({'as the barrier predicts' if ok else 'NOT as predicted'})")
         else:
-            ok = off is not None and off > 0.5
+            ok = off > 0.5
             lines.append(f"- {row['backend']} process: off-support {off:.3g} {'>' if ok else '≤'} 0.5 "
                          f"({'as predicted' if ok else 'NOT as predicted'})")
     for arm in {r["arm"] for r in table}:
@@ -154,20 +158,22 @@ def main(argv):
         for backend in cfg.backends:
             for seed in cfg.seeds:
                 run_dir = out / f"{arm}_{backend}_s{seed}"
-                if last_row(run_dir, "done/steps") is None:  # finished runs are reused, unfinished ones resume
-                    run_stage("posttrain", "--config", config, "--base", str(base), "--run.run_dir", str(run_dir),
-                              *run_overrides(cfg, config, backend, seed))
+                reuse_or_run("posttrain", PosttrainConfig, run_dir, last_row(run_dir, "done/steps") is not None,
+                             "--config", config, "--base", str(base), "--run.run_dir", str(run_dir),
+                             *run_overrides(cfg, config, backend, seed))
                 runs.setdefault((arm, backend), {})[seed] = read_metrics(run_dir / "metrics.jsonl")
-                print(f"{arm} {backend} seed {seed}: off-support {final(runs[(arm, backend)][seed], OFF):.3g}", flush=True)
+                print(f"{arm} {backend} seed {seed}: off-support {fmt_value(final(runs[(arm, backend)][seed], OFF))}",
+                      flush=True)
     table = summarise(runs)
     figure(runs, out / "crosscheck.png")
     lines = verdict(table)
     atomic_write_text(out / "crosscheck.json", json.dumps({"max_queries": cfg.max_queries, "table": table}, indent=2))
     head = ("| arm | backend | seeds | off-support (mean, spread) | on-support (mean, spread) | on-support per seed |\n"
             "|---|---|---|---|---|---|")
-    body = "\n".join(f"| {r['arm']} | {r['backend']} | {r['seeds']} | {r['offsupport_mean']:.3g} ({r['offsupport_spread']:.2g}) "
-                     f"| {r['onsupport_mean']:.3g} ({r['onsupport_spread']:.2g}) "
-                     f"| {', '.join(f'{v:.3g}' for v in r['onsupport_per_seed'])} |" for r in table)
+    body = "\n".join(f"| {r['arm']} | {r['backend']} | {r['seeds']} | {fmt_value(r['offsupport_mean'])} "
+                     f"({fmt_value(r['offsupport_spread'], 2)}) | {fmt_value(r['onsupport_mean'])} "
+                     f"({fmt_value(r['onsupport_spread'], 2)}) | {', '.join(map(fmt_value, r['onsupport_per_seed']))} |"
+                     for r in table)
     atomic_write_text(out / "report.md", "\n".join([
         "# Native engine vs TRL: same base, task and budget", "", "![crosscheck](crosscheck.png)", "",
         f"Budget: {cfg.max_queries} reward queries per run.", "", head, body, "", *lines, "",

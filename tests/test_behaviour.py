@@ -76,9 +76,14 @@ def test_best_of_m_charges_every_try_and_matches_the_geometric_law():
     rollout = collect("best_of_m", sampler, prompts, cols)
     assert rollout.queries == counted.sent
     p = k**-N  # the uniform learner and the uniform base both hit y* with probability 1/4
-    per_row = 1 + (1 - p) * (1 - (1 - p) ** m) / p
-    assert abs(rollout.queries / B - per_row) < 0.05
-    assert abs(rollout.success.double().mean().item() - (1 - (1 - p) ** (m + 1))) < 0.025
+    # a row costs 1 query if p_t's sample succeeds, else 1 + j: the j-th try succeeds (j < m) or the m tries run out
+    law = {1: p, **{1 + j: (1 - p) ** j * p for j in range(1, m)}, 1 + m: (1 - p) ** m}
+    mean = sum(q * w for q, w in law.items())
+    sd = (sum((q - mean) ** 2 * w for q, w in law.items()) / B) ** 0.5
+    assert mean == pytest.approx(1 + (1 - p) * (1 - (1 - p) ** m) / p)  # the closed form
+    assert abs(rollout.queries / B - mean) < 4 * sd
+    success = 1 - (1 - p) ** (m + 1)
+    assert abs(rollout.success.double().mean().item() - success) < 4 * (success * (1 - success) / B) ** 0.5
     assert torch.equal(rollout.success, (rollout.responses == cols["target"]).all(-1))
     assert torch.equal(rollout.rewards[:, 0] > 0, rollout.success)
 

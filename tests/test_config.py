@@ -153,3 +153,25 @@ def test_config_that_is_a_folder_or_not_text(tmp_path):
 def test_a_bad_list_item_from_the_command_line_is_blamed_on_it(tmp_path):
     msg = error_of(tmp_path, "task: {k: 4}\n", argv=["--profile", "[{coverage: foo}]"])
     assert msg.startswith("command line: key 'profile[0].coverage'")
+
+
+def test_help_lists_every_field_with_its_type_default_and_doc(capsys):
+    with pytest.raises(SystemExit) as info:
+        load_config(PosttrainConfig, ["--help"], prog="posttrain")
+    out = capsys.readouterr().out
+    assert info.value.code == 0 and out.startswith("usage: python -m posttrain --config FILE")
+    assert "  --optim.lr (a number; default 0.001)\n      Learning rate (adaptive: a multiplier" in out
+    assert "  --reward.params (a mapping; default {})" in out and "\n[algo] Behaviour policy, advantages" in out
+
+
+def test_ctrl_c_exits_130_with_the_resume_hint(capsys):
+    from barrierlab.errors import cli_entry
+
+    @cli_entry
+    def stage(argv):
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as info:
+        stage([])
+    assert info.value.code == 130
+    assert capsys.readouterr().err == "interrupted: the last checkpoint is intact; re-run the same command to resume\n"

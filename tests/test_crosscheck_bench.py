@@ -8,6 +8,8 @@ import statistics
 import pytest
 
 from barrierlab.run import read_metrics
+from eval.analysis import QUERIES
+from posttrain.crosscheck import OFF, ON, summarise, verdict
 from tests.conftest import one_line_error, run_stage
 from tests.conftest import run_make as make
 
@@ -20,6 +22,30 @@ def test_make_crosscheck_on_tiny_configs(tmp_path):
     assert {(r["arm"], r["backend"]) for r in table} == {(a, b) for a in ("outcome", "process") for b in ("native", "trl")}
     assert all(r["seeds"] == 2 and 0 <= r["offsupport_mean"] <= 1 for r in table)
     assert (out / "crosscheck.png").stat().st_size > 10_000 and "native" in (out / "report.md").read_text()
+
+
+def test_crosscheck_table_and_verdict_on_hand_made_runs():
+    def run(off, on):  # one seed's eval rows: the base, then the final likelihoods (None: no such prompts)
+        base = {OFF: None if off is None else 1e-6, ON: None if on is None else 0.2}
+        return [{"step": 0, "eval/likelihood": 0.1, QUERIES: 0, **base},
+                {"step": 1, "train/loss": 0.5, QUERIES: 8},  # a train/ row: not an evaluation
+                {"step": 9, "eval/likelihood": 0.5, QUERIES: 72, OFF: off, ON: on}]
+
+    runs = {("outcome", "native"): {0: run(1e-5, 0.9), 1: run(3e-5, 0.7)},
+            ("outcome", "trl"): {0: run(2e-3, 0.8), 1: run(4e-3, 0.6)},
+            ("process", "native"): {0: run(None, None)}}
+    table = summarise(runs)
+    assert [(r["arm"], r["backend"], r["seeds"]) for r in table] == [("outcome", "native", 2), ("outcome", "trl", 2),
+                                                                     ("process", "native", 1)]
+    assert table[0]["offsupport_mean"] == pytest.approx(2e-5) and table[1]["onsupport_spread"] == pytest.approx(0.2)
+    assert table[2]["offsupport_mean"] is None and table[2]["onsupport_per_seed"] == []
+    assert verdict(table) == [
+        "- native outcome: off-support 2e-05 < 1e-3 (as the barrier predicts)",
+        "- trl outcome: off-support 0.003 ≥ 1e-3 (NOT as predicted)",
+        "- native process: the base has no off-support eval prompts, so there is no barrier to check (NOT as predicted)",
+        "- outcome: final on-support likelihoods differ by 0.1 between backends; the spread across seeds is up to 0.2 "
+        "(within the spread)",
+    ]
 
 
 def test_make_bench_on_the_tiny_base(tmp_path):

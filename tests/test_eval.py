@@ -6,13 +6,14 @@ import csv
 import itertools
 import json
 import math
+import shutil
 from fractions import Fraction
 
 import numpy as np
 import pytest
 import torch
 
-from barrierlab.config import build, load_config
+from barrierlab.config import ConfigValueError, build, load_config
 from barrierlab.metrics import split_masks
 from barrierlab.run import load_dataset_dir
 from eval.config import EvalStageConfig
@@ -93,7 +94,7 @@ def test_checkpoints_config_and_command_line_flags():
     assert cfg.named_checkpoints() == {"o1": "runs/o1/model", "pr1": "runs/pr1"}
     cfg = load_config(EvalStageConfig, ["--n_samples", "8", "--checkpoints.outcome", "runs/a", "--checkpoints.p=runs/b"])
     assert cfg.n_samples == 8 and cfg.named_checkpoints() == {"outcome": "runs/a", "p": "runs/b"}
-    with pytest.raises(Exception, match="n_samples"):
+    with pytest.raises(ConfigValueError, match="n_samples"):
         build(EvalStageConfig, {"n_samples": 4, "pass_k": [8]})
 
 
@@ -219,7 +220,9 @@ def test_report_on_tiny_finished_runs(tiny_eval, tiny_base, tmp_path):
     alpha = tmp_path / "alpha.json"
     alpha.write_text(json.dumps({"runs": [{"cluster": c, "alpha": a, "queries": int(100 / a), "censored": False}
                                           for c, a in enumerate([0.9, 0.2, 0.01])]}))
-    report = build_report(tiny_eval, scaling=scaling, alpha=alpha).read_text()
+    out = tmp_path / "eval"  # a copy: the module's other tests read the fixture's report
+    shutil.copytree(tiny_eval, out)
+    report = build_report(out, scaling=scaling, alpha=alpha).read_text()
     assert "(figures/scaling.png)" in report and "(figures/alpha.png)" in report
     assert "**outcome**: queries grow by a factor **3.00 per unit N** (theory: k = 3" in report
     assert "**process**: queries ∝ N^1.00" in report and "fitted log-log slope **-1.00**" in report
@@ -230,8 +233,10 @@ def test_eval_rejects_bad_paths_in_one_line(tmp_path, tiny_base, capsys):
                      str(tmp_path / "e"), "--checkpoints.ghost", str(tmp_path / "nowhere"), check=False)
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0
     assert "checkpoint" in proc.stderr and "nowhere" in proc.stderr and not (tmp_path / "e").exists()
-    proc = run_stage("eval", "--config", str(TINY / "eval.yaml"), "--base", str(tmp_path / "nobase"), check=False)
+    proc = run_stage("eval", "--config", str(TINY / "eval.yaml"), "--base", str(tmp_path / "nobase"), "--out_dir",
+                     str(tmp_path / "e"), check=False)
     assert proc.returncode == 2 and "nobase" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "e").exists()
     # experiment results are checked before anything is evaluated or written
     (tmp_path / "results.json").write_text('{"runs": [{"arm": "outcome"}]}')
     from eval.__main__ import main

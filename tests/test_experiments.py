@@ -9,7 +9,9 @@ import pytest
 
 from barrierlab.run import read_metrics
 from eval.experiments import alpha_verdict, scaling_verdict
+from eval.experiments import main as experiments_main
 from eval.figures import alpha_fit, scaling_fit
+from tests.conftest import one_line_error
 from tests.conftest import run_make as make
 
 TARGET, BUDGET = 0.5, 96  # configs/tiny/scaling.yaml and alpha.yaml
@@ -26,7 +28,7 @@ def check_runs(results: dict, run_dir) -> None:
             assert r["queries"] == first["train/reward_queries"]
 
 
-def test_make_scaling_and_alpha_on_tiny_configs(tmp_path):
+def test_make_scaling_and_alpha_on_tiny_configs(tmp_path, capsys):
     runs = tmp_path / "runs"
     make("scaling", "alpha", "CONFIGS=configs/tiny", f"RUNS={runs}")
     scaling = json.loads((runs / "scaling" / "results.json").read_text())
@@ -39,6 +41,17 @@ def test_make_scaling_and_alpha_on_tiny_configs(tmp_path):
         assert (runs / name / f"{name}.png").stat().st_size > 10_000
         report = (runs / name / "report.md").read_text()
         assert all(line in report for line in verdict) and f"budget {BUDGET} reward queries" in report
+
+    # a rerun reuses the finished runs, but not those of other settings: a new target is refused before anything is
+    # written (the finished runs would answer for the old one)
+    written = {p: p.read_bytes() for p in (runs / "scaling").glob("*.*")}
+    err = one_line_error(experiments_main, ["--config", "configs/tiny/scaling.yaml", "--out_dir", str(runs / "scaling"),
+                                            "--target_likelihood", "0.4"], capsys)
+    assert "outcome_s0 already holds a run with a different config (key 'optim.target_likelihood')" in err
+    assert {p: p.read_bytes() for p in (runs / "scaling").glob("*.*")} == written
+    err = one_line_error(experiments_main, ["--config", "configs/tiny/alpha.yaml", "--out_dir", str(runs / "alpha"),
+                                            "--extra_args", "['--run.seed', '3']"], capsys)
+    assert "alpha/base already holds a run with a different config (key 'run.seed')" in err
 
 
 def test_fits_leave_out_runs_at_the_target_before_any_query():

@@ -57,12 +57,17 @@ def test_sampling_frequencies_match_exact_probabilities(kind):
     assert torch.all((freq - exact).abs() <= 4.5 * sigma + 1e-9), (freq, exact)
 
 
-def test_temperature_sharpens_sampling():
-    model = tiny("linear")
-    prompts = prompt_ids(torch.tensor([[1, 0, 1, 1]])).expand(4000, -1)
-    cold = sample(model, prompts, N, K, temperature=0.05, generator=torch.Generator().manual_seed(0))
-    mode = answer_logits(model, prompts[:1], cold[:1], K)[0].argmax(-1)
-    assert (cold[:, 0] == mode[0]).double().mean() > 0.99
+@pytest.mark.parametrize("kind", ["transformer", "linear"])
+def test_temperature_divides_the_logits(kind):
+    model, n, T = tiny(kind), 20_000, 0.2
+    prompts = prompt_ids(torch.tensor([[1, 0, 1, 1]])).expand(n, -1)
+    first = sample(model, prompts, N, K, temperature=T, generator=torch.Generator().manual_seed(0))[:, 0]
+    logits = answer_logits(model, prompts[:1], torch.zeros(1, N, dtype=torch.long), K)[0, 0].double()
+    freq = torch.bincount(first, minlength=K).double() / n
+    want, untempered = torch.softmax(logits / T, 0), torch.softmax(logits, 0)
+    sigma = (want * (1 - want) / n).sqrt()
+    assert torch.all((freq - want).abs() <= 4.5 * sigma), (freq, want)
+    assert (freq - untempered).abs().max() > 10 * sigma.max()  # the test tells the two apart
 
 
 def test_tokenizer_round_trip():

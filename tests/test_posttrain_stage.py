@@ -106,7 +106,9 @@ def test_other_behaviours_run(tmp_path, tiny_base, behaviour, reward):
         assert all(B < q <= B + B * m for q in spent)
     else:
         assert all(B <= q <= B * N * m for q in spent)  # every checked candidate token is charged
-    assert all(r["train/kl"] >= 0 for r in train) and rows[-1]["done/steps"] == 3 and moved(tmp_path / "r", tiny_base)
+    # the exact KL to q0: zero while the policy is still q0 (the first step's loss pass), positive once it moved
+    assert train[0]["train/kl"] == pytest.approx(0, abs=1e-6) and all(r["train/kl"] > 1e-8 for r in train[1:])
+    assert rows[-1]["done/steps"] == 3 and moved(tmp_path / "r", tiny_base)
 
 
 def test_adaptive_step_on_the_linear_model(tmp_path, tiny_linear_base):
@@ -205,7 +207,7 @@ def test_data_parallel_on_two_cpu_processes(tmp_path, tiny_base, stage):
             else ["--config", str(TINY / "posttrain_process.yaml"), "--base", str(tiny_base)])
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", stage, *args,
                            "--run.run_dir", str(run_dir)], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)  # a gloo hang fails, not stalls
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (run_dir / "model" / "model.safetensors").exists()
     if stage == "posttrain":
@@ -214,3 +216,22 @@ def test_data_parallel_on_two_cpu_processes(tmp_path, tiny_base, stage):
         assert [r for r in rows if "train/samples" in r][-1]["train/samples"] == 12 * 32  # the global batch
         state = torch.load(run_dir / "checkpoints" / "step_0000012" / "trainer_state.pt", weights_only=False)
         assert len(state["sample_gen"]) == 2
+
+
+def test_prompts_drawn_from_a_saved_dataset_keep_their_columns(tiny_base):
+    from barrierlab.config import load_config
+    from barrierlab.run import column_tensor, load_dataset_dir
+    from barrierlab.tokenizer import ANSWER0
+    from posttrain.__main__ import PromptSource
+    from posttrain.config import PosttrainConfig
+
+    path = tiny_base / "data" / "eval_prompts"
+    cfg = load_config(PosttrainConfig, ["--config", CONFIG, "--prompts.dataset", str(path)])
+    rows = load_dataset_dir(path, ["prompt_ids", "target_ids", "cluster"])
+    saved = {tuple(p.tolist()): (t - ANSWER0, c) for p, t, c in
+             zip(column_tensor(rows, "prompt_ids"), column_tensor(rows, "target_ids"), column_tensor(rows, "cluster"))}
+    prompts, columns = PromptSource(cfg, None, torch.Generator().manual_seed(0)).draw(200)
+    assert len({tuple(p.tolist()) for p in prompts}) > len(saved) / 2  # draws spread over the saved rows
+    for p, target, cluster in zip(prompts, columns["target"], columns["cluster"]):
+        want_target, want_cluster = saved[tuple(p.tolist())]
+        assert torch.equal(target, want_target) and cluster == want_cluster

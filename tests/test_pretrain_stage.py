@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 import barrierlab.models  # noqa: F401  (registers the linear policy with the Auto classes)
-from barrierlab.run import load_dataset_dir
+from barrierlab.run import load_dataset_dir, read_metrics
 from tests.conftest import TINY, run_stage
 
 
@@ -57,10 +58,13 @@ def test_linear_model_pretrains_and_learns(tiny_linear_base):
 
 
 def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
-    args = ["--config", str(TINY / "pretrain.yaml"), "--train.steps", "20", "--run.checkpoint_every", "5"]
+    # killed at step 37, between the checkpoints of steps 35 and 40: steps 36-37 are redone; 40 steps of 64 rows
+    # cross the 2000-row corpus's epoch boundary (a reshuffle) before the kill
+    args = ["--config", str(TINY / "pretrain.yaml"), "--train.steps", "40", "--run.checkpoint_every", "5",
+            "--train.log_every", "1"]
     run_stage("pretrain", *args, "--run.run_dir", str(tmp_path / "straight"))
     killed = run_stage("pretrain", *args, "--run.run_dir", str(tmp_path / "resumed"),
-                       env={"BARRIERLAB_KILL_AFTER_STEP": "10"}, check=False)
+                       env={"BARRIERLAB_KILL_AFTER_STEP": "37"}, check=False)
     assert killed.returncode == -9
     assert not (tmp_path / "resumed" / "model").exists()
     resumed = run_stage("pretrain", *args, "--run.run_dir", str(tmp_path / "resumed"))
@@ -68,17 +72,18 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
     a = load_file(str(tmp_path / "straight" / "model" / "model.safetensors"))
     b = load_file(str(tmp_path / "resumed" / "model" / "model.safetensors"))
     assert all(torch.equal(a[name], b[name]) for name in a)
-    steps = [json.loads(line)["step"] for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
-    straight = [json.loads(line)["step"] for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
-    assert steps == straight  # no duplicated or lost metric lines
+    rows = {name: read_metrics(tmp_path / name / "metrics.jsonl") for name in ("straight", "resumed")}
+    assert rows["resumed"] == rows["straight"]  # the same values, no duplicated or lost lines
 
 
-def test_rerun_with_a_different_config_is_refused(tiny_base):
-    before = (tiny_base / "config.yaml").read_text()
-    proc = run_stage("pretrain", "--config", str(TINY / "pretrain.yaml"), "--run.run_dir", str(tiny_base),
+def test_rerun_with_a_different_config_is_refused(tiny_base, tmp_path):
+    run_dir = tmp_path / "base"  # a copy: a broken refusal must not damage the session's base
+    shutil.copytree(tiny_base, run_dir)
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    proc = run_stage("pretrain", "--config", str(TINY / "pretrain.yaml"), "--run.run_dir", str(run_dir),
                      "--task.k", "4", check=False)
     assert proc.returncode == 2 and "different config (key 'task.k')" in proc.stderr
-    assert (tiny_base / "config.yaml").read_text() == before
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
 
 
 def test_column_tensor_reads_list_and_scalar_columns(tmp_path):

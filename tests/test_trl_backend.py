@@ -20,11 +20,9 @@ from barrierlab.tokenizer import ANSWER0, answer_ids
 from posttrain.__main__ import PromptSource, policy_gradient_loss
 from posttrain.advantages import advantages
 from posttrain.config import PosttrainConfig
+from posttrain.trl_backend import RewardFunction, _trainer_classes, build_trainer, prompt_dataset, run_trl
 from rewards import make_reward
 from tests.conftest import TINY
-
-pytest.importorskip("trl")
-from posttrain.trl_backend import RewardFunction, _trainer_classes, build_trainer, prompt_dataset, run_trl  # noqa: E402
 
 SMALL = ["--optim.batch_size", "8", "--algo.group_size", "4", "--optim.max_steps", "3",
          "--eval.eval_every", "2", "--run.checkpoint_every", "2"]

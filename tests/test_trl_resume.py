@@ -10,8 +10,6 @@ from safetensors.torch import load_file
 
 from tests.conftest import TINY, run_stage
 
-pytest.importorskip("trl")
-
 MEASURED = ("train/update_time_s", "done/wall_time_s", "done/peak_memory_mb")  # of the machine, not the run
 
 

@@ -1,0 +1,71 @@
+"""The run folder's bookkeeping: which checkpoint a resume trusts, pruning, and metrics a kill left behind."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import pytest
+import torch
+
+from barrierlab.errors import UserError
+from barrierlab.models import LinearPolicyConfig, LinearPolicyLM
+from barrierlab.run import RunConfig, RunDir, read_metrics
+from barrierlab.tokenizer import build_tokenizer, vocab_size
+
+
+@dataclass
+class Cfg:
+    run: RunConfig = field(default_factory=RunConfig)
+    lr: float = 0.1
+
+
+def model_with(value: float) -> LinearPolicyLM:
+    model = LinearPolicyLM(LinearPolicyConfig(d=3, k=2, vocab_size=vocab_size(2)))
+    with torch.no_grad():
+        model.W1.fill_(value)
+    return model
+
+
+def make_run(tmp_path, keep: int = 2) -> RunDir:
+    cfg = Cfg(RunConfig(run_dir=str(tmp_path / "run"), keep_checkpoints=keep, report_to=[]))
+    return RunDir(cfg, cfg.run)
+
+
+def test_checkpoints_are_pruned_and_resume_trusts_only_complete_ones(tmp_path):
+    run, tokenizer = make_run(tmp_path), build_tokenizer(2)
+    for step in (1, 2, 3):
+        run.log(step, {"train/loss": float(step)})
+        run.save_checkpoint(step, model_with(step), tokenizer, {"step": step})
+    assert sorted(p.name for p in run.ckpt_dir.iterdir()) == ["step_0000002", "step_0000003"]  # keep_checkpoints = 2
+    # what a kill can leave: a newer folder still being written (no trainer_state.pt, written last), its temporary
+    (run.ckpt_dir / "step_0000004").mkdir()
+    (run.ckpt_dir / ".tmp_step_0000005").mkdir()
+    run.log(4, {"train/loss": 4.0})
+    with open(run.path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 5, "train/lo')  # the line a kill cut short
+    model = model_with(0.0)
+    state = run.resume(model)
+    assert state["step"] == 3 and torch.all(model.W1 == 3.0)
+    assert [row["step"] for row in read_metrics(run.path / "metrics.jsonl")] == [1, 2, 3]  # work after step 3 is lost
+
+
+def test_a_damaged_checkpoint_or_metrics_line_is_a_one_line_error(tmp_path):
+    run = make_run(tmp_path)
+    run.save_checkpoint(1, model_with(1.0), build_tokenizer(2), {"step": 1})
+    (run.ckpt_dir / "step_0000001" / "model.safetensors").write_bytes(b"\0" * 10)
+    with pytest.raises(UserError, match="checkpoint '.*step_0000001' cannot be loaded .*delete that folder"):
+        run.resume(model_with(0.0))
+    path = run.path / "metrics.jsonl"
+    path.write_text(json.dumps({"step": 1}) + "\n{oops\n" + json.dumps({"step": 2}) + "\n")
+    with pytest.raises(UserError, match="line 2 is not JSON"):
+        read_metrics(path)
+
+
+def test_a_run_folder_refuses_another_config(tmp_path):
+    make_run(tmp_path)
+    other = Cfg(RunConfig(run_dir=str(tmp_path / "run"), keep_checkpoints=2, report_to=["tensorboard"]), lr=0.2)
+    with pytest.raises(UserError, match="already holds a run with a different config \\(key 'lr'\\)"):
+        RunDir(other, other.run)
+    other.lr = 0.1  # how the run reports itself is not part of the experiment
+    RunDir(other, other.run)
