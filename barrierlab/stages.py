@@ -10,7 +10,8 @@ from pathlib import Path
 from barrierlab.config import load_config
 from barrierlab.errors import UserError
 from barrierlab.run import check_same_config
-from pretrain.config import PretrainConfig
+from posttrain.config import PosttrainConfig
+from pretrain.config import load_pretrain_config
 
 
 def check_stage_args(stage_config: type, config: str, args: list[str], key: str, config_key: str) -> None:
@@ -33,17 +34,22 @@ def run_stage(stage: str, *args: str) -> None:
         raise UserError(f"{stage} {' '.join(args[:4])} ... failed: {tail}")
 
 
-def reuse_or_run(stage: str, stage_config: type, run_dir: Path, finished: bool, *args: str) -> None:
+def reuse_or_run(stage: str, saved_config, run_dir: Path, finished: bool, *args: str) -> None:
     """Run ``python -m <stage> args`` (writing ``run_dir``) unless the run there is ``finished`` and of the same
-    config: a driver rerun reuses what it has (an unfinished run resumes), but never a run of other settings."""
+    config: a driver rerun reuses what it has (an unfinished run resumes), but never a run of other settings.
+    ``saved_config(args)``: the config the stage would run and save for ``args``."""
     if finished:
-        check_same_config(run_dir, load_config(stage_config, list(args)))
+        check_same_config(run_dir, saved_config(list(args)))
     else:
         run_stage(stage, *args)
 
 
+def posttrain_config(argv: list[str]):
+    return load_config(PosttrainConfig, argv)
+
+
 def ensure_base(pretrain_config: str, run_dir: Path, *overrides: str) -> dict:
     """Pretrain a base into ``run_dir`` unless it is already there (of the same config); its support.json."""
-    reuse_or_run("pretrain", PretrainConfig, run_dir, (run_dir / "support.json").exists(), "--config", pretrain_config,
-                 "--run.run_dir", str(run_dir), "--run.progress", "false", *overrides)
+    reuse_or_run("pretrain", load_pretrain_config, run_dir, (run_dir / "support.json").exists(), "--config",
+                 pretrain_config, "--run.run_dir", str(run_dir), "--run.progress", "false", *overrides)
     return json.loads((run_dir / "support.json").read_text())

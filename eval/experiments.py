@@ -24,7 +24,7 @@ from typing import Literal
 from barrierlab.config import dump_yaml, load_config, require
 from barrierlab.errors import cli_entry
 from barrierlab.run import atomic_write_text, last_row, output_dir, read_metrics
-from barrierlab.stages import check_stage_args, ensure_base, reuse_or_run
+from barrierlab.stages import check_stage_args, ensure_base, posttrain_config, reuse_or_run
 from eval import figures
 from eval.analysis import fittable, queries_to_reach
 from posttrain.config import PosttrainConfig
@@ -49,7 +49,8 @@ class ExperimentConfig:
     when outcome PG first samples y*, a geometric waiting time, so seeds go to post-training."""
     clusters: list[int] | None = None
     """Clusters to post-train on: scaling, their prompts together (null: the off-support ones);
-    alpha, each on-support cluster alone (null: every cluster whose design is on-support)."""
+    alpha, each on-support cluster alone (null: every cluster whose base α, the geometric mean over its eval
+    prompts, is at least the base's off-support threshold)."""
     target_likelihood: float = 0.5
     """A run reaches the target when the mean likelihood of y* on its trained prompts gets here."""
     max_queries: int = 300_000
@@ -90,7 +91,7 @@ def check_overrides(cfg: ExperimentConfig) -> None:
 def posttrain_to_target(cfg: ExperimentConfig, arm: str, base: Path, run_dir: Path, seed: int,
                         clusters: list[int]) -> tuple[int, bool]:
     """Queries this arm spent to reach the target on ``clusters`` (or the budget, censored)."""
-    reuse_or_run("posttrain", PosttrainConfig, run_dir, last_row(run_dir, "done/steps") is not None,
+    reuse_or_run("posttrain", posttrain_config, run_dir, last_row(run_dir, "done/steps") is not None,
                  "--config", cfg.posttrain_configs[arm], "--base", str(base), "--run.run_dir", str(run_dir),
                  *posttrain_overrides(cfg, seed, clusters))
     return queries_to_reach(read_metrics(run_dir / "metrics.jsonl"), "eval/trained_likelihood", cfg.target_likelihood)
@@ -111,13 +112,18 @@ def run_scaling(cfg: ExperimentConfig, out: Path) -> dict:
     return {"k": k, "target_likelihood": cfg.target_likelihood, "max_queries": cfg.max_queries, "runs": runs}
 
 
+def on_support_clusters(support: dict) -> list[int]:
+    """Clusters on-support as the base measures them (science.md: support is always the base's, not the design):
+    base α, the geometric mean over the cluster's eval prompts, at least the base's off-support threshold."""
+    return [r["cluster"] for r in support["clusters"] if r["alpha_geomean"] >= support["offsupport_threshold"]]
+
+
 def run_alpha(cfg: ExperimentConfig, out: Path) -> dict:
     runs = []
     base = out / "base"
     support = ensure_base(cfg.pretrain_config, base, *pretrain_overrides(cfg, None))
-    threshold = support["offsupport_threshold"]
     rows = {r["cluster"]: r for r in support["clusters"]}
-    chosen = cfg.clusters or [c for c, r in rows.items() if math.isfinite(r["designed_alpha"]) and r["designed_alpha"] >= threshold]
+    chosen = cfg.clusters or on_support_clusters(support)
     arm = next(iter(cfg.posttrain_configs))
     for seed in cfg.seeds:
         for c in chosen:

@@ -257,7 +257,7 @@ def alpha_figure(runs: list[dict], path, *, target: float | None = None) -> Path
         ax.plot(grid, np.exp(log_c) / grid, "--", color="gray", label="theory: ∝ 1/α (slope −1)")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("base likelihood α(x) of the cluster")
+    ax.set_xlabel("base likelihood α of the cluster (geometric mean over its eval prompts)")
     ax.set_ylabel("reward queries to reach the target")
     what = f"likelihood {target:g}" if target is not None else "the target likelihood"
     ax.set_title(f"α dependence of outcome PG: queries to reach {what}")

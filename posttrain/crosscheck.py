@@ -24,7 +24,7 @@ from barrierlab.config import dump_yaml, load_config, require  # noqa: E402
 from barrierlab.errors import cli_entry  # noqa: E402
 from barrierlab.metrics import fmt_value  # noqa: E402
 from barrierlab.run import atomic_write_text, last_row, output_dir, read_metrics  # noqa: E402
-from barrierlab.stages import check_stage_args, ensure_base, reuse_or_run  # noqa: E402
+from barrierlab.stages import check_stage_args, ensure_base, posttrain_config, reuse_or_run  # noqa: E402
 from eval.analysis import QUERIES, eval_rows  # noqa: E402
 from posttrain.config import PosttrainConfig  # noqa: E402
 from pretrain.config import PretrainConfig  # noqa: E402
@@ -158,7 +158,7 @@ def main(argv):
         for backend in cfg.backends:
             for seed in cfg.seeds:
                 run_dir = out / f"{arm}_{backend}_s{seed}"
-                reuse_or_run("posttrain", PosttrainConfig, run_dir, last_row(run_dir, "done/steps") is not None,
+                reuse_or_run("posttrain", posttrain_config, run_dir, last_row(run_dir, "done/steps") is not None,
                              "--config", config, "--base", str(base), "--run.run_dir", str(run_dir),
                              *run_overrides(cfg, config, backend, seed))
                 runs.setdefault((arm, backend), {})[seed] = read_metrics(run_dir / "metrics.jsonl")

@@ -15,7 +15,7 @@ import math
 import torch
 from tqdm import tqdm
 
-from barrierlab.config import dump_yaml, load_config, to_dict
+from barrierlab.config import dump_yaml, to_dict
 from barrierlab.errors import cli_entry
 from barrierlab.models import build_model
 from barrierlab.policy import ResponseLogits, target_stats
@@ -31,21 +31,9 @@ from barrierlab.run import (
 )
 from barrierlab.tasks import build_task
 from barrierlab.tokenizer import ANSWER0, build_tokenizer
-from pretrain.config import PretrainConfig
+from pretrain.config import PretrainConfig, load_pretrain_config
 from pretrain.data import build_corpus, build_eval_prompts
 from pretrain.support import control_check, plot_support, support_summary
-
-
-def resolve(cfg: PretrainConfig) -> PretrainConfig:
-    """Replace 'auto' choices by what will run, so the saved config says exactly that."""
-    t = cfg.train
-    if t.optimizer == "auto":
-        t.optimizer = "adagrad" if cfg.model.kind == "linear" else "adamw"
-    if t.lr is None:
-        t.lr = 0.1 if t.optimizer == "adagrad" else 5e-3
-    if t.schedule == "auto":
-        t.schedule = "constant" if t.optimizer == "adagrad" else "cosine"
-    return cfg
 
 
 def lr_at(step: int, t) -> float:
@@ -91,7 +79,7 @@ def cluster_log10_alpha(model, eval_set, k: int, device) -> tuple[torch.Tensor, 
 
 @cli_entry
 def main(argv):
-    cfg = resolve(load_config(PretrainConfig, argv, default_config="configs/pretrain.yaml", prog="pretrain"))
+    cfg = load_pretrain_config(argv)
     acc = make_accelerator(cfg.run)
     run = RunDir(cfg, cfg.run, is_main=acc.is_main_process)
     seed_everything(cfg.run.seed)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from barrierlab.config import require
+from barrierlab.config import load_config, require
 from barrierlab.models import ModelConfig
 from barrierlab.run import RunConfig
 from barrierlab.tasks import TaskConfig
@@ -114,3 +114,20 @@ class PretrainConfig:
             f"a sequence of d + 2 + N = {length} tokens exceeds model.context = {self.model.context}; "
             "lower task.N or task.d, or raise model.context",
         )
+
+
+def resolve(cfg: PretrainConfig) -> PretrainConfig:
+    """Replace 'auto' choices by what will run, so the saved config says exactly that."""
+    t = cfg.train
+    if t.optimizer == "auto":
+        t.optimizer = "adagrad" if cfg.model.kind == "linear" else "adamw"
+    if t.lr is None:
+        t.lr = 0.1 if t.optimizer == "adagrad" else 5e-3
+    if t.schedule == "auto":
+        t.schedule = "constant" if t.optimizer == "adagrad" else "cosine"
+    return cfg
+
+
+def load_pretrain_config(argv: list[str]) -> PretrainConfig:
+    """The pretraining config of a command line, resolved: what the stage runs and saves in its run folder."""
+    return resolve(load_config(PretrainConfig, argv, default_config="configs/pretrain.yaml", prog="pretrain"))

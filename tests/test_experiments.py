@@ -8,7 +8,7 @@ import json
 import pytest
 
 from barrierlab.run import read_metrics
-from eval.experiments import alpha_verdict, scaling_verdict
+from eval.experiments import alpha_verdict, on_support_clusters, scaling_verdict
 from eval.experiments import main as experiments_main
 from eval.figures import alpha_fit, scaling_fit
 from tests.conftest import one_line_error
@@ -65,3 +65,12 @@ def test_fits_leave_out_runs_at_the_target_before_any_query():
     alpha.append({"alpha": 0.9, "queries": 0, "censored": False})
     assert alpha_fit(alpha)[1] == pytest.approx(-1.0)
     assert "of 4 runs, 1 at the target before any query" in alpha_verdict({"runs": alpha})
+
+
+def test_alpha_experiment_picks_clusters_by_measured_alpha():
+    # designed on-support, measured below the threshold (a base that missed its design): left out; and the reverse
+    clusters = [{"cluster": 0, "designed_alpha": 0.5, "alpha_geomean": 0.4},
+                {"cluster": 1, "designed_alpha": 0.05, "alpha_geomean": 8e-4},
+                {"cluster": 2, "designed_alpha": 2e-4, "alpha_geomean": 1e-3},
+                {"cluster": 3, "designed_alpha": 2e-4, "alpha_geomean": 2e-4}]
+    assert on_support_clusters({"offsupport_threshold": 1e-3, "clusters": clusters}) == [0, 2]
