@@ -46,9 +46,9 @@ def _log_x(ax) -> None:
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
 
 
-def _series(rows: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
-    """(reward queries, values) of ``key`` at the evaluations after the first query (a log x-axis)."""
-    points = [(r[QUERIES], r[key]) for r in eval_rows(rows) if r[QUERIES] > 0 and r.get(key) is not None]
+def _series(rows: list[dict], key: str, x: str = QUERIES) -> tuple[np.ndarray, np.ndarray]:
+    """(x, values) of ``key`` at the evaluations; against reward queries (a log axis), those after the first query."""
+    points = [(r[x], r[key]) for r in eval_rows(rows) if (x != QUERIES or r[QUERIES] > 0) and r.get(key) is not None]
     q, v = zip(*points, strict=True) if points else ((), ())
     return np.array(q, dtype=float), np.array(v, dtype=float)
 
@@ -59,32 +59,36 @@ def _series(rows: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
 def barrier_figure(arms: dict[str, list[dict]], path, tracked_alpha: dict[str, list[float]] | None = None) -> Path:
     """Figure 1. ``arms``: name → metrics.jsonl rows of post-training runs from the same base.
 
-    Top: mean likelihood of y* on off-support prompts and expected error err(p), against reward queries,
+    Top: mean likelihood of y* on off-support prompts and expected error err(p), against PG steps (the authors'
+    Figure 1) and against reward queries (the resource the theory counts; the arms spend it at different rates),
     with the base model's value (the step-0 evaluation) dotted. Bottom, one panel per arm: the likelihood of
-    each tracked prompt, coloured by its base α (``tracked_alpha``: name → α of the tracked prompts, in the
-    order of ``eval/tracked_likelihood``).
+    each tracked prompt against reward queries, coloured by its base α (``tracked_alpha``: name → α of the
+    tracked prompts, in the order of ``eval/tracked_likelihood``).
     """
     names = list(arms)
     colour = colours(names)
-    fig = plt.figure(figsize=(5.5 * max(2, len(names)), 9))
-    top, bottom = fig.subfigures(2, 1)
-    ax_off, ax_err = top.subplots(1, 2)
-    for ax, key, label in ((ax_off, "eval/offsupport_likelihood", "mean likelihood of y* on off-support prompts"),
-                           (ax_err, "eval/expected_error", "expected error err(p)")):
-        for name, rows in arms.items():
-            q, v = _series(rows, key)
-            ax.plot(q, np.maximum(v, TINY), "o-", ms=3, color=colour[name], label=name)
-        start = [r[key] for r in eval_rows(arms[names[0]])[:1] if r[QUERIES] == 0 and r.get(key) is not None]
-        if start:
-            ax.axhline(max(start[0], TINY), color="gray", ls=":", label="base model q0")
-        _log_x(ax)
-        ax.set_xlabel("reward queries")
-        ax.set_ylabel(label)
-        ax.legend(fontsize=8)
-    ax_off.set_yscale("log")
-    ax_off.set_title("The barrier: off-support likelihood")
-    ax_err.set_ylim(-0.02, 1.02)
-    ax_err.set_title("Expected error on all eval prompts")
+    fig = plt.figure(figsize=(5.5 * max(2, len(names)), 13))
+    top, bottom = fig.subfigures(2, 1, height_ratios=[2, 1])
+    top_axes = top.subplots(2, 2)
+    panels = (("eval/offsupport_likelihood", "mean likelihood of y* on off-support prompts"),
+              ("eval/expected_error", "expected error err(p)"))
+    for axes_row, (x, x_label) in zip(top_axes, (("step", "PG steps"), (QUERIES, "reward queries")), strict=True):
+        for ax, (key, label) in zip(axes_row, panels, strict=True):
+            for name, rows in arms.items():
+                xs, v = _series(rows, key, x)
+                ax.plot(xs, np.maximum(v, TINY), "o-", ms=3, color=colour[name], label=name)
+            start = [r[key] for r in eval_rows(arms[names[0]])[:1] if r[QUERIES] == 0 and r.get(key) is not None]
+            if start:
+                ax.axhline(max(start[0], TINY), color="gray", ls=":", label="base model q0")
+            if x == QUERIES:
+                _log_x(ax)
+            ax.set_xlabel(x_label)
+            ax.set_ylabel(label)
+            ax.legend(fontsize=8)
+        axes_row[0].set_yscale("log")
+        axes_row[1].set_ylim(-0.02, 1.02)
+    top_axes[0, 0].set_title("The barrier: off-support likelihood")
+    top_axes[0, 1].set_title("Expected error on all eval prompts")
 
     cmap = plt.get_cmap("viridis")
     alphas = [a for a in (tracked_alpha or {}).values() if a]

@@ -15,7 +15,8 @@ from rewards import RewardConfig
 @dataclass
 class AlgoConfig:
     behaviour: Behaviour = "on_policy"
-    """Who samples: on_policy, uniform, mixture, best_of_m (Algorithm 1), token_best_of_m (Algorithm 2), teacher_forcing."""
+    """Who samples: on_policy, uniform, mixture, best_of_m (Algorithm 1), token_best_of_m (Algorithm 2), teacher_forcing
+    (the supervised control: y* itself; the reward model still scores it, so it is charged its reward queries)."""
     mixture_weight: float = 0.5
     """Weight of the frozen base q0 in the base/uniform mixture (0.5: the theory's ½ q0 + ½ Unif)."""
     m: int = 64

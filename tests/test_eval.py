@@ -109,6 +109,16 @@ def _metrics(off_final: float, seed: int) -> list[dict]:
             for s in range(6)]
 
 
+def test_barrier_series_against_steps_and_queries():
+    from eval.figures import _series
+
+    rows = _metrics(1e-12, 0) + [{"step": 3, "train/loss": 0.1, "train/reward_queries": 3000}]  # a train/ row: no point
+    steps, err = _series(rows, "eval/expected_error", "step")
+    assert steps.tolist() == [0, 1, 2, 3, 4, 5] and err.tolist() == pytest.approx([0.7, 0.65, 0.6, 0.55, 0.5, 0.45])
+    queries, _ = _series(rows, "eval/expected_error")  # a log axis: the base (0 queries) is the dotted line instead
+    assert queries.tolist() == [1000, 2000, 3000, 4000, 5000]
+
+
 def test_figure_functions_write_non_empty_pngs(tmp_path):
     from eval import figures
 
