@@ -63,6 +63,19 @@ def test_one_query_per_response_under_outcome(behaviour):
         assert rollout.success.all() and (rollout.rewards == 1).all()
 
 
+@pytest.mark.parametrize("weight", [0.0, 0.5, 1.0])
+def test_mixture_weight_is_the_share_of_base_samples(weight):
+    B, k, N = 4000, 3, 3
+    sampler, prompts, _, _ = setup(B, k, N)
+    with torch.no_grad():  # a base that always answers 0 0 0: its samples are recognisable
+        sampler.base.W1.zero_()
+        sampler.base.W2.copy_(50.0 * torch.nn.functional.one_hot(torch.zeros(k + 1, dtype=torch.long), k).T)
+    sampler.mixture_weight = weight
+    zeros = (sampler.mixture(prompts) == 0).all(-1).double().mean().item()
+    want = weight + (1 - weight) * k**-N  # the uniform component answers 0 0 0 too, with probability k^-N
+    assert abs(zeros - want) <= 4 * (want * (1 - want) / B) ** 0.5 + 1e-12
+
+
 def test_process_queries_stop_at_the_first_rejected_prefix():
     sampler, prompts, cols, counted = setup(200, 3, 4, reward="process")
     rollout = collect("on_policy", sampler, prompts, cols)

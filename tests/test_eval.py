@@ -15,7 +15,8 @@ import torch
 
 from barrierlab.config import ConfigValueError, build, load_config
 from barrierlab.metrics import split_masks
-from barrierlab.run import load_dataset_dir
+from barrierlab.run import load_dataset_dir, load_model_dir
+from barrierlab.tokenizer import ANSWER0
 from eval.config import EvalStageConfig
 from eval.evaluate import summarise
 from eval.passk import default_ks, pass_at_k
@@ -194,6 +195,19 @@ def test_eval_stage_end_to_end(tiny_eval, tiny_base):
     with open(tiny_eval / "per_prompt.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 4 * 48 and {r["split"] for r in rows} <= {"onsupport", "offsupport"}
+    # against the plain Hugging Face forward (not the lean forward eval uses): the product over the response of the
+    # next-token softmax restricted to the k answer tokens
+    model, _, task = load_model_dir(tiny_base / "model")
+    answers = slice(ANSWER0, ANSWER0 + task["task"]["k"])
+    prompts = load_dataset_dir(tiny_base / "data" / "eval_prompts", ["prompt_ids", "target_ids"])
+    for i in (0, 47):
+        ids = torch.tensor([prompts[i]["prompt_ids"] + prompts[i]["target_ids"]])
+        with torch.no_grad():
+            probs = torch.softmax(model(input_ids=ids).logits[0, :, answers].double(), -1)
+        P = len(prompts[i]["prompt_ids"])
+        want = math.prod(probs[P - 1 + j, t - ANSWER0].item() for j, t in enumerate(prompts[i]["target_ids"]))
+        got = next(r for r in rows if r["checkpoint"] == "base" and r["prompt"] == str(i))
+        assert float(got["likelihood"]) == pytest.approx(want, rel=1e-4)
     assert all(0 <= int(r["correct"]) <= 16 for r in rows)
     with open(tiny_eval / "passk.csv", newline="") as f:
         assert {r["k"] for r in csv.DictReader(f)} == {"1", "2", "4", "8", "16"}

@@ -9,6 +9,7 @@ import subprocess
 
 import pytest
 
+from barrierlab.run import read_metrics
 from tests.conftest import ROOT
 from tests.conftest import run_make as make
 
@@ -38,9 +39,11 @@ def test_make_clean_keeps_the_virtualenv(tmp_path):
 def test_make_pretrain_and_posttrain_linear(tmp_path):
     runs = tmp_path / "runs"
     make("pretrain", "MODEL=linear", "CONFIGS=configs/tiny", f"RUNS={runs}")
-    make("posttrain", "MODEL=linear", "REWARD=process", "CONFIGS=configs/tiny", f"RUNS={runs}")
-    assert (runs / "base_linear" / "model" / "task.json").exists()
-    assert (runs / "process_linear" / "model" / "model.safetensors").exists()
+    make("posttrain", "MODEL=linear", "REWARD=process", "CONFIGS=configs/tiny", f"RUNS={runs}", "ARGS=--optim.max_steps 5")
+    assert json.loads((runs / "base_linear" / "model" / "config.json").read_text())["model_type"] == "barrierlab_linear"
+    done = read_metrics(runs / "process_linear" / "metrics.jsonl")[-1]
+    assert (done["done/steps"], done["done/stop_reason"]) == (5, "max_steps")  # ARGS reached the stage
+    assert "name: process" in (runs / "process_linear" / "config.yaml").read_text()
 
 
 def test_make_help_lists_every_target_but_the_reward_shortcuts():

@@ -4,6 +4,7 @@ advantages the process trainer hands TRL. Calls ``run_trl`` with the arguments `
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -20,7 +21,14 @@ from barrierlab.tokenizer import ANSWER0, answer_ids
 from posttrain.__main__ import PromptSource, policy_gradient_loss
 from posttrain.advantages import advantages
 from posttrain.config import PosttrainConfig
-from posttrain.trl_backend import RewardFunction, _trainer_classes, build_trainer, prompt_dataset, run_trl
+from posttrain.trl_backend import (
+    RewardFunction,
+    _trainer_classes,
+    build_trainer,
+    check_supported,
+    prompt_dataset,
+    run_trl,
+)
 from rewards import make_reward
 from tests.conftest import TINY
 
@@ -109,6 +117,18 @@ def test_query_budget_stops_the_trl_run(tmp_path, tiny_base):
 def test_group_size_one_is_a_user_error(tmp_path, tiny_base):
     with pytest.raises(UserError, match="group_size 1: the trl backend needs ≥ 2"):
         run_backend(tmp_path / "g", tiny_base, "--algo.group_size", "1")
+
+
+@pytest.mark.parametrize("args, linear, words", [
+    (["--algo.behaviour", "uniform"], False, "algo.behaviour 'uniform': the trl backend samples on-policy only"),
+    (["--optim.optimizer", "adaptive"], False, "optim.optimizer 'adaptive' needs per-response gradients"),
+    ([], True, "the trl backend needs a transformer base"),
+])
+def test_what_trl_cannot_run_is_refused_in_one_line(tiny_base, tiny_linear_base, args, linear, words):
+    cfg = load_config(PosttrainConfig, ["--config", str(TINY / "posttrain_outcome.yaml"), "--algo.group_size", "4", *args])
+    model = load_model_dir((tiny_linear_base if linear else tiny_base) / "model")[0]
+    with pytest.raises(UserError, match=re.escape(words)):
+        check_supported(cfg, model)
 
 
 @pytest.mark.parametrize("baseline, expected", [
