@@ -58,13 +58,14 @@ def seed_everything(seed: int) -> None:
 
 
 def check_same_config(path: Path, cfg) -> None:
-    """Refuse, in one line, a run folder ``path`` whose config.yaml holds a config other than ``cfg`` (how it shows
-    its progress aside): resuming or reusing it would mix two experiments."""
+    """Refuse, in one line, a run folder ``path`` whose config.yaml holds a config other than ``cfg``: resuming or
+    reusing it would mix two experiments. Where the folder is (it may have been moved) and how the run shows its
+    progress are not part of the experiment."""
     config_file = path / "config.yaml"
     if not config_file.exists():
         return
     old, new = yaml.safe_load(config_file.read_text()), yaml.safe_load(dump_yaml(cfg))
-    diff = _first_difference(old, new, ignore={"run.progress", "run.report_to"})
+    diff = _first_difference(old, new, ignore={"run.run_dir", "run.progress", "run.report_to"})
     if diff:
         raise UserError(f"{path} already holds a run with a different config (key '{diff}'); "
                         "pass a new --run.run_dir, or delete the folder to start over")

@@ -69,3 +69,6 @@ def test_a_run_folder_refuses_another_config(tmp_path):
         RunDir(other, other.run)
     other.lr = 0.1  # how the run reports itself is not part of the experiment
     RunDir(other, other.run)
+    (tmp_path / "run").rename(tmp_path / "moved")  # nor where its folder is
+    moved = Cfg(RunConfig(run_dir=str(tmp_path / "moved"), keep_checkpoints=2, report_to=[]))
+    RunDir(moved, moved.run)
