@@ -12,6 +12,7 @@ token-level LQ Q^TL(ε) curves; unbiased pass@k from n samples per prompt, per s
 from __future__ import annotations
 
 import csv
+import io
 import json
 import time
 from pathlib import Path
@@ -60,11 +61,12 @@ def load_prompt_set(base: Path, threshold: float, device) -> tuple[PromptSet, di
     return prompt_set, {"cluster": eval_set["cluster"], "split": split, "base_alpha": eval_set["base_alpha"]}
 
 
-def write_csv(path: Path, header: list[str], rows: list[list]) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(rows)
+def csv_text(header: list[str], rows: list[list]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue()
 
 
 @cli_entry
@@ -87,7 +89,6 @@ def main(argv):
     k, N = base_info["task"]["k"], base_info["task"]["N"]
     ks = cfg.pass_k or default_ks(cfg.n_samples)
     out = output_dir(cfg.out_dir, "out_dir")
-    atomic_write_text(out / "config.yaml", dump_yaml(cfg))
 
     results = {
         "base": str(base), "k": k, "N": N, "uniform_alpha": float(k) ** -N, "offsupport_threshold": threshold,
@@ -111,9 +112,11 @@ def main(argv):
         print(f"{name}: likelihood of y* on-support {fmt_value(like['onsupport'])}, off-support {fmt_value(like['offsupport'])}; "
               f"pass@1 {fmt_value(summary['pass_at_k']['all'][0])}, pass@{ks[-1]} {fmt_value(summary['pass_at_k']['all'][-1])}")
 
+    # written once everything is evaluated: an evaluation that fails or is killed leaves the previous outputs whole
+    atomic_write_text(out / "config.yaml", dump_yaml(cfg))
     atomic_write_text(out / "eval.json", json.dumps(results, indent=2))
-    write_csv(out / "per_prompt.csv", ["checkpoint", "prompt", *columns, *per_prompt, "n_samples"], prompt_rows)
-    write_csv(out / "passk.csv", ["checkpoint", "split", "k", "pass_at_k"], passk_rows)
+    atomic_write_text(out / "per_prompt.csv", csv_text(["checkpoint", "prompt", *columns, *per_prompt, "n_samples"], prompt_rows))
+    atomic_write_text(out / "passk.csv", csv_text(["checkpoint", "split", "k", "pass_at_k"], passk_rows))
     report = build_report(out, scaling=cfg.scaling_results, alpha=cfg.alpha_results)
     print(f"results: {out / 'eval.json'}; report: {report}")
 

@@ -270,6 +270,14 @@ def test_eval_rejects_bad_paths_in_one_line(tmp_path, tiny_base, capsys):
                              ("alpha_results", str(tmp_path / "results.json"), "alpha_results: '")):
         assert words in one_line_error(main, [*args, "--out_dir", str(tmp_path / "e"), f"--{key}", path], capsys)
         assert not (tmp_path / "e").exists()
+    other = tmp_path / "other_task"  # a checkpoint of another task (its task.json says so)
+    shutil.copytree(tiny_base / "model", other)
+    info = json.loads((other / "task.json").read_text())
+    info["task"]["flip_prob"] = 0.3
+    (other / "task.json").write_text(json.dumps(info))
+    err = one_line_error(main, [*args, "--out_dir", str(tmp_path / "e"), "--checkpoints.other", str(other)], capsys)
+    assert f"checkpoint 'other' ({other}) was trained on a different task than the base run" in err
+    assert not (tmp_path / "e").exists()
     (tmp_path / "file").write_text("")
     err = one_line_error(main, [*args, "--out_dir", str(tmp_path / "file")], capsys)
     assert "out_dir: '" in err and "is a file, not a folder" in err
