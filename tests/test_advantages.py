@@ -49,3 +49,18 @@ def test_mask_excludes_positions_from_means_and_zeroes_them():
 def test_group_baselines_need_groups():
     with pytest.raises(ValueError):
         advantages(R, "rloo", group_size=3)
+
+
+def test_group_baselines_with_a_mask_use_only_the_positions_that_exist():
+    # G = 3, N = 2; the second response stopped after its first position (its second reward is a placeholder)
+    r = torch.tensor([[1.0, 1.0], [0.0, 9.0], [1.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0], [1.0, 1.0]])
+    # position 1: rewards {1, 0, 1}, mean 2/3; position 2: rewards {1, 0} of rows 0 and 2, mean 1/2
+    group = torch.tensor([[1 / 3, 0.5], [-2 / 3, 0.0], [1 / 3, -0.5]])
+    assert torch.allclose(advantages(r, "group_mean", group_size=3, mask=mask), group)
+    # sample std: position 1 sqrt(((1/3)² + (2/3)² + (1/3)²) / 2) = sqrt(1/3); position 2 sqrt((1/4 + 1/4) / 1)
+    std = torch.tensor([[3**-0.5, 0.5**0.5]])
+    assert torch.allclose(advantages(r, "group_mean", group_size=3, scale_std=True, mask=mask), group / (std + 1e-4))
+    # leave one out: position 1 the mean of the two others; position 2 the one other that exists
+    rloo = torch.tensor([[1 - 1 / 2, 1 - 0], [0 - 2 / 2, 0.0], [1 - 1 / 2, 0 - 1]])
+    assert torch.allclose(advantages(r, "rloo", group_size=3, mask=mask), rloo)
