@@ -10,7 +10,6 @@ from pathlib import Path
 from barrierlab.config import load_config
 from barrierlab.errors import UserError
 from barrierlab.run import check_same_config
-from posttrain.config import PosttrainConfig
 from pretrain.config import load_pretrain_config
 
 
@@ -42,10 +41,6 @@ def reuse_or_run(stage: str, saved_config, run_dir: Path, finished: bool, *args:
         check_same_config(run_dir, saved_config(list(args)))
     else:
         run_stage(stage, *args)
-
-
-def posttrain_config(argv: list[str]):
-    return load_config(PosttrainConfig, argv)
 
 
 def ensure_base(pretrain_config: str, run_dir: Path, *overrides: str) -> dict:

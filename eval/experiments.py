@@ -6,11 +6,11 @@
 ``scaling``: for each N (and seed) pretrain a base whose off-support cluster has α ≈ k^-N, then run
 outcome PG and process PG on that cluster's prompts until their mean likelihood of y* reaches the target
 or the query budget runs out (censored). Fits the outcome growth factor per unit N and the process
-growth in N. ``alpha``: one base with on-support clusters of different designed α; outcome PG on each
-cluster alone; the log-log slope of queries against the base α (the theory's is -1).
+growth in N. ``alpha``: one base with clusters of different designed α; outcome PG on each cluster that the base
+puts on-support (measured α), alone; the log-log slope of queries against the base α (the theory's is -1).
 
 Every run is a stage subprocess writing its own run folder, so a killed experiment resumes: finished runs
-are reused, unfinished ones resume from their checkpoints.
+are reused (only if of the same config), unfinished ones resume from their checkpoints.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from typing import Literal
 from barrierlab.config import dump_yaml, load_config, require
 from barrierlab.errors import cli_entry
 from barrierlab.run import atomic_write_text, last_row, output_dir, read_metrics
-from barrierlab.stages import check_stage_args, ensure_base, posttrain_config, reuse_or_run
+from barrierlab.stages import check_stage_args, ensure_base, reuse_or_run
 from eval import figures
 from eval.analysis import fittable, queries_to_reach
-from posttrain.config import PosttrainConfig
+from posttrain.config import PosttrainConfig, load_posttrain_config
 from pretrain.config import PretrainConfig
 
 
@@ -91,7 +91,7 @@ def check_overrides(cfg: ExperimentConfig) -> None:
 def posttrain_to_target(cfg: ExperimentConfig, arm: str, base: Path, run_dir: Path, seed: int,
                         clusters: list[int]) -> tuple[int, bool]:
     """Queries this arm spent to reach the target on ``clusters`` (or the budget, censored)."""
-    reuse_or_run("posttrain", posttrain_config, run_dir, last_row(run_dir, "done/steps") is not None,
+    reuse_or_run("posttrain", load_posttrain_config, run_dir, last_row(run_dir, "done/steps") is not None,
                  "--config", cfg.posttrain_configs[arm], "--base", str(base), "--run.run_dir", str(run_dir),
                  *posttrain_overrides(cfg, seed, clusters))
     return queries_to_reach(read_metrics(run_dir / "metrics.jsonl"), "eval/trained_likelihood", cfg.target_likelihood)

@@ -17,7 +17,6 @@ import torch
 from accelerate.utils import gather_object
 from tqdm import tqdm
 
-from barrierlab.config import load_config
 from barrierlab.errors import UserError, cli_entry
 from barrierlab.policy import ResponseLogits, answer_logits
 from barrierlab.run import (
@@ -36,7 +35,7 @@ from barrierlab.tasks import task_from_info
 from barrierlab.tokenizer import ANSWER0, answer_ids, prompt_ids
 from posttrain.advantages import advantages
 from posttrain.behaviour import Sampler, collect
-from posttrain.config import PosttrainConfig
+from posttrain.config import PosttrainConfig, load_posttrain_config
 from posttrain.evaluation import ExactEval, log_finish, stop_reason, support_postfix
 from rewards import make_reward
 
@@ -71,6 +70,12 @@ class PromptSource:
             chosen = pool[torch.randint(0, pool.numel(), (n,), generator=self.generator)]
         bits, clusters = self.task.sample_prompts(n, self.generator, clusters=chosen)
         return prompt_ids(bits), {"target": self.task.targets(bits, clusters), "cluster": clusters}
+
+
+def run_reward(cfg: PosttrainConfig, rank: int = 0):
+    """The run's reward model. Its noise seed, unless reward.params sets one, comes from run.seed but is not the seed
+    of any other generator (the global one TRL samples with, the prompts', the sampler's): its flips stay independent."""
+    return make_reward(cfg.reward, seed=cfg.run.seed * 15485863 + 1, rank=rank)
 
 
 def check_pairing(cfg: PosttrainConfig, reward) -> None:
@@ -154,9 +159,9 @@ def make_optimizer(cfg: PosttrainConfig, model):
 
 @cli_entry
 def main(argv):
-    cfg = load_config(PosttrainConfig, argv, default_config="configs/posttrain_outcome.yaml", prog="posttrain")
+    cfg = load_posttrain_config(argv)
     acc = make_accelerator(cfg.run)
-    reward = make_reward(cfg.reward, seed=cfg.run.seed, rank=acc.process_index)
+    reward = run_reward(cfg, acc.process_index)
     check_pairing(cfg, reward)
     base_dir = Path(cfg.base)
     model, tokenizer, task_info = load_model_dir(base_dir / "model")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from barrierlab.config import require
+from barrierlab.config import load_config, require
 from barrierlab.run import RunConfig
 from posttrain.advantages import Baseline
 from posttrain.behaviour import Behaviour
@@ -126,3 +126,8 @@ class PosttrainConfig:
         if self.optim.optimizer == "adaptive":  # its step is the theory's, per response: nothing else enters it
             require(self.algo.kl_coef == 0, "algo.kl_coef", "must be 0 with optim.optimizer 'adaptive'")
             require(self.optim.grad_clip == 0, "optim.grad_clip", "must be 0 with optim.optimizer 'adaptive'")
+
+
+def load_posttrain_config(argv: list[str]) -> PosttrainConfig:
+    """The post-training config of a command line: what the stage runs and saves in its run folder."""
+    return load_config(PosttrainConfig, argv, default_config="configs/posttrain_outcome.yaml", prog="posttrain")

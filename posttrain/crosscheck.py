@@ -24,9 +24,9 @@ from barrierlab.config import dump_yaml, load_config, require  # noqa: E402
 from barrierlab.errors import cli_entry  # noqa: E402
 from barrierlab.metrics import fmt_value  # noqa: E402
 from barrierlab.run import atomic_write_text, last_row, output_dir, read_metrics  # noqa: E402
-from barrierlab.stages import check_stage_args, ensure_base, posttrain_config, reuse_or_run  # noqa: E402
+from barrierlab.stages import check_stage_args, ensure_base, reuse_or_run  # noqa: E402
 from eval.analysis import QUERIES, eval_rows  # noqa: E402
-from posttrain.config import PosttrainConfig  # noqa: E402
+from posttrain.config import PosttrainConfig, load_posttrain_config  # noqa: E402
 from pretrain.config import PretrainConfig  # noqa: E402
 
 OFF, ON = "eval/offsupport_likelihood", "eval/onsupport_likelihood"
@@ -107,7 +107,7 @@ def verdict(table: list[dict]) -> list[str]:
             ok = off > 0.5
             lines.append(f"- {row['backend']} process: off-support {off:.3g} {'>' if ok else '≤'} 0.5 "
                          f"({'as predicted' if ok else 'NOT as predicted'})")
-    for arm in {r["arm"] for r in table}:
+    for arm in dict.fromkeys(r["arm"] for r in table):  # in table order, not set order
         rows = [r for r in table if r["arm"] == arm]
         if len(rows) == 2 and all(r["onsupport_mean"] is not None for r in rows):
             gap = abs(rows[0]["onsupport_mean"] - rows[1]["onsupport_mean"])
@@ -158,7 +158,7 @@ def main(argv):
         for backend in cfg.backends:
             for seed in cfg.seeds:
                 run_dir = out / f"{arm}_{backend}_s{seed}"
-                reuse_or_run("posttrain", posttrain_config, run_dir, last_row(run_dir, "done/steps") is not None,
+                reuse_or_run("posttrain", load_posttrain_config, run_dir, last_row(run_dir, "done/steps") is not None,
                              "--config", config, "--base", str(base), "--run.run_dir", str(run_dir),
                              *run_overrides(cfg, config, backend, seed))
                 runs.setdefault((arm, backend), {})[seed] = read_metrics(run_dir / "metrics.jsonl")

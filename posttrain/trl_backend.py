@@ -269,7 +269,7 @@ def build_trainer(cfg, model, tokenizer, reward_fn: RewardFunction, dataset, k: 
 def run_trl(cfg, *, model, tokenizer, reward, task, base_dir, eval_set, threshold, run: RunDir, prompts_source) -> None:
     """Post-train ``model`` with TRL; writes the run folder as the native loop does and closes ``run``.
 
-    Arguments are what ``posttrain.__main__.main`` has built by then: ``reward`` is its ``make_reward(cfg.reward)``
+    Arguments are what ``posttrain.__main__.main`` has built by then: ``reward`` is its ``run_reward(cfg)``
     (already checked, and its noise generator is the run's); task.json is copied from ``base_dir``.
     """
     _offline()

@@ -34,7 +34,8 @@ class RewardConfig:
     """Reward values in {-1, +1} instead of {0, 1}."""
     params: dict = field(default_factory=dict)
     """Keyword arguments of the reward model, e.g. {flip_prob: 0.1} or {stop_at_first_error: false}; each must have
-    its default's type. A noisy verifier's noise seed defaults to run.seed (each process adds 1000003 × its rank)."""
+    its default's type. A noisy verifier's noise seed defaults to one derived from run.seed (each process adds
+    1000003 × its rank)."""
 
     def check(self):
         require(self.name != "", "name", "must name a reward: " + ", ".join(REWARDS))
@@ -59,22 +60,6 @@ def resolve_class(name: str) -> type:
     return cls
 
 
-def _parameters(cls: type) -> tuple[dict[str, inspect.Parameter], bool]:
-    """Keyword parameters of ``cls(...)``, following ``**kwargs`` up to the base classes' constructors; and whether
-    some constructor still takes any keyword."""
-    params: dict[str, inspect.Parameter] = {}
-    for klass in cls.__mro__:
-        if "__init__" not in vars(klass):
-            continue
-        signature = inspect.signature(klass.__init__)
-        for name, p in signature.parameters.items():
-            if name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
-                params.setdefault(name, p)
-        if not any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
-            return params, False
-    return params, True
-
-
 _TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
 
 
@@ -91,9 +76,12 @@ def _check_type(name: str, key: str, value, default) -> None:
 
 def make_reward(cfg: RewardConfig, seed: int = 0, rank: int = 0) -> RewardModel:
     """The reward model of ``cfg``. A model with a ``seed`` parameter (the noisy verifiers) gets ``reward.params.seed``
-    if set, else ``seed`` (the run's), offset by the process ``rank`` so that processes draw different noise."""
+    if set, else ``seed`` (posttrain's: derived from run.seed), offset by the process ``rank`` so that processes
+    draw different noise."""
     cls = resolve_class(cfg.name)
-    accepted, takes_any = _parameters(cls)
+    accepted = dict(inspect.signature(cls.__init__).parameters)
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in accepted.values())
+    accepted = {n: p for n, p in accepted.items() if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
     params = dict(cfg.params)
     for key, value in params.items():
         if key not in accepted and not takes_any:
@@ -102,7 +90,10 @@ def make_reward(cfg: RewardConfig, seed: int = 0, rank: int = 0) -> RewardModel:
         if key in accepted and accepted[key].default is not inspect.Parameter.empty:
             _check_type(cfg.name, key, value, accepted[key].default)
     if "seed" in accepted:
-        params["seed"] = params.get("seed", seed) + 1_000_003 * rank
+        base_seed = params.get("seed", seed)
+        if not isinstance(base_seed, int) or isinstance(base_seed, bool):
+            raise UserError(f"reward.params: 'seed' of {cfg.name} must be an integer, got {base_seed!r}")
+        params["seed"] = base_seed + 1_000_003 * rank
     try:
         return cls(signed=cfg.signed, **params)
     except (TypeError, ValueError) as err:

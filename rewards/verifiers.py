@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 from rewards.base import RewardModel, correct_prefixes
@@ -72,6 +74,10 @@ def noisy(cls):
         def __init__(self, signed: bool = False, flip_prob: float = 0.1, **kwargs):
             super().__init__(signed=signed, flip_prob=flip_prob, **kwargs)
 
+    # its parameters are cls's with the noisy default, so that make_reward can check params against them
+    params = inspect.signature(cls.__init__).parameters.values()
+    Noisy.__init__.__signature__ = inspect.Signature(
+        [p.replace(default=0.1) if p.name == "flip_prob" else p for p in params])
     Noisy.__name__ = Noisy.__qualname__ = f"Noisy{cls.__name__}"
     Noisy.__doc__ = f"{cls.__name__} with each verdict flipped with probability flip_prob."
     return Noisy

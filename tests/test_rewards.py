@@ -73,6 +73,7 @@ def test_user_reward_by_import_path():
         ("noisy_process", {"stop_at_first_error": "fasle"}, "'stop_at_first_error' of noisy_process must be true or false, got 'fasle'"),
         ("noisy_outcome", {"flip_prob": "0.1"}, "must be a number, got '0.1'"),
         ("outcome", {"seed": 1.5}, "'seed' of outcome must be an integer, got 1.5"),
+        ("tests.user_reward:KeywordReward", {"seed": "a"}, "'seed' of tests.user_reward:KeywordReward must be an integer, got 'a'"),
     ],
 )
 def test_bad_reward_names_and_params(name, params, words):
@@ -90,3 +91,11 @@ def test_noise_seed_is_the_runs_and_differs_across_processes():
     assert torch.equal(flips({"flip_prob": 1}, seed=4), torch.zeros(64, 3))  # an int passes for the float flip_prob
     runs = [flips({}, seed=0), flips({}, seed=1), flips({}, seed=0, rank=1)]
     assert not torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])
+
+
+def test_a_user_reward_with_its_own_keywords_gets_them_and_the_run_seed():
+    reward = make_reward(RewardConfig(name="tests.user_reward:KeywordReward", params={"window": 3, "mode": "strict"}),
+                         seed=11, rank=2)
+    assert reward.opts == {"window": 3, "mode": "strict"} and reward.seed == 11 + 2 * 1_000_003
+    parity = make_reward(RewardConfig(name="tests.user_reward:ParityReward", params={"modulus": 3}), seed=11)
+    assert parity.modulus == 3 and not hasattr(parity, "seed")  # no seed parameter: none is passed

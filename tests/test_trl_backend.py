@@ -18,7 +18,7 @@ from barrierlab.policy import ResponseLogits
 from barrierlab.run import RunDir, load_dataset_dir, load_model_dir, make_accelerator, seed_everything
 from barrierlab.tasks import task_from_info
 from barrierlab.tokenizer import ANSWER0, answer_ids
-from posttrain.__main__ import PromptSource, policy_gradient_loss
+from posttrain.__main__ import PromptSource, policy_gradient_loss, run_reward
 from posttrain.advantages import advantages
 from posttrain.config import PosttrainConfig
 from posttrain.trl_backend import (
@@ -29,7 +29,6 @@ from posttrain.trl_backend import (
     prompt_dataset,
     run_trl,
 )
-from rewards import make_reward
 from tests.conftest import TINY
 
 SMALL = ["--optim.batch_size", "8", "--algo.group_size", "4", "--optim.max_steps", "3",
@@ -40,7 +39,7 @@ def prepare(run_dir: Path, base: Path, *overrides: str) -> dict:
     """What main() builds before its loop: the arguments of run_trl."""
     cfg = load_config(PosttrainConfig, ["--config", str(TINY / "posttrain_outcome.yaml"), "--base", str(base),
                                         "--run.run_dir", str(run_dir), *SMALL, *overrides])
-    reward = make_reward(cfg.reward)
+    reward = run_reward(cfg)
     base_dir = Path(cfg.base)
     model, tokenizer, task_info = load_model_dir(base_dir / "model")
     eval_set = load_dataset_dir(base_dir / "data" / "eval_prompts", ["prompt_ids", "target_ids", "base_alpha"])

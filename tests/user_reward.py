@@ -1,4 +1,4 @@
-"""A user's own reward model, selected in tests as ``tests.user_reward:ParityReward``."""
+"""Users' own reward models, selected in tests as ``tests.user_reward:ParityReward`` (and the others here)."""
 
 
 from rewards import RewardModel
@@ -15,6 +15,14 @@ class ParityReward(RewardModel):
 
     def verdicts(self, prompts, responses, columns):
         return (responses.sum(-1, keepdim=True) % self.modulus == 0), responses.shape[0]
+
+
+class KeywordReward(ParityReward):
+    """A reward that keeps whatever keywords it is given (its own **opts, not passed to a parent)."""
+
+    def __init__(self, signed: bool = False, seed=None, **opts):
+        super().__init__(signed)
+        self.seed, self.opts = seed, opts
 
 
 class NoGranularity:
