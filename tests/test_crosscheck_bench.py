@@ -9,19 +9,23 @@ import pytest
 
 from barrierlab.run import read_metrics
 from eval.analysis import QUERIES
-from posttrain.crosscheck import OFF, ON, summarise, verdict
+from posttrain.crosscheck import OFF, ON, final, summarise, verdict
 from tests.conftest import one_line_error, run_stage
 from tests.conftest import run_make as make
 
 
-@pytest.mark.slow  # eight post-training runs, half of them through TRL: about 3 minutes
-def test_make_crosscheck_on_tiny_configs(tmp_path):
+def test_make_crosscheck_on_tiny_configs(tmp_path):  # eight post-training runs, half through TRL: about a minute
     make("crosscheck", "CONFIGS=configs/tiny", f"RUNS={tmp_path}")
     out = tmp_path / "crosscheck"
     table = json.loads((out / "crosscheck.json").read_text())["table"]
     assert {(r["arm"], r["backend"]) for r in table} == {(a, b) for a in ("outcome", "process") for b in ("native", "trl")}
-    assert all(r["seeds"] == 2 and 0 <= r["offsupport_mean"] <= 1 for r in table)
-    assert (out / "crosscheck.png").stat().st_size > 10_000 and "native" in (out / "report.md").read_text()
+    for r in table:  # each backend's numbers are its own runs' last evaluations, and each run kept to the budget
+        runs = [read_metrics(out / f"{r['arm']}_{r['backend']}_s{seed}" / "metrics.jsonl") for seed in (0, 1)]
+        assert r["seeds"] == 2 and r["onsupport_per_seed"] == [final(rows, ON) for rows in runs]
+        assert r["offsupport_mean"] == pytest.approx(statistics.fmean(final(rows, OFF) for rows in runs))
+        assert all(rows[-1]["done/stop_reason"] == "max_queries" and rows[-1]["done/reward_queries"] >= 96 for rows in runs)
+    report = (out / "report.md").read_text()
+    assert all(line in report for line in verdict(table)) and (out / "crosscheck.png").stat().st_size > 10_000
 
 
 def test_crosscheck_table_and_verdict_on_hand_made_runs():
