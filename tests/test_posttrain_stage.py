@@ -237,3 +237,24 @@ def test_prompts_drawn_from_a_saved_dataset_keep_their_columns(tiny_base):
     for p, target, cluster in zip(prompts, columns["target"], columns["cluster"]):
         want_target, want_cluster = saved[tuple(p.tolist())]
         assert torch.equal(target, want_target) and cluster == want_cluster
+
+
+def test_sgd_clipping_log_every_and_threshold_do_what_they_say(tmp_path, tiny_base):
+    from barrierlab.run import load_dataset_dir
+    from posttrain.__main__ import main
+
+    run_dir, lr, clip = tmp_path / "r", 0.05, 1e-3
+    main(["--config", CONFIG, "--base", str(tiny_base), "--run.run_dir", str(run_dir), "--reward.signed", "true",
+          "--optim.optimizer", "sgd", "--optim.lr", str(lr), "--optim.grad_clip", str(clip), "--optim.max_steps", "4",
+          "--eval.log_every", "2", "--eval.offsupport_threshold", "0.5", "--run.progress", "false"])
+    rows = metrics(run_dir)
+    train = [r for r in rows if "train/loss" in r]
+    assert [r["step"] for r in train] == [2, 4] and all(r["train/grad_norm"] > 10 * clip for r in train)  # clipped
+    # SGD on the clipped gradient: each step moves the weights by exactly lr · clip
+    a, b = (load_file(str(d / "model" / "model.safetensors")) for d in (tiny_base, run_dir))
+    moved_by = sum(float((a[n].double() - b[n].double()).pow(2).sum()) for n in a) ** 0.5
+    assert 0 < moved_by <= 4 * lr * clip * (1 + 1e-4)
+    # the base model's evaluation, split at the given threshold instead of the base run's
+    alpha = torch.tensor(load_dataset_dir(tiny_base / "data" / "eval_prompts", ["base_alpha"])["base_alpha"], dtype=torch.float64)
+    assert rows[0]["eval/offsupport_likelihood"] == pytest.approx(alpha[alpha < 0.5].mean().item(), rel=1e-5)
+    assert rows[0]["eval/onsupport_likelihood"] == pytest.approx(alpha[alpha >= 0.5].mean().item(), rel=1e-5)
