@@ -28,12 +28,14 @@ help:  ## list the targets
 .venv/bin/python:
 	python3 -m venv .venv
 
+# +cpu names the CPU build: a local wheel or PyTorch's CPU index has it, PyPI never (its Linux torch is the CUDA build)
 install: .venv/bin/python  ## create .venv and install the project (CPU torch unless a GPU is present)
 	$(PYTHON) -m pip install -q --upgrade pip
 	@if $(PYTHON) -c "import torch" 2>/dev/null; then echo "torch already installed"; \
 	elif command -v nvidia-smi >/dev/null 2>&1; then $(PYTHON) -m pip install -q "torch>=2.11"; \
-	else $(PYTHON) -m pip install -q torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu \
-		|| $(PYTHON) -m pip install -q torch==2.13.0; fi  # the CPU index first: PyPI's Linux torch is the CUDA build
+	else $(PYTHON) -m pip install -q "torch==2.13.0+cpu" \
+		|| $(PYTHON) -m pip install -q torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu \
+		|| $(PYTHON) -m pip install -q torch==2.13.0; fi
 	$(PYTHON) -m pip install -q -e ".[dev]"
 
 pretrain:  ## pretrain the base model (MODEL=linear for the log-linear policy)
