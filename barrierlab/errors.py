@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import os
+import signal
 import sys
 
 
@@ -15,6 +17,7 @@ def cli_entry(main):
 
     @functools.wraps(main)
     def wrapper(argv=None):
+        die_with_parent()
         quiet_libraries()
         try:
             return main(sys.argv[1:] if argv is None else argv)
@@ -39,3 +42,21 @@ def quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
     warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+PARENT_PID_ENV = "BARRIERLAB_PARENT_PID"
+
+
+def die_with_parent() -> None:
+    """In a stage that an experiment driver started (it sets ``PARENT_PID_ENV``), ask Linux for a SIGTERM when the
+    driver dies: a driver killed outright cannot stop its child itself, and the orphan would go on writing the run
+    folder that the driver's rerun resumes."""
+    parent = os.environ.pop(PARENT_PID_ENV, None)
+    if parent is None or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != int(parent):  # the driver died before the request took effect
+        raise SystemExit(143)

@@ -11,6 +11,7 @@ Layout of ``runs/<name>/``::
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
@@ -71,8 +72,33 @@ def check_same_config(path: Path, cfg) -> None:
                         "pass a new --run.run_dir, or delete the folder to start over")
 
 
+_held_locks: dict[tuple[int, int], int] = {}  # (device, inode) of a lock file this process holds -> its descriptor
+
+
+def lock_run_folder(path: Path) -> None:
+    """Hold ``path/.lock`` for the rest of this process (the kernel lets go when it exits, however it exits), or
+    fail in one line: two processes appending to one metrics.jsonl and checkpointing into one folder (a run
+    started twice, a driver's orphaned stage still running) would interleave two runs."""
+    fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    st = os.fstat(fd)
+    if (st.st_dev, st.st_ino) in _held_locks:  # by its inode: the folder may have been moved since
+        os.close(fd)
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise UserError(f"{path} is in use by another process (pid {holder}); wait for it to finish or stop it, "
+                        "then rerun to resume") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    _held_locks[st.st_dev, st.st_ino] = fd
+
+
 class RunDir:
-    """One run folder: refuses to mix runs of different configs, resumes a run of the same config."""
+    """One run folder: refuses to mix runs of different configs, resumes a run of the same config, and is written
+    by one process at a time."""
 
     def __init__(self, cfg, run: RunConfig, is_main: bool = True):
         self.path = output_dir(run.run_dir, "run.run_dir", create=False)
@@ -82,13 +108,17 @@ class RunDir:
         check_same_config(self.path, cfg)
         if is_main:
             self.path.mkdir(parents=True, exist_ok=True)
+            lock_run_folder(self.path)
+            check_same_config(self.path, cfg)  # again: the process that held the lock may have just written it
             atomic_write_text(self.path / "config.yaml", dump_yaml(cfg))
         self._tb = None
+        self._tb_purge_step = None  # set by resume: TensorBoard hides the events of work lost in a kill
         self._report_to = run.report_to
 
     # ------------------------------------------------------------------ metrics
     def truncate_metrics(self, after_step: int) -> None:
         """Drop metric lines logged after ``after_step`` (they belong to work lost in a kill)."""
+        self._tb_purge_step = after_step + 1
         path = self.path / "metrics.jsonl"
         if not self.is_main or not path.exists():
             return
@@ -105,7 +135,7 @@ class RunDir:
             if self._tb is None:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self._tb = SummaryWriter(str(self.path / "tb"))
+                self._tb = SummaryWriter(str(self.path / "tb"), purge_step=self._tb_purge_step)
             for key, value in row.items():
                 if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
                     self._tb.add_scalar(key, value, step)
@@ -165,6 +195,13 @@ def save_model_dir(final: Path, model, tokenizer, extra_files: dict[str, str] | 
         (tmp / name).write_text(text)
     if state is not None:
         torch.save(state, tmp / "trainer_state.pt")  # written last: its presence marks a complete checkpoint
+    replace_dir(tmp, final)
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Put the complete folder ``tmp`` in place of ``final``: the old one leaves by a rename, so a kill leaves
+    either of the two whole (or, between the renames, none: the stage that wrote it rebuilds it on its rerun),
+    never a half-deleted one."""
     if final.exists():
         trash = final.parent / f".old_{final.name}"
         shutil.rmtree(trash, ignore_errors=True)
@@ -202,13 +239,12 @@ def _first_difference(old, new, ignore: set[str], prefix: str = "") -> str | Non
 
 
 def save_dataset(dataset, final: Path) -> None:
-    """``save_to_disk`` into a temporary sibling, then rename."""
+    """``save_to_disk`` into a temporary sibling, then ``replace_dir``."""
     final = Path(final)
     tmp = final.parent / f".tmp_{final.name}"
     shutil.rmtree(tmp, ignore_errors=True)
     dataset.save_to_disk(str(tmp))
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
+    replace_dir(tmp, final)
 
 
 def read_metrics(path) -> list[dict]:
@@ -296,7 +332,8 @@ def load_model_dir(path: Path):
     path = Path(path)
     if not (path / "config.json").exists() or not (path / "task.json").exists():
         raise UserError(f"no barrierlab checkpoint at '{path}' (config.json and task.json expected); check the path, or "
-                        f"pretrain into '{path.parent}' first (make pretrain, with the same MODEL and RUNS)")
+                        f"finish the run in '{path.parent}' first (rerun the make pretrain / make posttrain command that "
+                        "started it: a killed run resumes)")
     try:
         task_info = json.loads((path / "task.json").read_text())
         model = AutoModelForCausalLM.from_pretrained(str(path))

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 from barrierlab.config import load_config
-from barrierlab.errors import UserError
+from barrierlab.errors import PARENT_PID_ENV, UserError
 from barrierlab.run import check_same_config
 from pretrain.config import load_pretrain_config
 
@@ -26,8 +27,10 @@ def check_stage_args(stage_config: type, config: str, args: list[str], key: str,
 
 
 def run_stage(stage: str, *args: str) -> None:
-    """``python -m <stage> args``; a failure becomes a UserError carrying the stage's own last line."""
-    proc = subprocess.run([sys.executable, "-m", stage, *args], capture_output=True, text=True)
+    """``python -m <stage> args``, which dies with this process; a failure becomes a UserError carrying the stage's
+    own last line."""
+    env = {**os.environ, PARENT_PID_ENV: str(os.getpid())}
+    proc = subprocess.run([sys.executable, "-m", stage, *args], capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
         raise UserError(f"{stage} {' '.join(args[:4])} ... failed: {tail}")

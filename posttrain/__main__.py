@@ -201,6 +201,9 @@ def main(argv):
     if state is not None:
         step, queries, samples, stop = state["step"], state["queries"], state["samples"], state.get("stop_reason")
         wall_before = state["wall_time_s"]
+        if len(state["prompt_gen"]) != world:  # each process resumes its own prompt and sampling streams
+            raise UserError(f"{run.path} was checkpointed by {len(state['prompt_gen'])} process(es); resume it with "
+                            f"that many (accelerate launch --num_processes {len(state['prompt_gen'])}), not {world}")
         prompt_gen.set_state(state["prompt_gen"][rank])
         sample_gen.set_state(state["sample_gen"][rank])
         reward.load_state_dict(state["reward"])

@@ -55,7 +55,7 @@ from __future__ import annotations
 
 import copy
 import os
-import tempfile
+import shutil
 import time
 from contextlib import contextmanager
 
@@ -292,11 +292,13 @@ def run_trl(cfg, *, model, tokenizer, reward, task, base_dir, eval_set, threshol
     # a run killed after its last step (or after it decided to stop) has nothing left to train: no Trainer then
     remaining = cfg.optim.max_steps - first_step if resumed is None or resumed.get("stop_reason") is None else 0
     task_json = (base_dir / "model" / "task.json").read_text()
-    scratch = tempfile.TemporaryDirectory(prefix="barrierlab_trl_")  # TRL's output_dir: nothing is saved there
+    # TRL's output_dir (nothing is saved there), inside the run folder so that a killed run's rerun clears it
+    scratch = run.path / ".trl_output"
+    shutil.rmtree(scratch, ignore_errors=True)
     trainer = None
     if remaining > 0:
         dataset = dataset.select(range(first_step * (B // G), len(dataset)))
-        trainer = build_trainer(cfg, model, tokenizer, reward_fn, dataset, k, N, scratch.name, remaining)
+        trainer = build_trainer(cfg, model, tokenizer, reward_fn, dataset, k, N, str(scratch), remaining)
         trainer.remove_callback(PrinterCallback)  # our own bar and metrics.jsonl instead of printed dicts
         trainer.remove_callback(ProgressCallback)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # where the Trainer puts the model
@@ -394,4 +396,4 @@ def run_trl(cfg, *, model, tokenizer, reward, task, base_dir, eval_set, threshol
     log_finish(run, step=step, reason=logger.stop_reason or "max_steps", queries=queries, wall_time_s=time.time() - started,
                device=device, last=logger.last)
     run.close()
-    scratch.cleanup()
+    shutil.rmtree(scratch, ignore_errors=True)

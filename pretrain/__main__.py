@@ -88,13 +88,13 @@ def main(argv):
     k, prompt_len = cfg.task.k, cfg.task.d + 2
 
     data_dir = run.path / "data"
-    if acc.is_main_process and not (data_dir / "corpus" / "dataset_info.json").exists():
+    if acc.is_main_process:  # each dataset that a kill left unwritten (they are seeded: the same on any rerun)
         data_dir.mkdir(exist_ok=True)
-        save_dataset(build_corpus(task, cfg.profile, cfg.data.corpus_size, cfg.run.seed), data_dir / "corpus")
-        save_dataset(
-            build_eval_prompts(task, cfg.profile, cfg.data.eval_prompts_per_cluster, cfg.run.seed + 1),
-            data_dir / "eval_prompts",
-        )
+        if not (data_dir / "corpus" / "dataset_info.json").exists():
+            save_dataset(build_corpus(task, cfg.profile, cfg.data.corpus_size, cfg.run.seed), data_dir / "corpus")
+        if not (data_dir / "eval_prompts" / "dataset_info.json").exists():
+            save_dataset(build_eval_prompts(task, cfg.profile, cfg.data.eval_prompts_per_cluster, cfg.run.seed + 1),
+                         data_dir / "eval_prompts")
     acc.wait_for_everyone()
     corpus = column_tensor(load_dataset_dir(data_dir / "corpus", ["input_ids"]), "input_ids")
     eval_set = load_dataset_dir(data_dir / "eval_prompts", ["prompt_ids", "target_ids", "cluster", "designed_alpha"])

@@ -193,6 +193,13 @@ def test_rerun_of_a_finished_run_changes_nothing_and_a_damaged_checkpoint_is_one
     # a killed run's last checkpoint damaged afterwards: resuming says which one, and how to go on
     (run_dir / "metrics.jsonl").write_text("".join(line + "\n" for line in before.splitlines() if '"done/' not in line))
     ckpt = run_dir / "checkpoints" / "step_0000004"
+    # one checkpointed by two processes (each keeps its own generator states) resumes with two only
+    state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
+    torch.save({**state, "prompt_gen": state["prompt_gen"] * 2, "sample_gen": state["sample_gen"] * 2},
+               ckpt / "trainer_state.pt")
+    err = one_line_error(main, args, capsys)
+    assert "was checkpointed by 2 process(es); resume it with that many (accelerate launch --num_processes 2), not 1" in err
+    torch.save(state, ckpt / "trainer_state.pt")
     (ckpt / "model.safetensors").write_bytes(b"\x00" * 10)
     err = one_line_error(main, args, capsys)
     assert f"checkpoint '{ckpt}' cannot be loaded" in err and "delete that folder" in err

@@ -74,6 +74,31 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
     assert all(torch.equal(a[name], b[name]) for name in a)
     rows = {name: read_metrics(tmp_path / name / "metrics.jsonl") for name in ("straight", "resumed")}
     assert rows["resumed"] == rows["straight"]  # the same values, no duplicated or lost lines
+    # TensorBoard too: the killed run's events after its checkpoint (steps 36-37) are purged, not shown twice
+    scalars = {name: tensorboard_scalars(tmp_path / name / "tb", "train/loss") for name in ("straight", "resumed")}
+    assert [step for step, _ in scalars["resumed"]] == list(range(1, 41))
+    assert scalars["resumed"] == scalars["straight"]
+
+
+def tensorboard_scalars(tb_dir, tag: str) -> list[tuple[int, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tb_dir))
+    events.Reload()
+    return [(e.step, e.value) for e in events.Scalars(tag)]
+
+
+def test_a_dataset_a_kill_left_unwritten_is_rebuilt_on_rerun(tiny_base, tmp_path):
+    # a kill between the corpus and the eval prompts, or between the renames that replace eval_prompts in finish()
+    run_dir = tmp_path / "base"
+    shutil.copytree(tiny_base, run_dir)
+    shutil.rmtree(run_dir / "data" / "eval_prompts")
+    (run_dir / "data" / ".tmp_eval_prompts").mkdir()  # a half-written one beside it
+    run_stage("pretrain", "--config", str(TINY / "pretrain.yaml"), "--run.run_dir", str(run_dir))
+    columns = ["prompt_ids", "target_ids", "cluster", "base_alpha", "base_token_min_prob"]
+    rebuilt, original = (load_dataset_dir(d / "data" / "eval_prompts", columns) for d in (run_dir, tiny_base))
+    assert all(rebuilt[c] == original[c] for c in columns)
+    assert not (run_dir / "data" / ".tmp_eval_prompts").exists()
 
 
 def test_rerun_with_a_different_config_is_refused(tiny_base, tmp_path):

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +17,8 @@ from barrierlab.errors import UserError
 from barrierlab.models import LinearPolicyConfig, LinearPolicyLM
 from barrierlab.run import RunConfig, RunDir, read_metrics
 from barrierlab.tokenizer import build_tokenizer, vocab_size
+from pretrain.config import load_pretrain_config
+from tests.conftest import ROOT, TINY
 
 
 @dataclass
@@ -72,3 +79,36 @@ def test_a_run_folder_refuses_another_config(tmp_path):
     (tmp_path / "run").rename(tmp_path / "moved")  # nor where its folder is
     moved = Cfg(RunConfig(run_dir=str(tmp_path / "moved"), keep_checkpoints=2, report_to=[]))
     RunDir(moved, moved.run)
+
+
+def alive(pid: int) -> bool:
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
+
+
+def wait_for(condition, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_a_stage_dies_with_its_driver_and_a_run_folder_has_one_writer(tmp_path):
+    args = ["--config", str(TINY / "pretrain.yaml"), "--run.run_dir", str(tmp_path / "base"), "--train.steps", "1000000"]
+    driver = f"from barrierlab.stages import run_stage; run_stage('pretrain', *{args!r})"  # as the experiment drivers
+    proc = subprocess.Popen([sys.executable, "-c", driver], cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    cfg = load_pretrain_config(args)
+    try:
+        assert wait_for(lambda: (tmp_path / "base" / "metrics.jsonl").exists(), 120)
+        stage = int((tmp_path / "base" / ".lock").read_text())
+        assert stage != proc.pid and alive(stage)
+        with pytest.raises(UserError, match=rf"in use by another process \(pid {stage}\); wait for it"):
+            RunDir(cfg, cfg.run)  # a second writer (say, the driver's rerun) is refused while the stage runs
+    finally:
+        proc.kill()  # SIGKILL: the driver gets no chance to stop its child itself
+        proc.wait()
+    assert wait_for(lambda: not alive(stage), 30)
+    RunDir(cfg, cfg.run)  # the folder is free again
