@@ -58,18 +58,22 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def check_same_config(path: Path, cfg) -> None:
-    """Refuse, in one line, a run folder ``path`` whose config.yaml holds a config other than ``cfg``: resuming or
-    reusing it would mix two experiments. Where the folder is (it may have been moved) and how the run shows its
-    progress are not part of the experiment."""
+def check_same_config(path: Path, cfg, fix: str = "pass a new --run.run_dir, or delete the folder to start over") -> None:
+    """Refuse, in one line ending in ``fix``, a run folder ``path`` whose config.yaml holds a config other than
+    ``cfg``: resuming or reusing it would mix two experiments. Where the folder is (it may have been moved) and how
+    the run shows its progress are not part of the experiment."""
     config_file = path / "config.yaml"
     if not config_file.exists():
         return
-    old, new = yaml.safe_load(config_file.read_text()), yaml.safe_load(dump_yaml(cfg))
-    diff = _first_difference(old, new, ignore={"run.run_dir", "run.progress", "run.report_to"})
+    try:
+        old = yaml.safe_load(config_file.read_text())
+    except yaml.YAMLError as err:
+        old = err
+    if not isinstance(old, dict):  # config.yaml is written atomically: this one was edited or damaged since
+        raise UserError(f"{config_file} is not a saved config (damaged or edited); {fix}")
+    diff = _first_difference(old, yaml.safe_load(dump_yaml(cfg)), ignore={"run.run_dir", "run.progress", "run.report_to"})
     if diff:
-        raise UserError(f"{path} already holds a run with a different config (key '{diff}'); "
-                        "pass a new --run.run_dir, or delete the folder to start over")
+        raise UserError(f"{path} already holds a run with a different config (key '{diff}'); {fix}")
 
 
 _held_locks: dict[tuple[int, int], int] = {}  # (device, inode) of a lock file this process holds -> its descriptor
@@ -105,6 +109,9 @@ class RunDir:
         self.is_main = is_main
         self.ckpt_dir = self.path / "checkpoints"
         self.keep = run.keep_checkpoints
+        if (self.path / OUTPUT_MARKER).exists():
+            raise UserError(f"run.run_dir: '{self.path}' holds the output of "
+                            f"{(self.path / OUTPUT_MARKER).read_text().strip()}, not a run; pass another run.run_dir")
         check_same_config(self.path, cfg)
         if is_main:
             self.path.mkdir(parents=True, exist_ok=True)
@@ -278,6 +285,30 @@ def output_dir(path, key: str, create: bool = True) -> Path:
         raise UserError(f"{key}: '{path}' is a file, not a folder; pass another {key}")
     if create:
         path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+OUTPUT_MARKER = ".barrierlab_output"  # in the folder of a command that is not a run (eval, the drivers): which one
+
+
+def claim_output_dir(path, key: str, kind: str, signature: str) -> Path:
+    """The output folder ``path`` (config key ``key``) of the command ``kind``, created and marked as its own, or
+    one line that refuses it: a run folder, another command's output, or a folder of other files would have files
+    replaced (``signature``: the file this command always writes, by which an unmarked folder of its own is known)."""
+    path = output_dir(path, key, create=False)
+    marker = path / OUTPUT_MARKER
+    if marker.exists():
+        owner = marker.read_text().strip()
+        if owner != kind:
+            raise UserError(f"{key}: '{path}' holds the output of {owner}, not of {kind}; pass another {key}")
+        return path
+    if path.is_dir() and any(path.iterdir()):
+        if (path / "config.yaml").exists() and not (path / signature).exists():
+            raise UserError(f"{key}: '{path}' is a run folder (it has a config.yaml); pass another {key}")
+        if not (path / signature).exists():
+            raise UserError(f"{key}: '{path}' holds other files; pass a new or empty folder as {key}")
+    path.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(marker, kind + "\n")
     return path
 
 

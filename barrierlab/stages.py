@@ -13,17 +13,25 @@ from barrierlab.errors import PARENT_PID_ENV, UserError
 from barrierlab.run import check_same_config
 from pretrain.config import load_pretrain_config
 
+DRIVER_KEYS = ("config", "base", "run.run_dir")  # where a driver's stage reads and writes: the driver sets them
 
-def check_stage_args(stage_config: type, config: str, args: list[str], key: str, config_key: str) -> None:
-    """Fail in one line, before any run starts or is reused, when the stage config file ``config`` (the driver's
-    key ``config_key``) is missing, or the overrides a run will get, ``args`` (from the driver's key ``key``), do
-    not fit it."""
+
+def check_stage_args(stage_config: type, config: str, args: list[str], key: str, config_key: str):
+    """The config a stage will run, or one line, before any run starts or is reused, when the stage config file
+    ``config`` (the driver's key ``config_key``) is missing, or the overrides a run will get, ``args`` (from the
+    driver's key ``key``), do not fit it or set what the driver sets."""
     if not Path(config).is_file():
         raise UserError(f"{config_key}: config file '{config}' not found; fix {config_key}")
-    try:
-        load_config(stage_config, ["--config", config, *args])
-    except UserError as err:
-        raise UserError(f"{key}: {err}") from None
+    for arg in args:
+        name = arg[2:].partition("=")[0] if arg.startswith("--") else None
+        if name in DRIVER_KEYS:
+            raise UserError(f"{key}: --{name} is the driver's to set (each run gets its own); leave it out")
+    for given, what in (([], config_key), (args, key)):  # the file alone first: its own errors are not the overrides'
+        try:
+            loaded = load_config(stage_config, ["--config", config, *given])
+        except UserError as err:
+            raise UserError(f"{what}: {err}") from None
+    return loaded
 
 
 def run_stage(stage: str, *args: str) -> None:
@@ -37,12 +45,11 @@ def run_stage(stage: str, *args: str) -> None:
 
 
 def reuse_or_run(stage: str, saved_config, run_dir: Path, finished: bool, *args: str) -> None:
-    """Run ``python -m <stage> args`` (writing ``run_dir``) unless the run there is ``finished`` and of the same
-    config: a driver rerun reuses what it has (an unfinished run resumes), but never a run of other settings.
+    """Run ``python -m <stage> args`` (writing ``run_dir``) unless the run there is ``finished``: a driver rerun
+    reuses what it has (an unfinished run resumes), but never a run of other settings, which is refused.
     ``saved_config(args)``: the config the stage would run and save for ``args``."""
-    if finished:
-        check_same_config(run_dir, saved_config(list(args)))
-    else:
+    check_same_config(run_dir, saved_config(list(args)), fix="pass a new --out_dir, or delete that folder to rerun it")
+    if not finished:
         run_stage(stage, *args)
 
 
@@ -51,3 +58,13 @@ def ensure_base(pretrain_config: str, run_dir: Path, *overrides: str) -> dict:
     reuse_or_run("pretrain", load_pretrain_config, run_dir, (run_dir / "support.json").exists(), "--config",
                  pretrain_config, "--run.run_dir", str(run_dir), "--run.progress", "false", *overrides)
     return json.loads((run_dir / "support.json").read_text())
+
+
+def check_trl_config(run_cfg, where: str) -> None:
+    """What the TRL backend refuses in a driver's run config, as one line before any run starts."""
+    from posttrain.trl_backend import check_supported
+
+    try:
+        check_supported(run_cfg)
+    except UserError as err:
+        raise UserError(f"{where}: {err}") from None

@@ -22,7 +22,7 @@ import torch
 from barrierlab.config import dump_yaml, load_config
 from barrierlab.errors import UserError, cli_entry
 from barrierlab.metrics import fmt_value, split_masks
-from barrierlab.run import atomic_write_text, load_dataset_dir, load_model_dir, output_dir
+from barrierlab.run import atomic_write_text, claim_output_dir, load_dataset_dir, load_model_dir
 from barrierlab.tokenizer import ANSWER0
 from eval.config import EvalStageConfig
 from eval.evaluate import PromptSet, evaluate_checkpoint
@@ -88,7 +88,7 @@ def main(argv):
     prompt_set, columns = load_prompt_set(base, threshold, device)
     k, N = base_info["task"]["k"], base_info["task"]["N"]
     ks = cfg.pass_k or default_ks(cfg.n_samples)
-    out = output_dir(cfg.out_dir, "out_dir")
+    out = claim_output_dir(cfg.out_dir, "out_dir", "eval", "eval.json")
 
     results = {
         "base": str(base), "k": k, "N": N, "uniform_alpha": float(k) ** -N, "offsupport_threshold": threshold,

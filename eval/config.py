@@ -46,6 +46,8 @@ class EvalStageConfig:
         names = self.named_checkpoints()
         require(all(isinstance(p, str) and p for p in names.values()), "checkpoints", "every entry must be a folder path")
         require(len(names) == len(self.checkpoints), "checkpoints", "two folders get the same name; use a mapping name → folder")
+        require("base" not in names, "checkpoints", "'base' names the base model's own row (include_base); call the "
+                "checkpoint something else")
         require(self.include_base or len(names) > 0, "checkpoints", "nothing to evaluate: list checkpoints or set include_base")
         require(self.n_samples >= 1, "n_samples", "must be ≥ 1")
         require(self.pass_k is None or len(self.pass_k) > 0, "pass_k", "must list at least one k (or be null)")

@@ -23,7 +23,7 @@ from typing import Literal
 
 from barrierlab.config import dump_yaml, load_config, require
 from barrierlab.errors import cli_entry
-from barrierlab.run import atomic_write_text, last_row, output_dir, read_metrics
+from barrierlab.run import atomic_write_text, claim_output_dir, last_row, read_metrics
 from barrierlab.stages import check_stage_args, ensure_base, reuse_or_run
 from eval import figures
 from eval.analysis import fittable, queries_to_reach
@@ -200,7 +200,7 @@ def write_report(cfg: ExperimentConfig, out: Path, results: dict) -> None:
 def main(argv):
     cfg = load_config(ExperimentConfig, argv, default_config="configs/scaling.yaml", prog="eval.experiments")
     check_overrides(cfg)
-    out = output_dir(cfg.out_dir, "out_dir")
+    out = claim_output_dir(cfg.out_dir, "out_dir", f"the {cfg.experiment} experiment", "results.json")
     results = run_scaling(cfg, out) if cfg.experiment == "scaling" else run_alpha(cfg, out)
     write_report(cfg, out, results)
 

@@ -26,8 +26,8 @@ import torch
 
 from barrierlab.config import load_config, require
 from barrierlab.errors import cli_entry
-from barrierlab.run import atomic_write_text, output_dir, read_metrics
-from barrierlab.stages import check_stage_args, ensure_base, run_stage
+from barrierlab.run import atomic_write_text, claim_output_dir, read_metrics
+from barrierlab.stages import check_stage_args, check_trl_config, ensure_base, run_stage
 from posttrain.config import PosttrainConfig
 from pretrain.config import PretrainConfig
 
@@ -58,10 +58,12 @@ class BenchConfig:
     """Overrides passed to every posttrain run (both backends), e.g. ['--run.mixed_precision', 'bf16']."""
 
     def check(self):
-        require(all(b in ("native", "trl") for b in self.backends), "backends", "allowed: native, trl")
+        require(len(self.backends) >= 1 and all(b in ("native", "trl") for b in self.backends), "backends",
+                "list at least one of: native, trl")
+        require(self.group_size >= 2, "group_size", "must be ≥ 2 (TRL's minimum)")
+        require(len(self.batch_sizes) >= 1, "batch_sizes", "must list at least one batch size")
         require(all(b >= self.group_size and b % self.group_size == 0 for b in self.batch_sizes), "batch_sizes",
                 f"each must be a multiple of group_size = {self.group_size}")
-        require(self.group_size >= 2, "group_size", "must be ≥ 2 (TRL's minimum)")
         require(self.warmup_steps >= 1, "warmup_steps", "must be ≥ 1 (a TRL run's first update also times the Trainer's setup)")
         require(self.steps > self.warmup_steps, "steps", f"must exceed warmup_steps = {self.warmup_steps} (one timed update at least)")
 
@@ -117,9 +119,11 @@ def main(argv):
     cfg = load_config(BenchConfig, argv, default_config="configs/bench.yaml", prog="posttrain.bench")
     check_stage_args(PretrainConfig, cfg.pretrain_config, cfg.pretrain_args, "pretrain_args", "pretrain_config")
     for backend, batch in runs(cfg):
-        check_stage_args(PosttrainConfig, POSTTRAIN_CONFIG, posttrain_overrides(cfg, backend, batch), "posttrain_args",
-                         "POSTTRAIN_CONFIG")
-    out = output_dir(cfg.out_dir, "out_dir")
+        run_cfg = check_stage_args(PosttrainConfig, POSTTRAIN_CONFIG, posttrain_overrides(cfg, backend, batch),
+                                   "posttrain_args", "POSTTRAIN_CONFIG")
+        if backend == "trl":
+            check_trl_config(run_cfg, "posttrain_args")
+    out = claim_output_dir(cfg.out_dir, "out_dir", "make bench", "bench.json")
     base = out / "base"
     ensure_base(cfg.pretrain_config, base, *cfg.pretrain_args)
     results = [measure(cfg, base, backend, batch) for backend, batch in runs(cfg)]

@@ -79,7 +79,8 @@ class PromptConfig:
     clusters: list[int] | None = None
     """Train on fresh prompts from these clusters only (null: the task's whole prompt distribution)."""
     dataset: str | None = None
-    """Instead of fresh prompts, sample from this saved prompt dataset (columns prompt_ids, target_ids)."""
+    """Instead of fresh prompts, sample from this saved prompt dataset (columns prompt_ids, target_ids; with
+    prompts.clusters, its rows of those clusters, by its cluster column)."""
 
 
 @dataclass

@@ -23,8 +23,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from barrierlab.config import dump_yaml, load_config, require  # noqa: E402
 from barrierlab.errors import cli_entry  # noqa: E402
 from barrierlab.metrics import fmt_value  # noqa: E402
-from barrierlab.run import atomic_write_text, last_row, output_dir, read_metrics  # noqa: E402
-from barrierlab.stages import check_stage_args, ensure_base, reuse_or_run  # noqa: E402
+from barrierlab.run import atomic_write_text, claim_output_dir, last_row, read_metrics  # noqa: E402
+from barrierlab.stages import check_stage_args, check_trl_config, ensure_base, reuse_or_run  # noqa: E402
 from eval.analysis import QUERIES, eval_rows  # noqa: E402
 from posttrain.config import PosttrainConfig, load_posttrain_config  # noqa: E402
 from pretrain.config import PretrainConfig  # noqa: E402
@@ -53,7 +53,9 @@ class CrosscheckConfig:
     """Overrides for every run: TRL needs groups of ≥ 2, so both backends use G = 4 and the group-mean baseline."""
 
     def check(self):
-        require(all(b in ("native", "trl") for b in self.backends), "backends", "allowed: native, trl")
+        require(len(self.backends) >= 1 and all(b in ("native", "trl") for b in self.backends), "backends",
+                "list at least one of: native, trl")
+        require(len(self.posttrain_configs) >= 1, "posttrain_configs", "must name at least one arm")
         require(len(self.seeds) >= 1, "seeds", "must list at least one seed")
         require(self.max_queries >= 1, "max_queries", "must be ≥ 1")
 
@@ -148,9 +150,11 @@ def main(argv):
         # the overrides alone first (the run's step count is read through them), then every run's whole command line
         check_stage_args(PosttrainConfig, config, cfg.posttrain_args, "posttrain_args", "posttrain_configs")
         for backend in cfg.backends:
-            check_stage_args(PosttrainConfig, config, run_overrides(cfg, config, backend, cfg.seeds[0]), "posttrain_args",
-                             "posttrain_configs")
-    out = output_dir(cfg.out_dir, "out_dir")
+            run_cfg = check_stage_args(PosttrainConfig, config, run_overrides(cfg, config, backend, cfg.seeds[0]),
+                                       "posttrain_args", "posttrain_configs")
+            if backend == "trl":
+                check_trl_config(run_cfg, f"posttrain_configs '{config}' with posttrain_args")
+    out = claim_output_dir(cfg.out_dir, "out_dir", "make crosscheck", "crosscheck.json")
     base = out / "base"
     ensure_base(cfg.pretrain_config, base, *cfg.pretrain_args)
     runs: dict = {}

@@ -81,8 +81,9 @@ def _offline() -> None:
     constants.HF_HUB_DISABLE_TELEMETRY = True
 
 
-def check_supported(cfg, model) -> None:
-    """What the TRL backend cannot run, as one-line UserErrors (see the module docstring for why)."""
+def check_supported(cfg, model=None) -> None:
+    """What the TRL backend cannot run, as one-line UserErrors (see the module docstring for why); without a
+    ``model``, what the config alone tells."""
     if cfg.algo.behaviour != "on_policy":
         raise UserError(f"algo.behaviour '{cfg.algo.behaviour}': the trl backend samples on-policy only; "
                         "use --backend native for other behaviour policies")
@@ -91,7 +92,7 @@ def check_supported(cfg, model) -> None:
                         "set --algo.group_size 2 or more (and a baseline, e.g. group_mean)")
     if cfg.optim.optimizer == "adaptive":
         raise UserError("optim.optimizer 'adaptive' needs per-response gradients: use adam/adagrad/sgd with the trl backend")
-    if model.get_output_embeddings() is None:
+    if model is not None and model.get_output_embeddings() is None:
         raise UserError("the trl backend needs a transformer base (model.kind transformer); the linear policy has no lm_head")
 
 

@@ -19,6 +19,10 @@ class DataConfig:
     eval_prompts_per_cluster: int = 256
     """Held-out prompts per cluster on which α, LQ and token-level LQ are measured exactly."""
 
+    def check(self):
+        require(self.corpus_size >= 1, "corpus_size", "must be ≥ 1")
+        require(self.eval_prompts_per_cluster >= 1, "eval_prompts_per_cluster", "must be ≥ 1")
+
 
 @dataclass
 class TrainConfig:

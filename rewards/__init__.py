@@ -50,8 +50,9 @@ def resolve_class(name: str) -> type:
     module_name, _, attr = name.partition(":")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise UserError(f"reward '{name}': cannot import module '{module_name}' ({err}); available built-ins: {available}") from None
+    except Exception as err:  # not found, or the module itself fails (a syntax error, its own imports)
+        raise UserError(f"reward '{name}': cannot import module '{module_name}' ({type(err).__name__}: {err}); "
+                        f"available built-ins: {available}") from None
     cls = getattr(module, attr, None)
     if cls is None:
         raise UserError(f"reward '{name}': module '{module_name}' has no '{attr}'; available built-ins: {available}")
@@ -96,5 +97,8 @@ def make_reward(cfg: RewardConfig, seed: int = 0, rank: int = 0) -> RewardModel:
         params["seed"] = base_seed + 1_000_003 * rank
     try:
         return cls(signed=cfg.signed, **params)
-    except (TypeError, ValueError) as err:
+    except ValueError as err:  # the class's own check of a value
         raise UserError(f"reward '{cfg.name}': bad params {cfg.params}: {err}") from None
+    except TypeError as err:  # a class whose constructor does not take what every reward gets
+        raise UserError(f"reward '{cfg.name}': {cls.__name__}(signed={cfg.signed}, **{cfg.params}) fails: {err}; a reward "
+                        "class takes signed and the reward.params as keyword arguments (as rewards.RewardModel)") from None

@@ -17,6 +17,8 @@ from typing import Literal
 
 import torch
 
+from barrierlab.errors import UserError
+
 
 @dataclass
 class RewardOutput:
@@ -45,6 +47,11 @@ class RewardModel:
 
     def __call__(self, prompts, responses, columns) -> RewardOutput:
         ok, queries = self.verdicts(prompts, responses, columns)
+        outcome = self.granularity == "outcome"
+        want = (responses.shape[0], 1 if outcome else responses.shape[1])
+        if tuple(ok.shape) != want:  # a (B, 1) process verdict would broadcast over the prefixes unnoticed
+            raise UserError(f"reward {type(self).__name__}: verdicts() returned shape {tuple(ok.shape)}; {self.granularity} "
+                            f"rewards return {'(B, 1)' if outcome else '(B, L)'}, {want} here")
         values = ok.to(torch.float32)
         if self.signed:
             values = 2.0 * values - 1.0

@@ -61,6 +61,8 @@ def test_posttrain_literal_lists_allowed_values(tmp_path):
         ("profile: [{coverage: exact, p: 0.5}]\n", "profile[0].p", "only used by coverage 'sequence'"),
         ("task: {N: 60}\nmodel: {context: 64}\n", "task.N", "exceeds model.context"),
         ("train: {steps: 10.5}\n", "train.steps", "an integer"),
+        ("data: {corpus_size: 0}\n", "data.corpus_size", "≥ 1"),
+        ("data: {eval_prompts_per_cluster: -5}\n", "data.eval_prompts_per_cluster", "≥ 1"),
     ],
 )
 def test_out_of_range_values(tmp_path, text, key, words):

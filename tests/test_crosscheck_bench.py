@@ -82,6 +82,19 @@ def test_bench_rejects_a_warmup_that_times_nothing_or_the_setup(tmp_path, steps,
     ("posttrain.bench", ["--pretrain_args", "[--model.widht, '8']"], "pretrain_args: command line: --model.widht"),
     ("posttrain.crosscheck", ["--posttrain_args", "[--algo.bogus, '1']"], "posttrain_args: command line: --algo.bogus"),
     ("eval.experiments", ["--extra_args", "[--optim.bogus, '1']"], "extra_args: command line: --optim.bogus"),
+    # where a run reads and writes is the driver's: a user's --run.run_dir would write into another folder
+    ("posttrain.bench", ["--posttrain_args", "[--run.run_dir, elsewhere]"],
+     "posttrain_args: --run.run_dir is the driver's to set (each run gets its own); leave it out"),
+    ("eval.experiments", ["--extra_args", "['--base=elsewhere']"], "extra_args: --base is the driver's to set"),
+    # nothing to measure or compare: refused, not an empty result written over the last one
+    ("posttrain.bench", ["--backends", "[]"], "key 'backends': list at least one of: native, trl"),
+    ("posttrain.bench", ["--batch_sizes", "[]"], "key 'batch_sizes': must list at least one batch size"),
+    ("posttrain.bench", ["--group_size", "0"], "key 'group_size': must be ≥ 2"),
+    ("posttrain.crosscheck", ["--backends", "[]"], "key 'backends': list at least one of: native, trl"),
+    ("posttrain.crosscheck", ["--posttrain_configs", "{}"], "key 'posttrain_configs': must name at least one arm"),
+    # replacing the default overrides drops G = 4: the TRL runs would fail after the base and the native runs
+    ("posttrain.crosscheck", ["--posttrain_args", "[--optim.lr, '0.02']"],
+     "posttrain_args: algo.group_size 1: the trl backend needs ≥ 2"),
 ])
 def test_drivers_check_stage_overrides_before_touching_runs(tmp_path, capsys, driver, args, words):
     import importlib

@@ -97,6 +97,8 @@ def test_checkpoints_config_and_command_line_flags():
     assert cfg.n_samples == 8 and cfg.named_checkpoints() == {"outcome": "runs/a", "p": "runs/b"}
     with pytest.raises(ConfigValueError, match="n_samples"):
         build(EvalStageConfig, {"n_samples": 4, "pass_k": [8]})
+    with pytest.raises(ConfigValueError, match="'base' names the base model's own row"):
+        build(EvalStageConfig, {"checkpoints": {"base": "runs/outcome"}})  # it would be reported as the base
 
 
 # ----------------------------------------------------------------------------- figures
@@ -281,3 +283,9 @@ def test_eval_rejects_bad_paths_in_one_line(tmp_path, tiny_base, capsys):
     (tmp_path / "file").write_text("")
     err = one_line_error(main, [*args, "--out_dir", str(tmp_path / "file")], capsys)
     assert "out_dir: '" in err and "is a file, not a folder" in err
+    run_like = tmp_path / "run_like"  # a run folder (its config.yaml) must not get the eval's config.yaml and report
+    run_like.mkdir()
+    shutil.copy(tiny_base / "config.yaml", run_like / "config.yaml")
+    err = one_line_error(main, [*args, "--out_dir", str(run_like)], capsys)
+    assert f"out_dir: '{run_like}' is a run folder (it has a config.yaml); pass another out_dir" in err
+    assert [p.name for p in run_like.iterdir()] == ["config.yaml"]

@@ -227,23 +227,42 @@ def test_data_parallel_on_two_cpu_processes(tmp_path, tiny_base, stage):
         assert len(state["sample_gen"]) == 2
 
 
-def test_prompts_drawn_from_a_saved_dataset_keep_their_columns(tiny_base):
+def test_prompts_drawn_from_a_saved_dataset_keep_their_columns(tiny_base, tmp_path):
+    from datasets import Dataset
+
     from barrierlab.config import load_config
+    from barrierlab.errors import UserError
     from barrierlab.run import column_tensor, load_dataset_dir
+    from barrierlab.tasks import task_from_info
     from barrierlab.tokenizer import ANSWER0
     from posttrain.__main__ import PromptSource
     from posttrain.config import PosttrainConfig
 
+    task = task_from_info(json.loads((tiny_base / "model" / "task.json").read_text()))
     path = tiny_base / "data" / "eval_prompts"
-    cfg = load_config(PosttrainConfig, ["--config", CONFIG, "--prompts.dataset", str(path)])
+
+    def source(dataset, *args):
+        cfg = load_config(PosttrainConfig, ["--config", CONFIG, "--prompts.dataset", str(dataset), *args])
+        return PromptSource(cfg, task, torch.Generator().manual_seed(0))
+
     rows = load_dataset_dir(path, ["prompt_ids", "target_ids", "cluster"])
     saved = {tuple(p.tolist()): (t - ANSWER0, c) for p, t, c in
              zip(column_tensor(rows, "prompt_ids"), column_tensor(rows, "target_ids"), column_tensor(rows, "cluster"))}
-    prompts, columns = PromptSource(cfg, None, torch.Generator().manual_seed(0)).draw(200)
+    prompts, columns = source(path).draw(200)
     assert len({tuple(p.tolist()) for p in prompts}) > len(saved) / 2  # draws spread over the saved rows
     for p, target, cluster in zip(prompts, columns["target"], columns["cluster"]):
         want_target, want_cluster = saved[tuple(p.tolist())]
         assert torch.equal(target, want_target) and cluster == want_cluster
+    # prompts.clusters selects the dataset's rows of those clusters
+    assert set(source(path, "--prompts.clusters", "[0, 2]").draw(200)[1]["cluster"].tolist()) == {0, 2}
+    # a dataset of another task (responses of another N) is refused in one line
+    other, bare = tmp_path / "other", tmp_path / "bare"
+    Dataset.from_dict({"prompt_ids": rows["prompt_ids"], "target_ids": [t + t for t in rows["target_ids"]]}).save_to_disk(other)
+    with pytest.raises(UserError, match=f"prompts.dataset '{other}' is not of the base's task"):
+        source(other)
+    Dataset.from_dict({"prompt_ids": rows["prompt_ids"], "target_ids": rows["target_ids"]}).save_to_disk(bare)
+    with pytest.raises(UserError, match="has no cluster column to select by"):
+        source(bare, "--prompts.clusters", "[0]")
 
 
 def test_sgd_clipping_log_every_and_threshold_do_what_they_say(tmp_path, tiny_base):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from barrierlab.errors import UserError
-from rewards import RewardConfig, make_reward
+from rewards import RewardConfig, RewardModel, make_reward
 
 TARGET = torch.tensor([[1, 2, 3], [1, 2, 3], [1, 2, 3]])
 RESPONSES = torch.tensor([[1, 2, 3], [1, 2, 0], [0, 2, 3]])
@@ -99,3 +99,25 @@ def test_a_user_reward_with_its_own_keywords_gets_them_and_the_run_seed():
     assert reward.opts == {"window": 3, "mode": "strict"} and reward.seed == 11 + 2 * 1_000_003
     parity = make_reward(RewardConfig(name="tests.user_reward:ParityReward", params={"modulus": 3}), seed=11)
     assert parity.modulus == 3 and not hasattr(parity, "seed")  # no seed parameter: none is passed
+
+
+def test_a_reward_module_that_fails_to_import_is_one_line(tmp_path, monkeypatch):
+    (tmp_path / "broken_reward.py").write_text("class Reward(:\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(UserError, match="cannot import module 'broken_reward' \\(SyntaxError: "):
+        make_reward(RewardConfig(name="broken_reward:Reward"))
+
+
+@pytest.mark.parametrize("granularity, shape, words", [
+    ("outcome", (4,), "verdicts\\(\\) returned shape \\(4,\\); outcome rewards return \\(B, 1\\), \\(4, 1\\) here"),
+    ("process", (4, 1), "returned shape \\(4, 1\\); process rewards return \\(B, L\\), \\(4, 3\\) here"),
+])
+def test_verdicts_of_the_wrong_shape_are_refused(granularity, shape, words):
+    class Wrong(RewardModel):
+        def verdicts(self, prompts, responses, columns):
+            return torch.ones(shape, dtype=torch.bool), responses.shape[0]
+
+    Wrong.granularity = granularity
+    responses = torch.zeros(4, 3, dtype=torch.long)
+    with pytest.raises(UserError, match=words):
+        Wrong()(None, responses, {"target": responses})

@@ -15,7 +15,7 @@ import torch
 
 from barrierlab.errors import UserError
 from barrierlab.models import LinearPolicyConfig, LinearPolicyLM
-from barrierlab.run import RunConfig, RunDir, read_metrics
+from barrierlab.run import RunConfig, RunDir, claim_output_dir, read_metrics
 from barrierlab.tokenizer import build_tokenizer, vocab_size
 from pretrain.config import load_pretrain_config
 from tests.conftest import ROOT, TINY
@@ -80,6 +80,30 @@ def test_a_run_folder_refuses_another_config(tmp_path):
     moved = Cfg(RunConfig(run_dir=str(tmp_path / "moved"), keep_checkpoints=2, report_to=[]))
     RunDir(moved, moved.run)
 
+    for text in ("run: [\n", ""):  # config.yaml edited or damaged after the atomic write
+        (tmp_path / "moved" / "config.yaml").write_text(text)
+        with pytest.raises(UserError, match="config.yaml is not a saved config \\(damaged or edited\\); pass a new"):
+            RunDir(moved, moved.run)
+
+
+def test_output_folders_of_eval_and_the_drivers_are_their_own(tmp_path):
+    claim = lambda path, kind="the scaling experiment": claim_output_dir(path, "out_dir", kind, "results.json")  # noqa: E731
+    assert claim(tmp_path / "new") == tmp_path / "new" and claim(tmp_path / "new") == tmp_path / "new"  # created, reclaimed
+    with pytest.raises(UserError, match="holds the output of the scaling experiment, not of the alpha experiment"):
+        claim(tmp_path / "new", "the alpha experiment")
+    run = make_run(tmp_path)  # a run folder
+    with pytest.raises(UserError, match="is a run folder \\(it has a config.yaml\\); pass another out_dir"):
+        claim(run.path)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("")
+    with pytest.raises(UserError, match="holds other files; pass a new or empty folder as out_dir"):
+        claim(tmp_path / "mine")
+    (tmp_path / "mine" / "results.json").write_text("{}")  # an unmarked folder of this command's (an older version's)
+    claim(tmp_path / "mine")
+    cfg = Cfg(RunConfig(run_dir=str(tmp_path / "new"), report_to=[]))
+    with pytest.raises(UserError, match="holds the output of the scaling experiment, not a run"):
+        RunDir(cfg, cfg.run)
+
 
 def alive(pid: int) -> bool:
     stat = Path(f"/proc/{pid}/stat")
@@ -111,4 +135,11 @@ def test_a_stage_dies_with_its_driver_and_a_run_folder_has_one_writer(tmp_path):
         proc.kill()  # SIGKILL: the driver gets no chance to stop its child itself
         proc.wait()
     assert wait_for(lambda: not alive(stage), 30)
-    RunDir(cfg, cfg.run)  # the folder is free again
+
+    def free() -> bool:  # the lock goes with the last of the stage's threads, a moment after its main one
+        try:
+            return RunDir(cfg, cfg.run) is not None
+        except UserError:
+            return False
+
+    assert wait_for(free, 10)  # the folder is free again
