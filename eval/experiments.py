@@ -82,7 +82,8 @@ def check_overrides(cfg: ExperimentConfig) -> None:
     """Every stage call's config and overrides, checked before any run is reused or started (clusters: any, they
     are known only once the base is pretrained)."""
     for N in cfg.Ns if cfg.experiment == "scaling" else [None]:
-        check_stage_args(PretrainConfig, cfg.pretrain_config, pretrain_overrides(cfg, N), "extra_args", "pretrain_config")
+        check_stage_args(PretrainConfig, cfg.pretrain_config, pretrain_overrides(cfg, N),
+                         "extra_args (given to the bases' pretraining too)", "pretrain_config")
     for config in cfg.posttrain_configs.values():
         check_stage_args(PosttrainConfig, config, posttrain_overrides(cfg, cfg.seeds[0], cfg.clusters or [0]), "extra_args",
                          "posttrain_configs")
