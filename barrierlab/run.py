@@ -291,10 +291,11 @@ def output_dir(path, key: str, create: bool = True) -> Path:
 OUTPUT_MARKER = ".barrierlab_output"  # in the folder of a command that is not a run (eval, the drivers): which one
 
 
-def claim_output_dir(path, key: str, kind: str, signature: str) -> Path:
+def claim_output_dir(path, key: str, kind: str, signatures: tuple[str, ...]) -> Path:
     """The output folder ``path`` (config key ``key``) of the command ``kind``, created and marked as its own, or
     one line that refuses it: a run folder, another command's output, or a folder of other files would have files
-    replaced (``signature``: the file this command always writes, by which an unmarked folder of its own is known)."""
+    replaced. ``signatures``: glob patterns of what this command writes there, by which an unmarked folder of its
+    own (an older version's, or one killed before its results) is known."""
     path = output_dir(path, key, create=False)
     marker = path / OUTPUT_MARKER
     if marker.exists():
@@ -302,14 +303,28 @@ def claim_output_dir(path, key: str, kind: str, signature: str) -> Path:
         if owner != kind:
             raise UserError(f"{key}: '{path}' holds the output of {owner}, not of {kind}; pass another {key}")
         return path
-    if path.is_dir() and any(path.iterdir()):
-        if (path / "config.yaml").exists() and not (path / signature).exists():
-            raise UserError(f"{key}: '{path}' is a run folder (it has a config.yaml); pass another {key}")
-        if not (path / signature).exists():
-            raise UserError(f"{key}: '{path}' holds other files; pass a new or empty folder as {key}")
+    if path.is_dir() and any(path.iterdir()) and not any(any(path.glob(g)) for g in signatures):
+        what = "is a run folder (it has a config.yaml)" if (path / "config.yaml").exists() else "holds other files"
+        raise UserError(f"{key}: '{path}' {what}; pass a new or empty folder as {key}")
     path.mkdir(parents=True, exist_ok=True)
     atomic_write_text(marker, kind + "\n")
     return path
+
+
+def remove_run_folder(path: Path) -> None:
+    """Delete a run folder to redo it, or fail in one line if a process still holds it (see ``lock_run_folder``)."""
+    if not (path / ".lock").exists():
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    fd = os.open(path / ".lock", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise UserError(f"{path} is in use by another process; wait for it to finish or stop it") from None
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+    finally:
+        os.close(fd)
 
 
 def _first_line(err: Exception) -> str:

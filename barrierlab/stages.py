@@ -8,30 +8,40 @@ import subprocess
 import sys
 from pathlib import Path
 
-from barrierlab.config import load_config
+from barrierlab.config import load_config, parse_overrides
 from barrierlab.errors import PARENT_PID_ENV, UserError
 from barrierlab.run import check_same_config
 from pretrain.config import load_pretrain_config
 
-DRIVER_KEYS = ("config", "base", "run.run_dir")  # where a driver's stage reads and writes: the driver sets them
+DRIVER_KEYS = ("base", "run.run_dir")  # where a driver's stage reads and writes: the driver sets them for each run
 
 
-def check_stage_args(stage_config: type, config: str, args: list[str], key: str, config_key: str):
-    """The config a stage will run, or one line, before any run starts or is reused, when the stage config file
-    ``config`` (the driver's key ``config_key``) is missing, or the overrides a run will get, ``args`` (from the
-    driver's key ``key``), do not fit it or set what the driver sets."""
+def check_stage_args(stage_config: type, config: str, args: list[str], key: str, config_key: str,
+                     user_args: list[str]):
+    """The config a stage will run with the overrides ``args``, or one line, before any run starts or is reused,
+    when the stage config file ``config`` (the driver's key ``config_key``) is missing, or the user's overrides
+    ``user_args`` (the driver's key ``key``; they end ``args``, so they win) set what the driver sets for each run
+    (the rest of ``args``, and where the run reads and writes) or do not fit the config."""
     if not Path(config).is_file():
         raise UserError(f"{config_key}: config file '{config}' not found; fix {config_key}")
-    for arg in args:
-        name = arg[2:].partition("=")[0] if arg.startswith("--") else None
-        if name in DRIVER_KEYS:
-            raise UserError(f"{key}: --{name} is the driver's to set (each run gets its own); leave it out")
-    for given, what in (([], config_key), (args, key)):  # the file alone first: its own errors are not the overrides'
-        try:
-            loaded = load_config(stage_config, ["--config", config, *given])
-        except UserError as err:
-            raise UserError(f"{what}: {err}") from None
-    return loaded
+    assert args[len(args) - len(user_args):] == user_args
+    config_given, user, wants_help = parse_overrides(user_args)
+    if config_given is not None or wants_help:
+        raise UserError(f"{key}: holds {'--config' if config_given else '--help'}, which is not an override; leave it out")
+    by_driver = {name for name, _ in parse_overrides(args[: len(args) - len(user_args)])[1]} | set(DRIVER_KEYS)
+    for name, _ in user:
+        clash = sorted(d for d in by_driver if d == name or d.startswith(name + "."))  # a section holds its keys
+        if clash:
+            raise UserError(f"{key}: --{name} would override {', '.join(clash)}, which the driver sets for each run "
+                            "(see its own settings: --help); leave it out")
+    try:
+        return load_config(stage_config, ["--config", config, *args])
+    except UserError as err:
+        try:  # whose error: the file's own, or the overrides'
+            load_config(stage_config, ["--config", config])
+        except UserError as own:
+            raise UserError(f"{config_key}: {own}") from None
+        raise UserError(f"{key}: {err}") from None
 
 
 def run_stage(stage: str, *args: str) -> None:

@@ -88,7 +88,7 @@ def main(argv):
     prompt_set, columns = load_prompt_set(base, threshold, device)
     k, N = base_info["task"]["k"], base_info["task"]["N"]
     ks = cfg.pass_k or default_ks(cfg.n_samples)
-    out = claim_output_dir(cfg.out_dir, "out_dir", "eval", "eval.json")
+    out = claim_output_dir(cfg.out_dir, "out_dir", "eval", ("eval.json",))
 
     results = {
         "base": str(base), "k": k, "N": N, "uniform_alpha": float(k) ** -N, "offsupport_threshold": threshold,

@@ -83,10 +83,10 @@ def check_overrides(cfg: ExperimentConfig) -> None:
     are known only once the base is pretrained)."""
     for N in cfg.Ns if cfg.experiment == "scaling" else [None]:
         check_stage_args(PretrainConfig, cfg.pretrain_config, pretrain_overrides(cfg, N),
-                         "extra_args (given to the bases' pretraining too)", "pretrain_config")
+                         "extra_args (given to the bases' pretraining too)", "pretrain_config", cfg.extra_args)
     for config in cfg.posttrain_configs.values():
         check_stage_args(PosttrainConfig, config, posttrain_overrides(cfg, cfg.seeds[0], cfg.clusters or [0]), "extra_args",
-                         "posttrain_configs")
+                         "posttrain_configs", cfg.extra_args)
 
 
 def posttrain_to_target(cfg: ExperimentConfig, arm: str, base: Path, run_dir: Path, seed: int,
@@ -197,11 +197,15 @@ def write_report(cfg: ExperimentConfig, out: Path, results: dict) -> None:
     print(f"report: {out / 'report.md'}")
 
 
+# what each experiment writes into its out_dir, by which a folder of an earlier version's run (unmarked) is known
+OWN_FILES = {"scaling": ("scaling.png", "N*"), "alpha": ("alpha.png", "*_c*_s*")}
+
+
 @cli_entry
 def main(argv):
     cfg = load_config(ExperimentConfig, argv, default_config="configs/scaling.yaml", prog="eval.experiments")
     check_overrides(cfg)
-    out = claim_output_dir(cfg.out_dir, "out_dir", f"the {cfg.experiment} experiment", "results.json")
+    out = claim_output_dir(cfg.out_dir, "out_dir", f"the {cfg.experiment} experiment", OWN_FILES[cfg.experiment])
     results = run_scaling(cfg, out) if cfg.experiment == "scaling" else run_alpha(cfg, out)
     write_report(cfg, out, results)
 

@@ -17,7 +17,6 @@ completions/s, reward queries/s, seconds per update, peak memory, native/TRL rat
 from __future__ import annotations
 
 import json
-import shutil
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,7 @@ import torch
 
 from barrierlab.config import load_config, require
 from barrierlab.errors import cli_entry
-from barrierlab.run import atomic_write_text, claim_output_dir, read_metrics
+from barrierlab.run import atomic_write_text, claim_output_dir, read_metrics, remove_run_folder
 from barrierlab.stages import check_stage_args, check_trl_config, ensure_base, run_stage
 from posttrain.config import PosttrainConfig
 from pretrain.config import PretrainConfig
@@ -84,7 +83,7 @@ def runs(cfg: BenchConfig) -> list[tuple[str, int]]:
 
 def measure(cfg: BenchConfig, base: Path, backend: str, batch: int) -> dict:
     run_dir = Path(cfg.out_dir) / f"{backend}_b{batch}"
-    shutil.rmtree(run_dir, ignore_errors=True)  # every number from this invocation (an old run may be another device's)
+    remove_run_folder(run_dir)  # every number from this invocation (an old run may be another device's)
     run_stage("posttrain", "--config", POSTTRAIN_CONFIG, "--base", str(base), "--run.run_dir", str(run_dir),
               *posttrain_overrides(cfg, backend, batch))
     rows = read_metrics(run_dir / "metrics.jsonl")
@@ -117,13 +116,14 @@ def table(results: list[dict]) -> str:
 @cli_entry
 def main(argv):
     cfg = load_config(BenchConfig, argv, default_config="configs/bench.yaml", prog="posttrain.bench")
-    check_stage_args(PretrainConfig, cfg.pretrain_config, cfg.pretrain_args, "pretrain_args", "pretrain_config")
+    check_stage_args(PretrainConfig, cfg.pretrain_config, cfg.pretrain_args, "pretrain_args", "pretrain_config",
+                     cfg.pretrain_args)
     for backend, batch in runs(cfg):
         run_cfg = check_stage_args(PosttrainConfig, POSTTRAIN_CONFIG, posttrain_overrides(cfg, backend, batch),
-                                   "posttrain_args", "POSTTRAIN_CONFIG")
+                                   "posttrain_args", "POSTTRAIN_CONFIG", cfg.posttrain_args)
         if backend == "trl":
             check_trl_config(run_cfg, "posttrain_args")
-    out = claim_output_dir(cfg.out_dir, "out_dir", "make bench", "bench.json")
+    out = claim_output_dir(cfg.out_dir, "out_dir", "make bench", ("bench.json", "native_b*", "trl_b*"))
     base = out / "base"
     ensure_base(cfg.pretrain_config, base, *cfg.pretrain_args)
     results = [measure(cfg, base, backend, batch) for backend, batch in runs(cfg)]

@@ -145,16 +145,17 @@ def figure(runs: dict, path: Path) -> None:
 @cli_entry
 def main(argv):
     cfg = load_config(CrosscheckConfig, argv, default_config="configs/crosscheck.yaml", prog="posttrain.crosscheck")
-    check_stage_args(PretrainConfig, cfg.pretrain_config, cfg.pretrain_args, "pretrain_args", "pretrain_config")
+    check_stage_args(PretrainConfig, cfg.pretrain_config, cfg.pretrain_args, "pretrain_args", "pretrain_config",
+                     cfg.pretrain_args)
     for config in cfg.posttrain_configs.values():
         # the overrides alone first (the run's step count is read through them), then every run's whole command line
-        check_stage_args(PosttrainConfig, config, cfg.posttrain_args, "posttrain_args", "posttrain_configs")
+        check_stage_args(PosttrainConfig, config, cfg.posttrain_args, "posttrain_args", "posttrain_configs", cfg.posttrain_args)
         for backend in cfg.backends:
             run_cfg = check_stage_args(PosttrainConfig, config, run_overrides(cfg, config, backend, cfg.seeds[0]),
-                                       "posttrain_args", "posttrain_configs")
+                                       "posttrain_args", "posttrain_configs", cfg.posttrain_args)
             if backend == "trl":
                 check_trl_config(run_cfg, f"posttrain_configs '{config}' with posttrain_args")
-    out = claim_output_dir(cfg.out_dir, "out_dir", "make crosscheck", "crosscheck.json")
+    out = claim_output_dir(cfg.out_dir, "out_dir", "make crosscheck", ("crosscheck.json", "*_native_s*", "*_trl_s*"))
     base = out / "base"
     ensure_base(cfg.pretrain_config, base, *cfg.pretrain_args)
     runs: dict = {}

@@ -81,11 +81,18 @@ def test_bench_rejects_a_warmup_that_times_nothing_or_the_setup(tmp_path, steps,
     ("posttrain.bench", ["--posttrain_args", "[--optim.bogus, '1']"], "posttrain_args: command line: --optim.bogus: unknown key"),
     ("posttrain.bench", ["--pretrain_args", "[--model.widht, '8']"], "pretrain_args: command line: --model.widht"),
     ("posttrain.crosscheck", ["--posttrain_args", "[--algo.bogus, '1']"], "posttrain_args: command line: --algo.bogus"),
-    ("eval.experiments", ["--extra_args", "[--optim.bogus, '1']"], "extra_args: command line: --optim.bogus"),
-    # where a run reads and writes is the driver's: a user's --run.run_dir would write into another folder
+    ("eval.experiments", ["--extra_args", "[--optim.bogus, '1']"], "extra_args (given to the bases' pretraining too): "
+                                                                   "command line: --optim.bogus"),
+    # what the driver sets for each run is its own: a user's --run.run_dir would write into another folder, a
+    # --run.seed would make every seed's run the same run
     ("posttrain.bench", ["--posttrain_args", "[--run.run_dir, elsewhere]"],
-     "posttrain_args: --run.run_dir is the driver's to set (each run gets its own); leave it out"),
-    ("eval.experiments", ["--extra_args", "['--base=elsewhere']"], "extra_args: --base is the driver's to set"),
+     "posttrain_args: --run.run_dir would override run.run_dir, which the driver sets for each run"),
+    ("posttrain.bench", ["--posttrain_args", "[--run, '{run_dir: elsewhere}']"], "--run would override run.checkpoint_every, "
+                                                                                "run.progress, run.report_to, run.run_dir"),
+    ("eval.experiments", ["--extra_args", "['--base=elsewhere']"], "--base would override base"),
+    ("eval.experiments", ["--extra_args", "[--run.seed, '3']"], "extra_args: --run.seed would override run.seed"),
+    ("posttrain.crosscheck", ["--posttrain_args", "[--backend, trl]"], "--backend would override backend"),
+    ("posttrain.bench", ["--posttrain_args", "[--config, x.yaml]"], "posttrain_args: holds --config, which is not an override"),
     # nothing to measure or compare: refused, not an empty result written over the last one
     ("posttrain.bench", ["--backends", "[]"], "key 'backends': list at least one of: native, trl"),
     ("posttrain.bench", ["--batch_sizes", "[]"], "key 'batch_sizes': must list at least one batch size"),

@@ -287,5 +287,5 @@ def test_eval_rejects_bad_paths_in_one_line(tmp_path, tiny_base, capsys):
     run_like.mkdir()
     shutil.copy(tiny_base / "config.yaml", run_like / "config.yaml")
     err = one_line_error(main, [*args, "--out_dir", str(run_like)], capsys)
-    assert f"out_dir: '{run_like}' is a run folder (it has a config.yaml); pass another out_dir" in err
+    assert f"out_dir: '{run_like}' is a run folder (it has a config.yaml); pass a new or empty folder as out_dir" in err
     assert [p.name for p in run_like.iterdir()] == ["config.yaml"]

@@ -15,7 +15,7 @@ import torch
 
 from barrierlab.errors import UserError
 from barrierlab.models import LinearPolicyConfig, LinearPolicyLM
-from barrierlab.run import RunConfig, RunDir, claim_output_dir, read_metrics
+from barrierlab.run import RunConfig, RunDir, claim_output_dir, read_metrics, remove_run_folder
 from barrierlab.tokenizer import build_tokenizer, vocab_size
 from pretrain.config import load_pretrain_config
 from tests.conftest import ROOT, TINY
@@ -87,19 +87,20 @@ def test_a_run_folder_refuses_another_config(tmp_path):
 
 
 def test_output_folders_of_eval_and_the_drivers_are_their_own(tmp_path):
-    claim = lambda path, kind="the scaling experiment": claim_output_dir(path, "out_dir", kind, "results.json")  # noqa: E731
+    claim = lambda path, kind="the scaling experiment": claim_output_dir(path, "out_dir", kind, ("results.json", "N*"))  # noqa: E731
     assert claim(tmp_path / "new") == tmp_path / "new" and claim(tmp_path / "new") == tmp_path / "new"  # created, reclaimed
     with pytest.raises(UserError, match="holds the output of the scaling experiment, not of the alpha experiment"):
         claim(tmp_path / "new", "the alpha experiment")
     run = make_run(tmp_path)  # a run folder
-    with pytest.raises(UserError, match="is a run folder \\(it has a config.yaml\\); pass another out_dir"):
+    with pytest.raises(UserError, match="is a run folder \\(it has a config.yaml\\); pass a new or empty folder as out_dir"):
         claim(run.path)
-    (tmp_path / "mine").mkdir()
-    (tmp_path / "mine" / "notes.txt").write_text("")
-    with pytest.raises(UserError, match="holds other files; pass a new or empty folder as out_dir"):
-        claim(tmp_path / "mine")
-    (tmp_path / "mine" / "results.json").write_text("{}")  # an unmarked folder of this command's (an older version's)
-    claim(tmp_path / "mine")
+    for name in ("results.json", "N4"):  # an unmarked folder of this command's (an older version's, killed or not)
+        (tmp_path / name / "mine").mkdir(parents=True)
+        (tmp_path / name / "mine" / "notes.txt").write_text("")
+        with pytest.raises(UserError, match="holds other files; pass a new or empty folder as out_dir"):
+            claim(tmp_path / name / "mine")
+        (tmp_path / name / "mine" / name).mkdir()
+        claim(tmp_path / name / "mine")
     cfg = Cfg(RunConfig(run_dir=str(tmp_path / "new"), report_to=[]))
     with pytest.raises(UserError, match="holds the output of the scaling experiment, not a run"):
         RunDir(cfg, cfg.run)
@@ -125,16 +126,22 @@ def test_a_stage_dies_with_its_driver_and_a_run_folder_has_one_writer(tmp_path):
     driver = f"from barrierlab.stages import run_stage; run_stage('pretrain', *{args!r})"  # as the experiment drivers
     proc = subprocess.Popen([sys.executable, "-c", driver], cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
     cfg = load_pretrain_config(args)
+    stage = None
     try:
         assert wait_for(lambda: (tmp_path / "base" / "metrics.jsonl").exists(), 120)
         stage = int((tmp_path / "base" / ".lock").read_text())
         assert stage != proc.pid and alive(stage)
         with pytest.raises(UserError, match=rf"in use by another process \(pid {stage}\); wait for it"):
             RunDir(cfg, cfg.run)  # a second writer (say, the driver's rerun) is refused while the stage runs
-    finally:
+        with pytest.raises(UserError, match="in use by another process; wait for it"):
+            remove_run_folder(tmp_path / "base")  # nor deleted under it (make bench redoes its runs)
         proc.kill()  # SIGKILL: the driver gets no chance to stop its child itself
         proc.wait()
-    assert wait_for(lambda: not alive(stage), 30)
+        assert wait_for(lambda: not alive(stage), 30)
+    finally:
+        proc.kill()
+        if stage is not None and alive(stage):  # a failure must not leave a million-step run behind
+            os.kill(stage, 9)
 
     def free() -> bool:  # the lock goes with the last of the stage's threads, a moment after its main one
         try:
