@@ -79,15 +79,10 @@ def check_same_config(path: Path, cfg, fix: str = "pass a new --run.run_dir, or 
 _held_locks: dict[tuple[int, int], int] = {}  # (device, inode) of a lock file this process holds -> its descriptor
 
 
-def lock_run_folder(path: Path) -> None:
-    """Hold ``path/.lock`` for the rest of this process (the kernel lets go when it exits, however it exits), or
-    fail in one line: two processes appending to one metrics.jsonl and checkpointing into one folder (a run
-    started twice, a driver's orphaned stage still running) would interleave two runs."""
+def _lock(path: Path) -> int:
+    """An open descriptor of ``path/.lock`` (created if missing) that holds its lock, or a one-line refusal naming
+    the process that holds it."""
     fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-    st = os.fstat(fd)
-    if (st.st_dev, st.st_ino) in _held_locks:  # by its inode: the folder may have been moved since
-        os.close(fd)
-        return
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -95,6 +90,18 @@ def lock_run_folder(path: Path) -> None:
         os.close(fd)
         raise UserError(f"{path} is in use by another process (pid {holder}); wait for it to finish or stop it, "
                         "then rerun to resume") from None
+    return fd
+
+
+def lock_run_folder(path: Path) -> None:
+    """Hold ``path/.lock`` for the rest of this process (the kernel lets go when it exits, however it exits), or
+    fail in one line: two processes appending to one metrics.jsonl and checkpointing into one folder (a run
+    started twice, a driver's orphaned stage still running) would interleave two runs."""
+    st = os.stat(path / ".lock") if (path / ".lock").exists() else None
+    if st is not None and (st.st_dev, st.st_ino) in _held_locks:  # by its inode: the folder may have been moved since
+        return
+    fd = _lock(path)
+    st = os.fstat(fd)
     os.ftruncate(fd, 0)
     os.write(fd, str(os.getpid()).encode())
     _held_locks[st.st_dev, st.st_ino] = fd
@@ -313,15 +320,10 @@ def claim_output_dir(path, key: str, kind: str, signatures: tuple[str, ...]) -> 
 
 def remove_run_folder(path: Path) -> None:
     """Delete a run folder to redo it, or fail in one line if a process still holds it (see ``lock_run_folder``)."""
-    if not (path / ".lock").exists():
-        shutil.rmtree(path, ignore_errors=True)
+    if not path.is_dir():
         return
-    fd = os.open(path / ".lock", os.O_RDWR)
+    fd = _lock(path)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise UserError(f"{path} is in use by another process; wait for it to finish or stop it") from None
-    else:
         shutil.rmtree(path, ignore_errors=True)
     finally:
         os.close(fd)

@@ -133,7 +133,7 @@ def test_a_stage_dies_with_its_driver_and_a_run_folder_has_one_writer(tmp_path):
         assert stage != proc.pid and alive(stage)
         with pytest.raises(UserError, match=rf"in use by another process \(pid {stage}\); wait for it"):
             RunDir(cfg, cfg.run)  # a second writer (say, the driver's rerun) is refused while the stage runs
-        with pytest.raises(UserError, match="in use by another process; wait for it"):
+        with pytest.raises(UserError, match=rf"in use by another process \(pid {stage}\); wait for it"):
             remove_run_folder(tmp_path / "base")  # nor deleted under it (make bench redoes its runs)
         proc.kill()  # SIGKILL: the driver gets no chance to stop its child itself
         proc.wait()
