@@ -60,6 +60,12 @@ def require(condition: bool, key: str, message: str) -> None:
         raise ConfigValueError(key, message)
 
 
+def require_seed(seed: int, key: str = "seed") -> None:
+    """Stages derive generator seeds as ``seed × m + r`` with multipliers m below 2²⁴; below 2³¹ these stay within the
+    64 bits a torch generator takes."""
+    require(0 <= seed < 2**31, key, f"must be in 0 … 2147483647 (2³¹ - 1), got {seed}")
+
+
 # ----------------------------------------------------------------------------- field docs
 
 
@@ -105,7 +111,9 @@ def _describe(tp: Any) -> str:
         return " or ".join("null" if a is type(None) else _describe(a) for a in typing.get_args(tp))
     if origin is list:
         return f"a list of {_describe(typing.get_args(tp)[0])}"
-    if origin is dict or tp is dict:
+    if origin is dict:
+        return f"a mapping ({_describe(typing.get_args(tp)[0])} → {_describe(typing.get_args(tp)[1])})"
+    if tp is dict:
         return "a mapping"
     if dataclasses.is_dataclass(tp):
         return "a mapping with keys " + ", ".join(f.name for f in dataclasses.fields(tp))
@@ -156,7 +164,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
             raise bad
-        return dict(value)
+        if tp is dict:  # free-form (a reward's params): its consumer checks the entries
+            return dict(value)
+        key_tp, value_tp = typing.get_args(tp)
+        return {_coerce(k, key_tp, key): _coerce(v, value_tp, f"{key}.{k}") for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value

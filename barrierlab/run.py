@@ -24,8 +24,9 @@ from typing import Literal
 import torch
 import yaml
 
-from barrierlab.config import dump_yaml, require
+from barrierlab.config import dump_yaml, require, require_seed
 from barrierlab.errors import UserError
+from barrierlab.tokenizer import ANSWER0
 
 
 @dataclass
@@ -51,6 +52,7 @@ class RunConfig:
             require(name in ("tensorboard",), "report_to", f"unknown logger '{name}'; allowed: tensorboard")
         require(self.checkpoint_every >= 0, "checkpoint_every", "must be ≥ 0")
         require(self.keep_checkpoints >= 1, "keep_checkpoints", "must be ≥ 1")
+        require_seed(self.seed)
 
 
 def seed_everything(seed: int) -> None:
@@ -121,7 +123,7 @@ class RunDir:
                             f"{(self.path / OUTPUT_MARKER).read_text().strip()}, not a run; pass another run.run_dir")
         check_same_config(self.path, cfg)
         if is_main:
-            self.path.mkdir(parents=True, exist_ok=True)
+            make_dir(self.path, "run.run_dir")
             lock_run_folder(self.path)
             check_same_config(self.path, cfg)  # again: the process that held the lock may have just written it
             atomic_write_text(self.path / "config.yaml", dump_yaml(cfg))
@@ -186,12 +188,12 @@ class RunDir:
         done = sorted(p for p in self.ckpt_dir.iterdir() if p.name.startswith("step_") and (p / "trainer_state.pt").exists())
         return done[-1] if done else None
 
-    def save_checkpoint(self, step: int, model, tokenizer, state: dict, extra_files: dict[str, str] | None = None):
+    def save_checkpoint(self, step: int, model, tokenizer, state: dict):
         """Write ``checkpoints/step_N`` atomically (temporary folder, then rename) and prune old ones."""
         if not self.is_main:
             return
         final = self.ckpt_dir / f"step_{step:07d}"
-        save_model_dir(final, model, tokenizer, extra_files, state=state)
+        save_model_dir(final, model, tokenizer, state=state)
         old = sorted(p for p in self.ckpt_dir.iterdir() if p.name.startswith("step_"))
         for p in old[: -self.keep]:
             shutil.rmtree(p, ignore_errors=True)
@@ -291,8 +293,16 @@ def output_dir(path, key: str, create: bool = True) -> Path:
     if path.exists() and not path.is_dir():
         raise UserError(f"{key}: '{path}' is a file, not a folder; pass another {key}")
     if create:
-        path.mkdir(parents=True, exist_ok=True)
+        make_dir(path, key)
     return path
+
+
+def make_dir(path: Path, key: str) -> None:
+    """Create the folder ``path`` of config key ``key`` (and its parents), or say in one line why it cannot be."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"{key}: cannot create '{path}' ({err.strerror}); pass a folder you can write to") from None
 
 
 OUTPUT_MARKER = ".barrierlab_output"  # in the folder of a command that is not a run (eval, the drivers): which one
@@ -313,7 +323,7 @@ def claim_output_dir(path, key: str, kind: str, signatures: tuple[str, ...]) -> 
     if path.is_dir() and any(path.iterdir()) and not any(any(path.glob(g)) for g in signatures):
         what = "is a run folder (it has a config.yaml)" if (path / "config.yaml").exists() else "holds other files"
         raise UserError(f"{key}: '{path}' {what}; pass a new or empty folder as {key}")
-    path.mkdir(parents=True, exist_ok=True)
+    make_dir(path, key)
     atomic_write_text(marker, kind + "\n")
     return path
 
@@ -369,6 +379,11 @@ def column_tensor(dataset, name: str) -> torch.Tensor:
     else:
         values = torch.from_numpy(column.to_numpy(zero_copy_only=False).copy())
     return values if values.is_floating_point() else values.long()  # ids index embeddings: int64, as torch.tensor
+
+
+def prompt_tensors(dataset, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A saved prompt dataset's (prompt ids ``(R, d + 2)``, target answer symbols ``(R, N)``) on ``device``."""
+    return column_tensor(dataset, "prompt_ids").to(device), (column_tensor(dataset, "target_ids") - ANSWER0).to(device)
 
 
 def load_model_dir(path: Path):

@@ -16,23 +16,24 @@ from pretrain.config import load_pretrain_config
 DRIVER_KEYS = ("base", "run.run_dir")  # where a driver's stage reads and writes: the driver sets them for each run
 
 
-def check_stage_args(stage_config: type, config: str, args: list[str], key: str, config_key: str,
-                     user_args: list[str]):
+def check_stage_args(stage_config: type, config: str, args: list[str], *, user_args: list[str], config_key: str,
+                     user_key: str):
     """The config a stage will run with the overrides ``args``, or one line, before any run starts or is reused,
     when the stage config file ``config`` (the driver's key ``config_key``) is missing, or the user's overrides
-    ``user_args`` (the driver's key ``key``; they end ``args``, so they win) set what the driver sets for each run
-    (the rest of ``args``, and where the run reads and writes) or do not fit the config."""
+    ``user_args`` (the driver's key ``user_key``) set what the driver sets for each run (the rest of ``args``, and
+    where the run reads and writes) or do not fit the config. ``args`` ends with ``user_args``, so the user's win."""
     if not Path(config).is_file():
         raise UserError(f"{config_key}: config file '{config}' not found; fix {config_key}")
-    assert args[len(args) - len(user_args):] == user_args
+    driver_args = args[: len(args) - len(user_args)]
+    assert driver_args + user_args == args, "args must end with user_args"
     config_given, user, wants_help = parse_overrides(user_args)
     if config_given is not None or wants_help:
-        raise UserError(f"{key}: holds {'--config' if config_given else '--help'}, which is not an override; leave it out")
-    by_driver = {name for name, _ in parse_overrides(args[: len(args) - len(user_args)])[1]} | set(DRIVER_KEYS)
+        raise UserError(f"{user_key}: holds {'--config' if config_given else '--help'}, which is not an override; leave it out")
+    by_driver = {name for name, _ in parse_overrides(driver_args)[1]} | set(DRIVER_KEYS)
     for name, _ in user:
         clash = sorted(d for d in by_driver if d == name or d.startswith(name + "."))  # a section holds its keys
         if clash:
-            raise UserError(f"{key}: --{name} would override {', '.join(clash)}, which the driver sets for each run "
+            raise UserError(f"{user_key}: --{name} would override {', '.join(clash)}, which the driver sets for each run "
                             "(see its own settings: --help); leave it out")
     try:
         return load_config(stage_config, ["--config", config, *args])
@@ -41,7 +42,7 @@ def check_stage_args(stage_config: type, config: str, args: list[str], key: str,
             load_config(stage_config, ["--config", config])
         except UserError as own:
             raise UserError(f"{config_key}: {own}") from None
-        raise UserError(f"{key}: {err}") from None
+        raise UserError(f"{user_key}: {err}") from None
 
 
 def run_stage(stage: str, *args: str) -> None:

@@ -51,6 +51,3 @@ def prompt_text(bits: torch.Tensor) -> list[str]:
     """Text form of prompts, as TRL and ``tokenizer(...)`` see them."""
     return ["[BOS] " + " ".join(str(int(b)) for b in row) + " [SEP]" for row in bits]
 
-
-def response_text(symbols: torch.Tensor) -> list[str]:
-    return [" ".join(f"a{int(s)}" for s in row) for row in symbols]

@@ -22,8 +22,7 @@ import torch
 from barrierlab.config import dump_yaml, load_config
 from barrierlab.errors import UserError, cli_entry
 from barrierlab.metrics import fmt_value, split_masks
-from barrierlab.run import atomic_write_text, claim_output_dir, load_dataset_dir, load_model_dir
-from barrierlab.tokenizer import ANSWER0
+from barrierlab.run import atomic_write_text, claim_output_dir, load_dataset_dir, load_model_dir, prompt_tensors
 from eval.config import EvalStageConfig
 from eval.evaluate import PromptSet, evaluate_checkpoint
 from eval.passk import default_ks
@@ -55,8 +54,7 @@ def load_prompt_set(base: Path, threshold: float, device) -> tuple[PromptSet, di
     """The base run's eval prompts on ``device``, and their cluster, base α and split columns."""
     eval_set = load_dataset_dir(base / "data" / "eval_prompts", ["prompt_ids", "target_ids", "cluster", "base_alpha"])
     masks = split_masks(torch.tensor(eval_set["base_alpha"], dtype=torch.float64), threshold)
-    prompt_set = PromptSet(torch.tensor(eval_set["prompt_ids"], device=device),
-                           torch.tensor(eval_set["target_ids"], device=device) - ANSWER0, masks)
+    prompt_set = PromptSet(*prompt_tensors(eval_set, device), masks)
     split = ["offsupport" if off else "onsupport" for off in masks["offsupport"].tolist()]
     return prompt_set, {"cluster": eval_set["cluster"], "split": split, "base_alpha": eval_set["base_alpha"]}
 

@@ -1,4 +1,4 @@
-"""Small numerical helpers shared by the figures and the report: metric rows, hitting times, log-linear fits."""
+"""Small numerical helpers shared by the figures and the report: metric rows, hitting times, the experiments' fits."""
 
 from __future__ import annotations
 
@@ -36,3 +36,20 @@ def fit_loglinear(x, y) -> tuple[float, float] | None:
     b, a = np.polyfit(x, np.log(y), 1)
     return float(a), float(b)
 
+
+def scaling_fit(runs: list[dict], arm: str) -> tuple[str, tuple[float, float]] | None:
+    """``(kind, (a, b))`` fitted to the uncensored runs of ``arm`` in the theory's shape for its reward (each run
+    records it): outcome PG exponential, ``log q = a + b·N`` (q ∝ k^N); process PG a power law,
+    ``log q = a + b·log N`` (q ∝ N). None with fewer than two distinct N."""
+    mine = [r for r in runs if r["arm"] == arm]
+    kind = "power" if mine and mine[0]["reward"] == "process" else "exponential"
+    done = fittable(mine)
+    x = [r["N"] if kind == "exponential" else np.log(r["N"]) for r in done]
+    fit = fit_loglinear(x, [r["queries"] for r in done])
+    return None if fit is None else (kind, fit)
+
+
+def alpha_fit(runs: list[dict]) -> tuple[float, float] | None:
+    """``(a, slope)`` of ``log q = a + slope·log α`` over the fittable runs (theory: slope −1)."""
+    done = fittable(runs)
+    return fit_loglinear([np.log(r["alpha"]) for r in done], [r["queries"] for r in done])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from barrierlab.config import require
+from barrierlab.config import require, require_seed
 
 
 @dataclass
@@ -44,7 +44,7 @@ class EvalStageConfig:
         require(self.base != "", "base", "must name the pretraining run folder, e.g. runs/base")
         require(self.out_dir != "", "out_dir", "must name a folder, e.g. runs/eval")
         names = self.named_checkpoints()
-        require(all(isinstance(p, str) and p for p in names.values()), "checkpoints", "every entry must be a folder path")
+        require(all(names.values()), "checkpoints", "every entry must be a folder path, not empty")
         require(len(names) == len(self.checkpoints), "checkpoints", "two folders get the same name; use a mapping name → folder")
         require("base" not in names, "checkpoints", "'base' names the base model's own row (include_base); call the "
                 "checkpoint something else")
@@ -59,6 +59,7 @@ class EvalStageConfig:
         require(self.offsupport_threshold is None or 0 < self.offsupport_threshold < 1, "offsupport_threshold",
                 "must be in (0, 1) or null")
         require(self.batch_size >= 1, "batch_size", "must be ≥ 1")
+        require_seed(self.seed)
 
     def named_checkpoints(self) -> dict[str, str]:
         """``checkpoints`` as name → folder; a listed folder is named after its run (runs/o1/model → o1)."""

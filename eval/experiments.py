@@ -22,13 +22,14 @@ from pathlib import Path
 from typing import Literal
 
 from barrierlab.config import dump_yaml, load_config, require
-from barrierlab.errors import cli_entry
+from barrierlab.errors import UserError, cli_entry
 from barrierlab.run import atomic_write_text, claim_output_dir, last_row, read_metrics
 from barrierlab.stages import check_stage_args, ensure_base, reuse_or_run
 from eval import figures
-from eval.analysis import fittable, queries_to_reach
+from eval.analysis import alpha_fit, fittable, queries_to_reach, scaling_fit
 from posttrain.config import PosttrainConfig, load_posttrain_config
 from pretrain.config import PretrainConfig
+from rewards import resolve_class
 
 
 @dataclass
@@ -39,9 +40,10 @@ class ExperimentConfig:
     """Folder of the experiment: one sub-folder per run, results.json, the figure and report.md."""
     pretrain_config: str = "configs/scaling/pretrain.yaml"
     """Pretraining config of the bases (N is overridden per run in the scaling experiment)."""
-    posttrain_configs: dict = field(default_factory=lambda: {"outcome": "configs/scaling/posttrain_outcome.yaml",
+    posttrain_configs: dict[str, str] = field(default_factory=lambda: {"outcome": "configs/scaling/posttrain_outcome.yaml",
                                                              "process": "configs/scaling/posttrain_process.yaml"})
-    """Arm name → post-training config. Names containing 'process' are fitted ∝ N^b, the others ∝ B^N."""
+    """Arm name → post-training config. Scaling fits arms with a process reward ∝ N^b, those with an outcome reward
+    ∝ e^{bN}."""
     Ns: list[int] = field(default_factory=lambda: [4, 5, 6, 7, 8])
     """Response lengths (scaling only)."""
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
@@ -64,6 +66,8 @@ class ExperimentConfig:
         require(0 < self.target_likelihood <= 1, "target_likelihood", "must be in (0, 1]")
         require(self.max_queries >= 1, "max_queries", "must be ≥ 1")
         require(len(self.posttrain_configs) >= 1, "posttrain_configs", "must name at least one arm")
+        require(self.experiment != "alpha" or len(self.posttrain_configs) == 1, "posttrain_configs",
+                f"the alpha experiment runs one arm (outcome PG); name exactly one, not {len(self.posttrain_configs)}")
 
 
 def pretrain_overrides(cfg: ExperimentConfig, N: int | None) -> list[str]:
@@ -79,14 +83,22 @@ def posttrain_overrides(cfg: ExperimentConfig, seed: int, clusters: list[int]) -
 
 
 def check_overrides(cfg: ExperimentConfig) -> None:
-    """Every stage call's config and overrides, checked before any run is reused or started (clusters: any, they
-    are known only once the base is pretrained)."""
+    """Every stage call's config and overrides, and the clusters to post-train on, checked before any run is reused
+    or started."""
     for N in cfg.Ns if cfg.experiment == "scaling" else [None]:
-        check_stage_args(PretrainConfig, cfg.pretrain_config, pretrain_overrides(cfg, N),
-                         "extra_args (given to the bases' pretraining too)", "pretrain_config", cfg.extra_args)
+        base = check_stage_args(PretrainConfig, cfg.pretrain_config, pretrain_overrides(cfg, N), user_args=cfg.extra_args,
+                                config_key="pretrain_config", user_key="extra_args (given to the bases' pretraining too)")
+        labels = [c.label() for c in base.profile]
+        bad = [c for c in cfg.clusters or [] if not 0 <= c < len(labels)]
+        if bad or cfg.clusters == []:
+            raise UserError(f"clusters: {bad or 'empty list'} not in 0..{len(labels) - 1} (the clusters of "
+                            f"pretrain_config '{cfg.pretrain_config}')")
+        if cfg.clusters is None and cfg.experiment == "scaling" and "sequence(0)" not in labels:
+            raise UserError(f"clusters: pretrain_config '{cfg.pretrain_config}' has no off-support cluster "
+                            "({coverage: sequence, p: 0.0}) to train on by default; add one, or list clusters")
     for config in cfg.posttrain_configs.values():
-        check_stage_args(PosttrainConfig, config, posttrain_overrides(cfg, cfg.seeds[0], cfg.clusters or [0]), "extra_args",
-                         "posttrain_configs", cfg.extra_args)
+        check_stage_args(PosttrainConfig, config, posttrain_overrides(cfg, cfg.seeds[0], cfg.clusters or [0]),
+                         user_args=cfg.extra_args, config_key="posttrain_configs", user_key="extra_args")
 
 
 def posttrain_to_target(cfg: ExperimentConfig, arm: str, base: Path, run_dir: Path, seed: int,
@@ -100,6 +112,9 @@ def posttrain_to_target(cfg: ExperimentConfig, arm: str, base: Path, run_dir: Pa
 
 def run_scaling(cfg: ExperimentConfig, out: Path) -> dict:
     runs, k = [], None
+    # each arm's reward granularity picks the theory's shape its queries are fitted to (eval.analysis.scaling_fit)
+    rewards = {arm: resolve_class(load_posttrain_config(["--config", config]).reward.name).granularity
+               for arm, config in cfg.posttrain_configs.items()}
     for N in cfg.Ns:
         base = out / f"N{N}" / "base"
         support = ensure_base(cfg.pretrain_config, base, *pretrain_overrides(cfg, N))
@@ -108,7 +123,8 @@ def run_scaling(cfg: ExperimentConfig, out: Path) -> dict:
         for seed in cfg.seeds:
             for arm in cfg.posttrain_configs:
                 queries, censored = posttrain_to_target(cfg, arm, base, base.parent / f"{arm}_s{seed}", seed, clusters)
-                runs.append({"arm": arm, "N": N, "seed": seed, "queries": queries, "censored": censored})
+                runs.append({"arm": arm, "reward": rewards[arm], "N": N, "seed": seed, "queries": queries,
+                             "censored": censored})
                 print(f"N={N} seed={seed} {arm}: {queries} queries{' (censored)' if censored else ''}", flush=True)
     return {"k": k, "target_likelihood": cfg.target_likelihood, "max_queries": cfg.max_queries, "runs": runs}
 
@@ -149,7 +165,7 @@ def scaling_verdict(results: dict) -> list[str]:
     lines, k = [], results["k"]
     for arm in sorted({r["arm"] for r in results["runs"]}):
         mine = [r for r in results["runs"] if r["arm"] == arm]
-        fit, note = figures.scaling_fit(results["runs"], arm), _left_out(mine)
+        fit, note = scaling_fit(results["runs"], arm), _left_out(mine)
         if fit is None:
             lines.append(f"**{arm}**: too few runs to fit{note}.")
             continue
@@ -167,7 +183,7 @@ def scaling_verdict(results: dict) -> list[str]:
 
 def alpha_verdict(results: dict) -> str:
     """The fitted log-log slope of queries against the base α, against the theory's -1."""
-    fit = figures.alpha_fit(results["runs"])
+    fit = alpha_fit(results["runs"])
     slope = (f"fitted log-log slope **{fit[1]:.2f}** (theory: -1; accepted range [-1.5, -0.5])" if fit
              else "too few runs to fit a slope")
     return f"outcome PG queries against the base α: {slope}{_left_out(results['runs'])}."

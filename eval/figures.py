@@ -3,7 +3,8 @@
 Inputs are what the stages write: metrics.jsonl rows (``barrierlab.run.read_metrics``), eval.json, and
 the JSON of the scaling experiments::
 
-    {"k": 8, "target_likelihood": 0.5, "runs": [{"arm": "outcome", "N": 4, "queries": 81920, "censored": false}, ...]}
+    {"k": 8, "target_likelihood": 0.5,
+     "runs": [{"arm": "outcome", "reward": "outcome", "N": 4, "queries": 81920, "censored": false}, ...]}
     {"target_likelihood": 0.5, "runs": [{"cluster": 1, "alpha": 0.3, "queries": 4096, "censored": false}, ...]}
 
 ``censored`` marks a run that hit its query budget before the target: its ``queries`` is a lower bound.
@@ -20,7 +21,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from eval.analysis import QUERIES, eval_rows, fit_loglinear, fittable  # noqa: E402
+from eval.analysis import QUERIES, alpha_fit, eval_rows, fittable, scaling_fit  # noqa: E402
 
 TINY = 1e-300  # likelihoods that underflowed to 0 are drawn here, so a log axis keeps them
 SPLIT_TITLES = {"all": "all prompts", "onsupport": "on-support prompts", "offsupport": "off-support prompts"}
@@ -176,21 +177,6 @@ def passk_figure(passk: dict[str, dict[str, list[float] | None]], ks: list[int],
 # ----------------------------------------------------------------------------- 4. scaling in N
 
 
-def default_fit(arm: str) -> str:
-    """The theory's shape for an arm: process PG ∝ N (a power law), outcome PG ∝ k^N (an exponential)."""
-    return "power" if "process" in arm else "exponential"
-
-
-def scaling_fit(runs: list[dict], arm: str) -> tuple[str, tuple[float, float]] | None:
-    """``(kind, (a, b))`` fitted to the uncensored runs of ``arm``: exponential ``log q = a + b·N`` or power
-    ``log q = a + b·log N`` (see ``default_fit``); None with fewer than two distinct N."""
-    kind = default_fit(arm)
-    done = fittable([r for r in runs if r["arm"] == arm])
-    x = [r["N"] if kind == "exponential" else np.log(r["N"]) for r in done]
-    fit = fit_loglinear(x, [r["queries"] for r in done])
-    return None if fit is None else (kind, fit)
-
-
 def scaling_figure(runs: list[dict], path, *, k: int, target: float | None = None) -> Path:
     """Figure 4. Reward queries to reach the target likelihood against N, per arm (log y). Censored runs are
     hollow up-triangles at the budget they spent (a lower bound) and stay out of the fits. Dotted: the
@@ -229,12 +215,6 @@ def scaling_figure(runs: list[dict], path, *, k: int, target: float | None = Non
 
 
 # ----------------------------------------------------------------------------- 5. α dependence
-
-
-def alpha_fit(runs: list[dict]) -> tuple[float, float] | None:
-    """``(a, slope)`` of ``log q = a + slope·log α`` over the fittable runs (theory: slope −1)."""
-    done = fittable(runs)
-    return fit_loglinear([np.log(r["alpha"]) for r in done], [r["queries"] for r in done])
 
 
 def alpha_figure(runs: list[dict], path, *, target: float | None = None) -> Path:

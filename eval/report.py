@@ -163,7 +163,7 @@ def _tracked_alpha(arm: _Arm, base: Path, base_alpha: list[float]) -> list[float
 
 
 # what each experiment's results.json must hold: keys at the top, and keys of every run
-EXPERIMENT_SCHEMAS = {"scaling": (("k",), ("arm", "N", "queries", "censored")), "alpha": ((), ("alpha", "queries", "censored"))}
+EXPERIMENT_SCHEMAS = {"scaling": (("k",), ("arm", "reward", "N", "queries", "censored")), "alpha": ((), ("alpha", "queries", "censored"))}
 
 
 def load_experiment(path, experiment: str) -> dict:
@@ -244,8 +244,8 @@ def _checkpoint_table(results: dict) -> list[str]:
 def build_report(run_dir, *, scaling=None, alpha=None) -> Path:
     """Write ``run_dir/report.md`` and ``run_dir/figures/*.png`` from the eval stage's outputs in ``run_dir``.
 
-    ``scaling`` and ``alpha``: optional JSON files of the N-scaling and α-dependence experiments (schemas in
-    ``eval.figures``). Returns the report's path.
+    ``scaling`` and ``alpha``: optional JSON files of the N-scaling and α-dependence experiments (required keys in
+    ``EXPERIMENT_SCHEMAS``, examples in ``eval.figures``). Returns the report's path.
     """
     run_dir = Path(run_dir)
     if not (run_dir / "eval.json").exists():

@@ -30,8 +30,6 @@ from barrierlab.stages import check_stage_args, check_trl_config, ensure_base, r
 from posttrain.config import PosttrainConfig
 from pretrain.config import PretrainConfig
 
-POSTTRAIN_CONFIG = "configs/posttrain_outcome.yaml"  # every run's settings beyond it are set in ``measure``
-
 
 @dataclass
 class BenchConfig:
@@ -39,6 +37,9 @@ class BenchConfig:
     """Folder of the benchmark runs and bench.json."""
     pretrain_config: str = "configs/bench/pretrain.yaml"
     """The base: the default transformer at N = 16 (briefly pretrained: throughput does not depend on it)."""
+    posttrain_config: str = "configs/posttrain_outcome.yaml"
+    """Post-training config every measured run starts from; the bench sets the backend, batch, group size, ±1
+    rewards with no baseline, the step count and quiet logging on top (posttrain_overrides in posttrain/bench.py)."""
     backends: list[str] = field(default_factory=lambda: ["native", "trl"])
     """Backends to measure: native, trl."""
     batch_sizes: list[int] = field(default_factory=lambda: [64, 256])
@@ -68,7 +69,7 @@ class BenchConfig:
 
 
 def posttrain_overrides(cfg: BenchConfig, backend: str, batch: int) -> list[str]:
-    """What every measured posttrain run gets on top of POSTTRAIN_CONFIG (besides its base and run folder)."""
+    """What every measured posttrain run gets on top of ``posttrain_config`` (besides its base and run folder)."""
     return ["--backend", backend, "--optim.batch_size", str(batch), "--algo.group_size", str(cfg.group_size),
             "--reward.signed", "true", "--algo.baseline", "none", "--optim.max_steps", str(cfg.steps),
             "--optim.max_queries", "null", "--eval.eval_every", "1000000", "--eval.num_tracked", "0",
@@ -84,7 +85,7 @@ def runs(cfg: BenchConfig) -> list[tuple[str, int]]:
 def measure(cfg: BenchConfig, base: Path, backend: str, batch: int) -> dict:
     run_dir = Path(cfg.out_dir) / f"{backend}_b{batch}"
     remove_run_folder(run_dir)  # every number from this invocation (an old run may be another device's)
-    run_stage("posttrain", "--config", POSTTRAIN_CONFIG, "--base", str(base), "--run.run_dir", str(run_dir),
+    run_stage("posttrain", "--config", cfg.posttrain_config, "--base", str(base), "--run.run_dir", str(run_dir),
               *posttrain_overrides(cfg, backend, batch))
     rows = read_metrics(run_dir / "metrics.jsonl")
     every = [r for r in rows if "train/update_time_s" in r]
@@ -116,11 +117,11 @@ def table(results: list[dict]) -> str:
 @cli_entry
 def main(argv):
     cfg = load_config(BenchConfig, argv, default_config="configs/bench.yaml", prog="posttrain.bench")
-    check_stage_args(PretrainConfig, cfg.pretrain_config, cfg.pretrain_args, "pretrain_args", "pretrain_config",
-                     cfg.pretrain_args)
+    check_stage_args(PretrainConfig, cfg.pretrain_config, cfg.pretrain_args, user_args=cfg.pretrain_args,
+                     config_key="pretrain_config", user_key="pretrain_args")
     for backend, batch in runs(cfg):
-        run_cfg = check_stage_args(PosttrainConfig, POSTTRAIN_CONFIG, posttrain_overrides(cfg, backend, batch),
-                                   "posttrain_args", "POSTTRAIN_CONFIG", cfg.posttrain_args)
+        run_cfg = check_stage_args(PosttrainConfig, cfg.posttrain_config, posttrain_overrides(cfg, backend, batch),
+                                   user_args=cfg.posttrain_args, config_key="posttrain_config", user_key="posttrain_args")
         if backend == "trl":
             check_trl_config(run_cfg, "posttrain_args")
     out = claim_output_dir(cfg.out_dir, "out_dir", "make bench", ("bench.json", "native_b*", "trl_b*"))

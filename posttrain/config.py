@@ -40,6 +40,9 @@ class AlgoConfig:
                 f"baseline '{self.baseline}' needs group_size ≥ 2")
         require(self.kl_coef >= 0, "kl_coef", "must be ≥ 0")
         require(self.temperature > 0, "temperature", "must be > 0")
+        require(not self.scale_std or self.baseline == "group_mean", "scale_std",
+                f"divides group_mean advantages by the group's std; with baseline '{self.baseline}' it would do nothing: "
+                "set baseline group_mean or scale_std false")
         require(self.behaviour != "teacher_forcing" or self.baseline == "none", "baseline",
                 "teacher_forcing feeds y* itself, so every exact reward is equal and a mean baseline zeroes every "
                 "advantage: use none")

@@ -40,7 +40,7 @@ class CrosscheckConfig:
     """The shared base (pretrained once)."""
     pretrain_args: list[str] = field(default_factory=lambda: ["--task.N", "10"])
     """Overrides of the base's config (N = 10, k = 4: off-support α ≈ 1e-6, out of the budget's reach)."""
-    posttrain_configs: dict = field(default_factory=lambda: {"outcome": "configs/scaling/posttrain_outcome.yaml",
+    posttrain_configs: dict[str, str] = field(default_factory=lambda: {"outcome": "configs/scaling/posttrain_outcome.yaml",
                                                              "process": "configs/scaling/posttrain_process.yaml"})
     """Reward arm → post-training config, run by both backends."""
     backends: list[str] = field(default_factory=lambda: ["native", "trl"])
@@ -145,14 +145,14 @@ def figure(runs: dict, path: Path) -> None:
 @cli_entry
 def main(argv):
     cfg = load_config(CrosscheckConfig, argv, default_config="configs/crosscheck.yaml", prog="posttrain.crosscheck")
-    check_stage_args(PretrainConfig, cfg.pretrain_config, cfg.pretrain_args, "pretrain_args", "pretrain_config",
-                     cfg.pretrain_args)
+    check_stage_args(PretrainConfig, cfg.pretrain_config, cfg.pretrain_args, user_args=cfg.pretrain_args,
+                     config_key="pretrain_config", user_key="pretrain_args")
+    user = dict(user_args=cfg.posttrain_args, config_key="posttrain_configs", user_key="posttrain_args")
     for config in cfg.posttrain_configs.values():
         # the overrides alone first (the run's step count is read through them), then every run's whole command line
-        check_stage_args(PosttrainConfig, config, cfg.posttrain_args, "posttrain_args", "posttrain_configs", cfg.posttrain_args)
+        check_stage_args(PosttrainConfig, config, cfg.posttrain_args, **user)
         for backend in cfg.backends:
-            run_cfg = check_stage_args(PosttrainConfig, config, run_overrides(cfg, config, backend, cfg.seeds[0]),
-                                       "posttrain_args", "posttrain_configs", cfg.posttrain_args)
+            run_cfg = check_stage_args(PosttrainConfig, config, run_overrides(cfg, config, backend, cfg.seeds[0]), **user)
             if backend == "trl":
                 check_trl_config(run_cfg, f"posttrain_configs '{config}' with posttrain_args")
     out = claim_output_dir(cfg.out_dir, "out_dir", "make crosscheck", ("crosscheck.json", "*_native_s*", "*_trl_s*"))

@@ -9,8 +9,7 @@ import torch
 
 from barrierlab.metrics import fmt_value, split_masks, split_mean
 from barrierlab.policy import target_stats
-from barrierlab.run import peak_memory_mb
-from barrierlab.tokenizer import ANSWER0
+from barrierlab.run import peak_memory_mb, prompt_tensors
 
 
 def tracked_indices(base_alpha: torch.Tensor, n: int) -> torch.Tensor:
@@ -25,8 +24,7 @@ def tracked_indices(base_alpha: torch.Tensor, n: int) -> torch.Tensor:
 class ExactEval:
     def __init__(self, eval_set, threshold: float, num_tracked: int, k: int, device, trained_clusters=None):
         self.k = k
-        self.prompts = torch.tensor(eval_set["prompt_ids"], device=device)
-        self.targets = torch.tensor(eval_set["target_ids"], device=device) - ANSWER0
+        self.prompts, self.targets = prompt_tensors(eval_set, device)
         self.base_alpha = torch.tensor(eval_set["base_alpha"], dtype=torch.float64)
         self.splits = split_masks(self.base_alpha, threshold)
         self.tracked = tracked_indices(self.base_alpha, num_tracked)
@@ -60,10 +58,20 @@ class ExactEval:
         return metrics.get(f"eval/{split}_likelihood")
 
 
+def out_of_queries(cfg, queries: int) -> bool:
+    return cfg.optim.max_queries is not None and queries >= cfg.optim.max_queries
+
+
+def due_for_eval(cfg, step: int, queries: int) -> bool:
+    """Whether step ``step`` ends with an exact evaluation: every ``eval_every`` steps and at every step where the run
+    may stop, so that a run's last metrics are always an evaluation of its final model."""
+    return step % cfg.eval.eval_every == 0 or out_of_queries(cfg, queries) or step == cfg.optim.max_steps
+
+
 def stop_reason(cfg, step: int, queries: int, last: dict | None, evaluator: ExactEval) -> str | None:
     """Why a post-training run stops after ``step`` (None: it goes on to the next step or to ``max_steps``):
     the query budget is spent, or the evaluation of this step reached the target likelihood."""
-    if cfg.optim.max_queries is not None and queries >= cfg.optim.max_queries:
+    if out_of_queries(cfg, queries):
         return "max_queries"
     target = cfg.optim.target_likelihood
     if target is not None and last is not None and step % cfg.eval.eval_every == 0:
@@ -71,6 +79,14 @@ def stop_reason(cfg, step: int, queries: int, last: dict | None, evaluator: Exac
         if value is not None and value >= target:
             return "target_likelihood"
     return None
+
+
+def train_metrics(*, queries: int, samples: int, reward_mean: float, success_rate: float, loss: float,
+                  grad_norm: float, update_time_s: float, **stats: float) -> dict:
+    """A step's ``train/`` line, under the names both backends log (``stats``: entropy, and kl if it is used)."""
+    return {"train/reward_queries": queries, "train/samples": samples, "train/reward_mean": reward_mean,
+            "train/success_rate": success_rate, "train/loss": loss, "train/grad_norm": grad_norm,
+            "train/update_time_s": update_time_s, **{f"train/{name}": value for name, value in stats.items()}}
 
 
 def support_postfix(last: dict) -> dict[str, str]:

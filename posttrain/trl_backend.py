@@ -67,7 +67,7 @@ from barrierlab.models import MASKED_LOGIT
 from barrierlab.run import RunDir, fault_point, last_row, save_model_dir, synchronize
 from barrierlab.tokenizer import ANSWER0, BIT0, answer_ids, prompt_text
 from posttrain.advantages import advantages
-from posttrain.evaluation import ExactEval, log_finish, stop_reason, support_postfix
+from posttrain.evaluation import ExactEval, due_for_eval, log_finish, stop_reason, support_postfix, train_metrics
 
 
 def _offline() -> None:
@@ -81,9 +81,11 @@ def _offline() -> None:
     constants.HF_HUB_DISABLE_TELEMETRY = True
 
 
-def check_supported(cfg, model=None) -> None:
+def check_supported(cfg, model=None, processes: int = 1) -> None:
     """What the TRL backend cannot run, as one-line UserErrors (see the module docstring for why); without a
     ``model``, what the config alone tells."""
+    if processes > 1:
+        raise UserError(f"the trl backend runs on one process, not {processes}; launch it without accelerate/torchrun")
     if cfg.algo.behaviour != "on_policy":
         raise UserError(f"algo.behaviour '{cfg.algo.behaviour}': the trl backend samples on-policy only; "
                         "use --backend native for other behaviour policies")
@@ -260,8 +262,6 @@ def build_trainer(cfg, model, tokenizer, reward_fn: RewardFunction, dataset, k: 
         trainer = stock(**common, reward_funcs=reward_fn)
     else:
         trainer = prefix(**common, reward_fn=reward_fn, algo=cfg.algo)
-    if trainer.accelerator.num_processes > 1:
-        raise UserError("the trl backend runs on one process; launch it without accelerate/torchrun")
     if trainer.ref_model is not None:  # kl_coef > 0: q0 over the answers too
         add_answer_bias(trainer.ref_model, k)
     return trainer
@@ -270,14 +270,14 @@ def build_trainer(cfg, model, tokenizer, reward_fn: RewardFunction, dataset, k: 
 def run_trl(cfg, *, model, tokenizer, reward, task, base_dir, eval_set, threshold, run: RunDir, prompts_source) -> None:
     """Post-train ``model`` with TRL; writes the run folder as the native loop does and closes ``run``.
 
-    Arguments are what ``posttrain.__main__.main`` has built by then: ``reward`` is its ``run_reward(cfg)``
-    (already checked, and its noise generator is the run's); task.json is copied from ``base_dir``.
+    Arguments are what ``posttrain.__main__.main`` has built by then, ``cfg`` and ``model`` having passed
+    ``check_supported``: ``reward`` is its ``run_reward(cfg)`` (already checked, and its noise generator is the
+    run's); task.json is copied from ``base_dir``.
     """
     _offline()
     from transformers import TrainerCallback
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    check_supported(cfg, model)
     k, N, G, B = task.k, task.N, cfg.algo.group_size, cfg.optim.batch_size
     saved_config = {"eos_token_id": model.config.eos_token_id, "use_cache": model.config.use_cache}
     reward_fn = RewardFunction(reward, tokenizer, N)
@@ -310,7 +310,7 @@ def run_trl(cfg, *, model, tokenizer, reward, task, base_dir, eval_set, threshol
         """After each step's log: the train/ line, evaluation, checkpoint and stop rules of the native loop."""
 
         def __init__(self):
-            self.step, self.last, self.last_eval = first_step, None, -1
+            self.step, self.last = first_step, None
             self.stop_reason = None if resumed is None else resumed.get("stop_reason")  # None: not stopping
             self.bar = tqdm(total=cfg.optim.max_steps, initial=first_step, desc=f"posttrain[{cfg.reward.name}, trl]",
                             disable=not cfg.run.progress, mininterval=1.0)
@@ -330,7 +330,6 @@ def run_trl(cfg, *, model, tokenizer, reward, task, base_dir, eval_set, threshol
             self.last.update({"train/reward_queries": reward_fn.queries, "train/samples": reward_fn.samples})
             run.log(self.step, self.last)
             model.train()
-            self.last_eval = self.step
             self.bar.set_postfix(queries=reward_fn.queries, **support_postfix(self.last))
 
         def checkpoint(self, optimizer):
@@ -352,21 +351,12 @@ def run_trl(cfg, *, model, tokenizer, reward, task, base_dir, eval_set, threshol
             self.step = step
             self.bar.update(1)
             if step % cfg.eval.log_every == 0:
-                metrics = {
-                    "train/reward_queries": reward_fn.queries,
-                    "train/samples": reward_fn.samples,
-                    "train/reward_mean": reward_fn.values.mean().item(),
-                    "train/success_rate": reward_fn.success.float().mean().item(),
-                    "train/loss": logs["loss"],
-                    "train/grad_norm": logs["grad_norm"],
-                    "train/entropy": logs["entropy"],
-                    "train/update_time_s": update_time,
-                }
-                if "kl" in logs:
-                    metrics["train/kl"] = logs["kl"]
-                run.log(step, metrics)
-            out_of_queries = cfg.optim.max_queries is not None and reward_fn.queries >= cfg.optim.max_queries
-            if step % cfg.eval.eval_every == 0 or out_of_queries or step == cfg.optim.max_steps:
+                stats = {name: logs[name] for name in ("entropy", "kl") if name in logs}
+                run.log(step, train_metrics(queries=reward_fn.queries, samples=reward_fn.samples,
+                                            reward_mean=reward_fn.values.mean().item(),
+                                            success_rate=reward_fn.success.float().mean().item(), loss=logs["loss"],
+                                            grad_norm=logs["grad_norm"], update_time_s=update_time, **stats))
+            if due_for_eval(cfg, step, reward_fn.queries):
                 self.evaluate()
             self.stop_reason = stop_reason(cfg, step, reward_fn.queries, self.last, evaluator)  # kept by the checkpoint
             if cfg.run.checkpoint_every and step % cfg.run.checkpoint_every == 0:
@@ -380,15 +370,12 @@ def run_trl(cfg, *, model, tokenizer, reward, task, base_dir, eval_set, threshol
         logger.evaluate()  # step 0: the base model
     else:  # the latest evaluation is in the metrics kept (a run killed at its end has it at this step)
         logger.last = last_row(run.path, "eval/likelihood", upto=first_step)
-        logger.last_eval = logger.last["step"] if logger.last else -1
     if trainer is not None:
         trainer.add_callback(logger)
         model.train()
         logger.tick = time.perf_counter()
         trainer.train()
     logger.bar.close()
-    if logger.last_eval != logger.step:
-        logger.evaluate()
     step, queries = logger.step, reward_fn.queries
     with as_saved(model, saved_config):
         save_model_dir(run.path / "model", model, tokenizer, {"task.json": task_json})

@@ -25,6 +25,7 @@ from barrierlab.run import (
     fault_point,
     load_dataset_dir,
     make_accelerator,
+    prompt_tensors,
     save_dataset,
     save_model_dir,
     seed_everything,
@@ -66,10 +67,8 @@ def response_loss(learner, input_ids: torch.Tensor, prompt_len: int) -> torch.Te
 
 
 def cluster_log10_alpha(model, eval_set, k: int, device) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    prompts = torch.tensor(eval_set["prompt_ids"], device=device)
-    targets = torch.tensor(eval_set["target_ids"], device=device) - ANSWER0
-    log_alpha, log_min = target_stats(model, prompts, targets, k)
-    clusters = torch.tensor(eval_set["cluster"])
+    log_alpha, log_min = target_stats(model, *prompt_tensors(eval_set, device), k)
+    clusters = column_tensor(eval_set, "cluster")
     per_cluster = {
         f"eval/log10_alpha_c{c}": (log_alpha[clusters == c].mean() / math.log(10)).item()
         for c in sorted(set(clusters.tolist()))
@@ -125,14 +124,13 @@ def main(argv):
         with acc.autocast():
             loss = response_loss(learner, corpus[rows].to(acc.device), prompt_len)
         acc.backward(loss)
-        grad_norm = acc.clip_grad_norm_(learner.parameters(), t.grad_clip) if t.grad_clip > 0 else None
+        grad_norm = acc.clip_grad_norm_(learner.parameters(), t.grad_clip or math.inf)  # logged even unclipped
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         done = step + 1
         if done % t.log_every == 0 or done == t.steps:
-            metrics = {"train/loss": acc.reduce(loss.detach(), "mean").item(), "train/lr": lr}
-            if grad_norm is not None:
-                metrics["train/grad_norm"] = float(grad_norm)
+            metrics = {"train/loss": acc.reduce(loss.detach(), "mean").item(), "train/lr": lr,
+                       "train/grad_norm": float(grad_norm)}
             run.log(done, metrics)
             bar.set_postfix(loss=f"{metrics['train/loss']:.4f}")
         if done % t.eval_every == 0 or done == t.steps:

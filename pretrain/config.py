@@ -26,7 +26,7 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = 800
+    steps: int = 1200
     """Optimiser steps."""
     batch_size: int = 256
     """Sequences per step (summed over all processes)."""
@@ -72,12 +72,12 @@ class SupportConfig:
 
 
 def _default_profile() -> list[ClusterProfile]:
-    # on-support α from 1 down to ~1e-3, one token-noise cluster (good per-token coverage, α ≈ 4e-6)
-    # and two off-support clusters (α ≈ k^-N); low-p sequence clusters get more weight so that
-    # the corpus still shows their y* often enough to calibrate the designed α.
+    # the default base's (configs/pretrain.yaml): on-support α from 1 down to ~1e-3, token-noise clusters (good
+    # per-token coverage, α down to ≈ 4e-6) and two off-support clusters (α ≈ k^-N); low-p sequence clusters get
+    # more weight so that the corpus still shows their y* often enough to calibrate the designed α.
     return [
         ClusterProfile("exact"),
-        ClusterProfile("sequence", p=0.3),
+        ClusterProfile("sequence", p=0.3, weight=2.0),
         ClusterProfile("sequence", p=0.05, weight=3.0),
         ClusterProfile("token", q=0.4),
         ClusterProfile("token", q=0.65),

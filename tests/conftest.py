@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from barrierlab.run import read_metrics
+
 # pytest-xdist runs one worker per core: with torch's default of one thread per core in each, the workers'
 # OpenMP threads oversubscribe the cores and spin against each other (many times slower, measured)
 if os.environ.get("PYTEST_XDIST_WORKER"):
@@ -17,6 +19,15 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "configs" / "tiny"
+
+
+MEASURED = ("train/update_time_s", "done/wall_time_s", "done/peak_memory_mb")  # of the machine, not of the run
+
+
+def metrics(run_dir: Path, timings: bool = True) -> list[dict]:
+    """A run's metrics.jsonl rows; without ``timings``, less what the machine measured (for comparing runs)."""
+    rows = read_metrics(Path(run_dir) / "metrics.jsonl")
+    return rows if timings else [{k: v for k, v in r.items() if k not in MEASURED} for r in rows]
 
 
 def run_stage(stage: str, *args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:

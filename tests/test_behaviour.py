@@ -10,9 +10,9 @@ import torch
 from barrierlab.models import LinearPolicyConfig, LinearPolicyLM
 from barrierlab.policy import ResponseLogits
 from barrierlab.tokenizer import answer_ids, prompt_ids, vocab_size
-from posttrain.__main__ import policy_gradient_loss
 from posttrain.advantages import advantages
 from posttrain.behaviour import Rollout, Sampler, collect
+from posttrain.loss import policy_gradient_loss
 from rewards import RewardConfig, make_reward
 
 

@@ -6,11 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from barrierlab.config import load_config
+from barrierlab.config import load_config, to_dict
 from barrierlab.errors import UserError
+from eval.config import EvalStageConfig
+from eval.experiments import ExperimentConfig
 from posttrain.config import PosttrainConfig
+from posttrain.crosscheck import CrosscheckConfig
 from pretrain.config import PretrainConfig
-from tests.conftest import TINY, run_stage
+from tests.conftest import ROOT, TINY, run_stage
 
 
 def write(tmp_path: Path, text: str) -> str:
@@ -63,6 +66,8 @@ def test_posttrain_literal_lists_allowed_values(tmp_path):
         ("train: {steps: 10.5}\n", "train.steps", "an integer"),
         ("data: {corpus_size: 0}\n", "data.corpus_size", "≥ 1"),
         ("data: {eval_prompts_per_cluster: -5}\n", "data.eval_prompts_per_cluster", "≥ 1"),
+        ("run: {seed: 100000000000000000000000}\n", "run.seed", "must be in 0 … 2147483647"),
+        ("task: {seed: -1}\n", "task.seed", "must be in 0 … 2147483647"),
     ],
 )
 def test_out_of_range_values(tmp_path, text, key, words):
@@ -76,6 +81,7 @@ def test_out_of_range_values(tmp_path, text, key, words):
         ("algo: {behaviour: teacher_forcing, baseline: batch_mean}\n", "algo.baseline", "zeroes every advantage: use none"),
         ("optim: {optimizer: adaptive, grad_clip: 1.0}\n", "optim.grad_clip", "must be 0 with optim.optimizer 'adaptive'"),
         ("optim: {optimizer: adaptive}\nalgo: {kl_coef: 0.1}\n", "algo.kl_coef", "must be 0 with optim.optimizer 'adaptive'"),
+        ("algo: {scale_std: true, baseline: rloo, group_size: 2}\n", "algo.scale_std", "with baseline 'rloo' it would do nothing"),
     ],
 )
 def test_posttrain_combinations_that_would_do_nothing_or_be_ignored(tmp_path, text, key, words):
@@ -177,3 +183,21 @@ def test_ctrl_c_exits_130_with_the_resume_hint(capsys):
         stage([])
     assert info.value.code == 130
     assert capsys.readouterr().err == "interrupted: the last checkpoint is intact; re-run the same command to resume\n"
+
+
+@pytest.mark.parametrize("cls, text, key, words", [
+    (CrosscheckConfig, "posttrain_configs: {outcome: 3}\n", "posttrain_configs.outcome", "expected a string, got 3"),
+    (ExperimentConfig, "posttrain_configs: {outcome: [a]}\n", "posttrain_configs.outcome", "expected a string, got ['a']"),
+    (EvalStageConfig, "checkpoints: {run: 3}\n", "checkpoints", "expected a mapping (a string → a string) or a list"),
+])
+def test_typed_mappings_check_their_entries(tmp_path, cls, text, key, words):
+    msg = error_of(tmp_path, text, cls)
+    assert f"key '{key}'" in msg and words in msg and "cfg.yaml" in msg
+
+
+def test_the_dataclass_defaults_are_the_default_base():
+    """A config file that sets nothing pretrains configs/pretrain.yaml's base (but for where and how often it saves)."""
+    shipped = to_dict(load_config(PretrainConfig, ["--config", str(ROOT / "configs" / "pretrain.yaml")]))
+    defaults = to_dict(PretrainConfig())
+    shipped["run"].pop("checkpoint_every"), defaults["run"].pop("checkpoint_every")
+    assert shipped == defaults

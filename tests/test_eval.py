@@ -135,8 +135,8 @@ def test_figure_functions_write_non_empty_pngs(tmp_path):
         figures.passk_figure({"base": {"onsupport": [0.2, 0.4, 0.6], "offsupport": [0.0, 0.0, 0.01]},
                               "outcome": {"onsupport": [0.8, 0.8, 0.8], "offsupport": None}}, [1, 2, 4],
                              tmp_path / "passk.png"),
-        figures.scaling_figure([{"arm": "outcome", "N": n, "queries": 30 * 4**n, "censored": n == 5} for n in (2, 3, 4, 5)]
-                               + [{"arm": "process", "N": n, "queries": 200 * n, "censored": False} for n in (2, 3, 4, 5)],
+        figures.scaling_figure([{"arm": "outcome", "reward": "outcome", "N": n, "queries": 30 * 4**n, "censored": n == 5} for n in (2, 3, 4, 5)]
+                               + [{"arm": "process", "reward": "process", "N": n, "queries": 200 * n, "censored": False} for n in (2, 3, 4, 5)],
                                tmp_path / "scaling.png", k=4, target=0.5),
         figures.alpha_figure([{"cluster": c, "alpha": a, "queries": int(500 / a), "censored": c == 3}
                               for c, a in enumerate([0.9, 0.3, 0.05, 1e-3])], tmp_path / "alpha.png", target=0.5),
@@ -147,14 +147,15 @@ def test_figure_functions_write_non_empty_pngs(tmp_path):
 
 
 def test_scaling_fits_recover_the_generating_shapes():
-    from eval.figures import alpha_fit, scaling_fit
+    from eval.analysis import alpha_fit, scaling_fit
 
-    runs = [{"arm": "outcome", "N": n, "queries": 7 * 8.0**n, "censored": False} for n in (2, 3, 4)]
-    runs += [{"arm": "outcome", "N": 6, "queries": 10, "censored": True}]  # censored: out of the fit
-    runs += [{"arm": "process", "N": n, "queries": 50.0 * n, "censored": False} for n in (2, 4, 8)]
-    kind, (_, b) = scaling_fit(runs, "outcome")
+    # the shape follows each arm's reward, whatever the arm is called
+    runs = [{"arm": "orm", "reward": "outcome", "N": n, "queries": 7 * 8.0**n, "censored": False} for n in (2, 3, 4)]
+    runs += [{"arm": "orm", "reward": "outcome", "N": 6, "queries": 10, "censored": True}]  # censored: out of the fit
+    runs += [{"arm": "prm", "reward": "process", "N": n, "queries": 50.0 * n, "censored": False} for n in (2, 4, 8)]
+    kind, (_, b) = scaling_fit(runs, "orm")
     assert kind == "exponential" and math.exp(b) == pytest.approx(8)
-    kind, (_, b) = scaling_fit(runs, "process")
+    kind, (_, b) = scaling_fit(runs, "prm")
     assert kind == "power" and b == pytest.approx(1)
     assert alpha_fit([{"alpha": a, "queries": 3 / a, "censored": False} for a in (1, 0.1, 0.01)])[1] == pytest.approx(-1)
 
@@ -240,7 +241,7 @@ def test_report_on_tiny_finished_runs(tiny_eval, tiny_base, tmp_path):
     assert "reward:" in report and "profile:" in report
     scaling = tmp_path / "scaling.json"
     scaling.write_text(json.dumps({"k": 3, "target_likelihood": 0.5, "runs": [
-        {"arm": arm, "N": n, "queries": q, "censored": False}
+        {"arm": arm, "reward": arm, "N": n, "queries": q, "censored": False}
         for arm, f in (("outcome", lambda n: 10 * 3**n), ("process", lambda n: 40 * n)) for n in (2, 3, 4)
         for q in [f(n)]]}))
     alpha = tmp_path / "alpha.json"

@@ -8,10 +8,10 @@ import json
 import pytest
 
 from barrierlab.run import read_metrics
+from eval.analysis import alpha_fit, scaling_fit
 from eval.experiments import alpha_verdict, on_support_clusters, scaling_verdict
 from eval.experiments import main as experiments_main
-from eval.figures import alpha_fit, scaling_fit
-from tests.conftest import one_line_error
+from tests.conftest import TINY, one_line_error
 from tests.conftest import run_make as make
 
 TARGET, BUDGET = 0.5, 96  # configs/tiny/scaling.yaml and alpha.yaml
@@ -32,7 +32,8 @@ def test_make_scaling_and_alpha_on_tiny_configs(tmp_path, capsys):
     runs = tmp_path / "runs"
     make("scaling", "alpha", "CONFIGS=configs/tiny", f"RUNS={runs}")
     scaling = json.loads((runs / "scaling" / "results.json").read_text())
-    assert {(r["arm"], r["N"]) for r in scaling["runs"]} == {(a, n) for a in ("outcome", "process") for n in (2, 3)}
+    assert {(r["arm"], r["reward"], r["N"]) for r in scaling["runs"]} == {(a, a, n) for a in ("outcome", "process")
+                                                                           for n in (2, 3)}
     check_runs(scaling, lambda r: runs / "scaling" / f"N{r['N']}" / f"{r['arm']}_s{r['seed']}")
     alpha = json.loads((runs / "alpha" / "results.json").read_text())
     assert [r["cluster"] for r in alpha["runs"]] == [1]  # the tiny config's one cluster: sequence(0.5), α ≈ 0.125
@@ -59,8 +60,8 @@ def test_make_scaling_and_alpha_on_tiny_configs(tmp_path, capsys):
 
 def test_fits_leave_out_runs_at_the_target_before_any_query():
     # queries = 10·4^N and 100/α exactly, plus a run whose base already met the target (0 queries)
-    scaling = [{"arm": "outcome", "N": n, "queries": 10 * 4**n, "censored": False} for n in (2, 3, 4)]
-    scaling.append({"arm": "outcome", "N": 1, "queries": 0, "censored": False})
+    scaling = [{"arm": "outcome", "reward": "outcome", "N": n, "queries": 10 * 4**n, "censored": False} for n in (2, 3, 4)]
+    scaling.append({"arm": "outcome", "reward": "outcome", "N": 1, "queries": 0, "censored": False})
     kind, (a, b) = scaling_fit(scaling, "outcome")
     assert kind == "exponential" and b == pytest.approx(2 * 0.6931471805599453) and a == pytest.approx(2.302585092994046)
     assert "of 4 runs, 1 at the target before any query" in scaling_verdict({"k": 4, "runs": scaling})[0]
@@ -77,3 +78,18 @@ def test_alpha_experiment_picks_clusters_by_measured_alpha():
                 {"cluster": 2, "designed_alpha": 2e-4, "alpha_geomean": 1e-3},
                 {"cluster": 3, "designed_alpha": 2e-4, "alpha_geomean": 2e-4}]
     assert on_support_clusters({"offsupport_threshold": 1e-3, "clusters": clusters}) == [0, 2]
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--clusters", "[9]"], "clusters: [9] not in 0..2 (the clusters of pretrain_config 'configs/tiny/pretrain.yaml')"),
+    (["--clusters", "[]"], "clusters: empty list not in 0..2"),
+    (["--pretrain_config", "PROFILE"], "has no off-support cluster ({coverage: sequence, p: 0.0}) to train on by default"),
+    (["--experiment", "alpha"], "the alpha experiment runs one arm (outcome PG); name exactly one, not 2"),
+])
+def test_clusters_and_arms_are_checked_before_any_base_is_pretrained(tmp_path, capsys, args, words):
+    no_offsupport = tmp_path / "pretrain.yaml"  # the tiny base without its sequence(0) cluster
+    no_offsupport.write_text((TINY / "pretrain.yaml").read_text().replace("  - {coverage: sequence, p: 0.0}\n", ""))
+    args = [str(no_offsupport) if a == "PROFILE" else a for a in args]
+    err = one_line_error(experiments_main, ["--config", "configs/tiny/scaling.yaml", "--out_dir", str(tmp_path / "x"),
+                                            *args], capsys)
+    assert words in err and not (tmp_path / "x").exists()

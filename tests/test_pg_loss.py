@@ -14,7 +14,7 @@ import torch
 from barrierlab.models import LinearPolicyConfig, LinearPolicyLM, ModelConfig, build_model
 from barrierlab.policy import ResponseLogits, answer_logits
 from barrierlab.tokenizer import answer_ids, prompt_ids, vocab_size
-from posttrain.__main__ import adaptive_gradient, policy_gradient_loss
+from posttrain.loss import adaptive_gradient, policy_gradient_loss
 
 K, N, D, B = 4, 5, 6, 12
 

@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from barrierlab.models import LinearPolicyLM, ModelConfig, build_model
 from barrierlab.policy import answer_logits, sample, token_logprobs
-from barrierlab.tokenizer import ANSWER0, build_tokenizer, prompt_ids, prompt_text, response_ids, response_text
+from barrierlab.tokenizer import ANSWER0, build_tokenizer, prompt_ids, prompt_text, response_ids
 
 K, N, D = 2, 3, 4
 
@@ -75,7 +75,7 @@ def test_tokenizer_round_trip():
     bits = torch.tensor([[0, 1, 1, 0], [1, 1, 1, 1]])
     symbols = torch.tensor([[4, 0, 2], [1, 3, 3]])
     for b in range(2):
-        text = prompt_text(bits[b : b + 1])[0] + " " + response_text(symbols[b : b + 1])[0]
+        text = prompt_text(bits[b : b + 1])[0] + " " + " ".join(f"a{int(s)}" for s in symbols[b])
         ids = tok(text)["input_ids"]
         assert ids == torch.cat([prompt_ids(bits[b : b + 1])[0], response_ids(symbols[b])]).tolist()
         assert tok.decode(ids) == text

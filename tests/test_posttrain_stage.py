@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -11,15 +12,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import ROOT, TINY, one_line_error, run_stage
+from tests.conftest import ROOT, TINY, metrics, one_line_error, run_stage
 
 CONFIG = str(TINY / "posttrain_outcome.yaml")
-
-
-def metrics(run_dir, timings: bool = True):
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    measured = ("train/update_time_s", "done/wall_time_s", "done/peak_memory_mb")  # of the machine, not the run
-    return rows if timings else [{k: v for k, v in r.items() if k not in measured} for r in rows]
 
 
 @pytest.mark.parametrize("reward", ["outcome", "process"])
@@ -214,13 +209,25 @@ def test_data_parallel_on_two_cpu_processes(tmp_path, tiny_base, stage):
     run_dir = tmp_path / "ddp"
     args = (["--config", str(TINY / "pretrain.yaml")] if stage == "pretrain"
             else ["--config", str(TINY / "posttrain_process.yaml"), "--base", str(tiny_base)])
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", stage, *args,
-                           "--run.run_dir", str(run_dir)], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)  # a gloo hang fails, not stalls
+    def torchrun(run_dir, *overrides):
+        return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                               "-m", stage, *args, "--run.run_dir", str(run_dir), *overrides], cwd=ROOT,
+                              capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                              timeout=300)  # a gloo hang fails, not stalls
+
+    proc = torchrun(run_dir)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (run_dir / "model" / "model.safetensors").exists()
+    rows = metrics(run_dir)
+    logged = [r for r in rows if "train/loss" in r]  # every step's line, from one process only
+    assert [r["step"] for r in logged] == (list(range(5, 81, 5)) if stage == "pretrain" else list(range(1, 13)))
+    assert all(math.isfinite(r["train/loss"]) for r in logged)
     if stage == "posttrain":
-        rows = metrics(run_dir)
+        # 36 responses in groups of 4 cannot split into whole groups over 2 processes: refused before anything
+        proc = torchrun(tmp_path / "uneven", "--optim.batch_size", "36", "--algo.group_size", "4")
+        assert proc.returncode != 0 and "optim.batch_size 36 must be a multiple of algo.group_size × processes " \
+            "= 4 × 2 = 8" in proc.stderr and "Traceback" not in proc.stderr.split("error: ")[0]
+        assert not (tmp_path / "uneven").exists()
         assert sum("done/steps" in r for r in rows) == 1
         assert [r for r in rows if "train/samples" in r][-1]["train/samples"] == 12 * 32  # the global batch
         state = torch.load(run_dir / "checkpoints" / "step_0000012" / "trainer_state.pt", weights_only=False)
@@ -235,8 +242,8 @@ def test_prompts_drawn_from_a_saved_dataset_keep_their_columns(tiny_base, tmp_pa
     from barrierlab.run import column_tensor, load_dataset_dir
     from barrierlab.tasks import task_from_info
     from barrierlab.tokenizer import ANSWER0
-    from posttrain.__main__ import PromptSource
     from posttrain.config import PosttrainConfig
+    from posttrain.prompts import PromptSource
 
     task = task_from_info(json.loads((tiny_base / "model" / "task.json").read_text()))
     path = tiny_base / "data" / "eval_prompts"

@@ -86,6 +86,16 @@ def test_a_run_folder_refuses_another_config(tmp_path):
             RunDir(moved, moved.run)
 
 
+def test_a_folder_that_cannot_be_created_is_a_one_line_error(tmp_path):
+    (tmp_path / "a_file").write_text("")
+    inside = tmp_path / "a_file" / "run"  # a path under a file: no one can create it
+    cfg = Cfg(RunConfig(run_dir=str(inside), report_to=[]))
+    with pytest.raises(UserError, match=f"run.run_dir: cannot create '{inside}' \\(Not a directory\\); pass a folder"):
+        RunDir(cfg, cfg.run)
+    with pytest.raises(UserError, match=f"out_dir: cannot create '{inside}' \\(Not a directory\\)"):
+        claim_output_dir(inside, "out_dir", "eval", ("eval.json",))
+
+
 def test_output_folders_of_eval_and_the_drivers_are_their_own(tmp_path):
     claim = lambda path, kind="the scaling experiment": claim_output_dir(path, "out_dir", kind, ("results.json", "N*"))  # noqa: E731
     assert claim(tmp_path / "new") == tmp_path / "new" and claim(tmp_path / "new") == tmp_path / "new"  # created, reclaimed

@@ -18,9 +18,11 @@ from barrierlab.policy import ResponseLogits
 from barrierlab.run import RunDir, load_dataset_dir, load_model_dir, make_accelerator, seed_everything
 from barrierlab.tasks import task_from_info
 from barrierlab.tokenizer import ANSWER0, answer_ids
-from posttrain.__main__ import PromptSource, policy_gradient_loss, run_reward
+from posttrain.__main__ import run_reward
 from posttrain.advantages import advantages
 from posttrain.config import PosttrainConfig
+from posttrain.loss import policy_gradient_loss
+from posttrain.prompts import PromptSource
 from posttrain.trl_backend import (
     RewardFunction,
     _trainer_classes,
@@ -29,7 +31,7 @@ from posttrain.trl_backend import (
     prompt_dataset,
     run_trl,
 )
-from tests.conftest import TINY
+from tests.conftest import TINY, metrics
 
 SMALL = ["--optim.batch_size", "8", "--algo.group_size", "4", "--optim.max_steps", "3",
          "--eval.eval_every", "2", "--run.checkpoint_every", "2"]
@@ -42,6 +44,7 @@ def prepare(run_dir: Path, base: Path, *overrides: str) -> dict:
     reward = run_reward(cfg)
     base_dir = Path(cfg.base)
     model, tokenizer, task_info = load_model_dir(base_dir / "model")
+    check_supported(cfg, model)
     eval_set = load_dataset_dir(base_dir / "data" / "eval_prompts", ["prompt_ids", "target_ids", "base_alpha"])
     make_accelerator(cfg.run)  # main() has one before it dispatches: TRL's Trainer must agree with its state
     task = task_from_info(task_info)
@@ -56,10 +59,6 @@ def prepare(run_dir: Path, base: Path, *overrides: str) -> dict:
 def run_backend(run_dir: Path, base: Path, *overrides: str) -> None:
     kw = prepare(run_dir, base, *overrides)
     run_trl(kw.pop("cfg"), **kw)
-
-
-def metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.mark.parametrize("reward, extra", [

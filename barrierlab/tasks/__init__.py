@@ -11,7 +11,7 @@ from typing import Literal, Protocol
 
 import torch
 
-from barrierlab.config import require
+from barrierlab.config import require, require_seed
 from barrierlab.tasks.cluster_bits import ClusterBitsTask
 
 
@@ -34,10 +34,6 @@ class Task(Protocol):
         """The correct responses ``y*`` as ``(n, N)`` symbol indices in ``[0, k)``."""
         ...
 
-    def cluster_of(self, bits: torch.Tensor) -> torch.Tensor:
-        """The cluster each prompt belongs to, ``(n,)``."""
-        ...
-
     def state_dict(self) -> dict:
         """Everything drawn from the task seed, JSON-serialisable (stored in task.json)."""
         ...
@@ -58,7 +54,7 @@ class TaskConfig:
     """Answer alphabet size (k ≥ 2)."""
     N: int = 8
     """Response length in symbols."""
-    flip_prob: float = 0.02
+    flip_prob: float = 0.01
     """Probability that each prompt bit differs from its cluster's centre."""
     per_cluster_rule: bool = True
     """Give every cluster its own hidden rule (W1, W2), so learning one cluster does not transfer."""
@@ -70,6 +66,7 @@ class TaskConfig:
         require(self.k >= 2, "k", f"must be ≥ 2 (an answer alphabet of at least two symbols), got {self.k}")
         require(self.N >= 1, "N", f"must be ≥ 1, got {self.N}")
         require(0.0 <= self.flip_prob <= 1.0, "flip_prob", f"must be a probability in [0, 1], got {self.flip_prob}")
+        require_seed(self.seed)
 
 
 def build_task(cfg: TaskConfig, num_clusters: int, state: dict | None = None) -> Task:

@@ -62,12 +62,10 @@ class ClusterBitsTask:
 
     def state_dict(self) -> dict:
         """The drawn centres and rule, saved beside every checkpoint so later stages rebuild this exact task."""
-        return {"centres": self.centres.tolist(), "W1": self.W1.tolist(), "W2": self.W2.tolist(),
-                "well_placed": self.well_placed}
+        return {"centres": self.centres.tolist(), "W1": self.W1.tolist(), "W2": self.W2.tolist()}
 
     def load_state_dict(self, state: dict) -> None:
         self.centres = torch.tensor(state["centres"], dtype=torch.long)
-        self.well_placed = state.get("well_placed", self.well_placed)
         self.W1 = torch.tensor(state["W1"], dtype=torch.float64)
         self.W2 = torch.tensor(state["W2"], dtype=torch.float64)
 
@@ -89,7 +87,3 @@ class ClusterBitsTask:
             bonus = torch.gather(W2, 2, y[:, i - 1].view(-1, 1, 1).expand(-1, self.k, 1)).squeeze(-1)
             y[:, i] = (base + bonus).argmax(-1)
         return y
-
-    def cluster_of(self, bits):
-        hamming = (bits.unsqueeze(1) != self.centres.unsqueeze(0)).sum(-1)
-        return hamming.argmin(-1)

@@ -1,0 +1,68 @@
+"""The policy-gradient objective on a rollout: the loss whose gradient is ``-Σ_i A_i ∇ log p(y_i | x, y_<i)``, and the
+theory's adaptive step (per-response gradient norms)."""
+
+from __future__ import annotations
+
+import torch
+
+from barrierlab.policy import answer_logits
+
+
+def _entropy(logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Summed entropy of the policy over the unmasked positions."""
+    return (-(logp.exp() * logp).sum(-1) * mask).sum()
+
+
+def policy_gradient_loss(learner, rollout, adv, k, base=None, kl_coef=0.0):
+    """``-Σ_i A_i log p(y_i | x, y_<i)`` averaged over responses, plus the exact KL to q0 if asked.
+    ``learner`` is the (possibly DDP-wrapped) ``ResponseLogits`` of the policy over the k answers.
+
+    A response whose advantages are all zero adds nothing to the loss or its gradient (outcome PG with 0/1
+    rewards: every failure), so without a KL term only the others go through the graph; the logged entropy
+    still covers every response, through a forward without grad."""
+    B = adv.shape[0]
+    learn = (adv != 0).any(-1) if kl_coef == 0 else torch.ones(B, dtype=torch.bool, device=adv.device)
+    learn[0] |= ~learn.any()  # one row at least: under DDP every process must run its backward
+    prompts, responses, mask = rollout.prompts[learn], rollout.responses[learn], rollout.mask[learn]
+    logp = torch.log_softmax(learner(prompts, responses), -1)
+    token_logp = logp.gather(-1, responses.unsqueeze(-1)).squeeze(-1)
+    loss = -(adv[learn] * token_logp).sum() / B
+    entropy = _entropy(logp.detach(), mask)
+    if not learn.all():
+        # through the bare module: a DDP forward may broadcast buffers, and the processes' counts must match
+        bare = getattr(learner, "module", learner)
+        with torch.no_grad():
+            rest = ~learn
+            rest_logp = torch.log_softmax(bare(rollout.prompts[rest], rollout.responses[rest]), -1)
+            entropy = entropy + _entropy(rest_logp, rollout.mask[rest])
+    stats = {"entropy": entropy / rollout.mask.sum().clamp_min(1)}
+    if kl_coef > 0:
+        with torch.no_grad():
+            base_logp = torch.log_softmax(answer_logits(base, prompts, responses, k), -1)
+        kl = ((logp.exp() * (logp - base_logp)).sum(-1) * mask).sum(-1).mean()
+        loss = loss + kl_coef * kl
+        stats["kl"] = kl.detach()
+    return loss, stats
+
+
+def adaptive_gradient(learner, rollout, adv) -> torch.Tensor:
+    """Set ``.grad`` to ``-mean_b η_b ∇ Σ_i A_bi log p(y_bi)`` with the theory's ``η_b = 1/(4 + 2‖∇ log p(y_b|x_b)‖²)``.
+
+    One backward pair per response (per-sample gradient norms): meant for the linear model and small batches.
+    """
+    params = [p for p in learner.parameters() if p.requires_grad]
+    total = [torch.zeros_like(p) for p in params]
+    B = rollout.responses.shape[0]
+    for b in (adv != 0).any(-1).nonzero().flatten().tolist():  # a response without signal adds η_b · 0
+        lp = learner(rollout.prompts[b : b + 1], rollout.responses[b : b + 1]).log_softmax(-1)
+        lp = lp.gather(-1, rollout.responses[b : b + 1].unsqueeze(-1)).squeeze(-1)[0] * rollout.mask[b]
+        grad_seq = torch.autograd.grad(lp.sum(), params, retain_graph=True, allow_unused=True)
+        grad_adv = torch.autograd.grad((adv[b] * lp).sum(), params, allow_unused=True)
+        sq = sum(float(g.pow(2).sum()) for g in grad_seq if g is not None)
+        eta = 1.0 / (4.0 + 2.0 * sq)
+        for t, g in zip(total, grad_adv):
+            if g is not None:
+                t.add_(g, alpha=eta / B)
+    for p, t in zip(params, total):
+        p.grad = -t
+    return sum(float(t.pow(2).sum()) for t in total) ** 0.5
