@@ -1,7 +1,8 @@
 # barrierlab: every stage is `python -m <stage> --config FILE [--section.key value ...]`.
 # Variables: CONFIGS=configs (configs/gpu for one GPU, configs/tiny for a smoke run), RUNS=runs,
 # MODEL=transformer|linear, REWARD=outcome|process, ARGS="--key value ..." (extra overrides), LAUNCH
-# (e.g. LAUNCH="accelerate launch --num_processes 4" for several GPUs).
+# (e.g. LAUNCH=".venv/bin/accelerate launch --multi_gpu --num_processes 4" for 4 GPUs, or
+# LAUNCH=".venv/bin/torchrun --standalone --nproc_per_node 2" for 2 CPU processes).
 
 PYTHON ?= .venv/bin/python
 LAUNCH ?= $(PYTHON)

@@ -161,10 +161,11 @@ class RunDir:
             self._tb.close()
 
     # ------------------------------------------------------------------ checkpoints
-    def resume(self, model, optimizer=None) -> dict | None:
+    def resume(self, model, optimizer=None, check=None) -> dict | None:
         """Load the latest checkpoint's weights and optimiser state into ``model`` and ``optimizer`` (None: the
         caller loads ``state["optimizer"]`` itself), drop the metric lines logged after it, and return its trainer
-        state (None: no checkpoint, start afresh, without the lines of a run killed before its first checkpoint)."""
+        state (None: no checkpoint, start afresh, without the lines of a run killed before its first checkpoint).
+        ``check(state)`` may refuse the state (a UserError) before any line is dropped."""
         ckpt = self.latest_checkpoint()
         if ckpt is None:
             self.truncate_metrics(-1)
@@ -179,6 +180,8 @@ class RunDir:
         except Exception as err:  # checkpoints are written atomically: this one was damaged afterwards
             raise UserError(f"checkpoint '{ckpt}' cannot be loaded ({_first_line(err)}); delete that folder to resume "
                             "from the one before it") from None
+        if check is not None:
+            check(state)
         self.truncate_metrics(state["step"])
         return state
 
@@ -416,6 +419,16 @@ def make_accelerator(run: RunConfig):
         precision = "bf16" if torch.cuda.is_available() else "no"
     # cpu=True without CUDA: under torchrun / accelerate launch the processes then form a gloo group
     return Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
+
+
+def leave_process_group(acc, *prepared):
+    """End a stage that may run data-parallel: release what ``acc.prepare`` wrapped, then leave the process group
+    together. A DDP wrapper's reducer holds the group; freed once another process has gone (at exit, say), it joins
+    gloo threads that never return: a hang, or an abort. Returns None for each of ``prepared``: rebind them."""
+    released = acc.free_memory(*prepared)
+    acc.wait_for_everyone()
+    acc.end_training()
+    return released
 
 
 def fault_point(step: int) -> None:

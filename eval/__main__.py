@@ -30,11 +30,11 @@ from eval.report import build_report, load_experiment
 
 
 def model_folder(path: str) -> Path:
-    """A model folder, given either it or a run folder holding ``model/``."""
+    """A model folder, given either it or a run folder (its ``model/``, written when the run finishes)."""
     p = Path(path)
     if not p.exists():
         raise UserError(f"checkpoint '{path}' does not exist; pass a model folder or a run folder with model/")
-    return p / "model" if (p / "model" / "config.json").exists() else p
+    return p / "model" if (p / "model" / "config.json").exists() or (p / "config.yaml").exists() else p
 
 
 def load_checkpoints(cfg: EvalStageConfig, base: Path, base_info: dict) -> dict[str, tuple]:

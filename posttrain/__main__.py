@@ -9,6 +9,7 @@ Every ``eval_every`` steps the likelihood of y* on the base run's eval prompts i
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from pathlib import Path
@@ -21,11 +22,14 @@ from barrierlab.errors import UserError, cli_entry
 from barrierlab.policy import ResponseLogits
 from barrierlab.run import (
     RunDir,
+    column_tensor,
     fault_point,
     last_row,
+    leave_process_group,
     load_dataset_dir,
     load_model_dir,
     make_accelerator,
+    prompt_tensors,
     save_model_dir,
     seed_everything,
     synchronize,
@@ -57,6 +61,18 @@ def check_pairing(cfg: PosttrainConfig, reward) -> None:
                         f"reward '{cfg.reward.name}' is an outcome reward: use best_of_m")
 
 
+def probe_reward(reward, eval_set) -> None:
+    """Score two eval prompts' correct responses before anything is written: a reward model that breaks its contract
+    fails here in one line, not after the run folder holds a run of its name. Its state is put back, so the probe
+    draws none of a noisy verifier's flips."""
+    state = copy.deepcopy(reward.state_dict())
+    rows = eval_set.select(range(min(2, len(eval_set))))
+    prompts, targets = prompt_tensors(rows)
+    columns = {"target": targets, **({"cluster": column_tensor(rows, "cluster")} if "cluster" in rows.column_names else {})}
+    reward(prompts, targets, columns)
+    reward.load_state_dict(state)
+
+
 def make_optimizer(cfg: PosttrainConfig, model):
     o = cfg.optim
     if o.optimizer == "adam":
@@ -75,8 +91,7 @@ def main(argv):
     base_dir = Path(cfg.base)
     model, tokenizer, task_info = load_model_dir(base_dir / "model")
     eval_set = load_dataset_dir(base_dir / "data" / "eval_prompts", ["prompt_ids", "target_ids", "base_alpha"])
-    if cfg.optim.optimizer == "adaptive" and acc.num_processes > 1:
-        raise UserError("optim.optimizer 'adaptive' computes per-response gradients on one process; use adam/adagrad/sgd with several")
+    probe_reward(reward, eval_set)
     task = task_from_info(task_info)
     k, N = task.k, task.N
     needs_base = cfg.backend == "native" and (
@@ -85,6 +100,8 @@ def main(argv):
     threshold = cfg.eval.offsupport_threshold or task_info["offsupport_threshold"]
 
     rank, world = acc.process_index, acc.num_processes
+    if cfg.optim.optimizer == "adaptive" and world > 1:
+        raise UserError("optim.optimizer 'adaptive' computes per-response gradients on one process; use adam/adagrad/sgd with several")
     G = cfg.algo.group_size
     if cfg.optim.batch_size % (G * world):  # each process draws whole groups, the same number as the others
         raise UserError(f"optim.batch_size {cfg.optim.batch_size} must be a multiple of algo.group_size × processes "
@@ -112,16 +129,21 @@ def main(argv):
 
     step, queries, samples, wall_before, stop = 0, 0, 0, 0.0, None
     started = time.time()
-    state = run.resume(model, optimizer)
+
+    def same_processes(state: dict) -> None:  # each process resumes its own prompt, sampling and reward-noise streams
+        n = len(state["prompt_gen"])
+        if n != world:
+            raise UserError(f"{run.path} was checkpointed by {n} process(es); resume it with that many (torchrun "
+                            f"--nproc_per_node {n} -m posttrain ..., or accelerate launch --multi_gpu --num_processes {n}), "
+                            f"not {world}")
+
+    state = run.resume(model, optimizer, check=same_processes)
     if state is not None:
         step, queries, samples, stop = state["step"], state["queries"], state["samples"], state.get("stop_reason")
         wall_before = state["wall_time_s"]
-        if len(state["prompt_gen"]) != world:  # each process resumes its own prompt and sampling streams
-            raise UserError(f"{run.path} was checkpointed by {len(state['prompt_gen'])} process(es); resume it with "
-                            f"that many (accelerate launch --num_processes {len(state['prompt_gen'])}), not {world}")
         prompt_gen.set_state(state["prompt_gen"][rank])
         sample_gen.set_state(state["sample_gen"][rank])
-        reward.load_state_dict(state["reward"])
+        reward.load_state_dict(state["reward"][rank])
         acc.print(f"resuming {run.path} from step {step} ({queries} reward queries spent)")
     learner, optimizer = acc.prepare(ResponseLogits(model, answer_ids(k)), optimizer)
     policy = acc.unwrap_model(learner).model
@@ -133,7 +155,7 @@ def main(argv):
         return {"step": step, "queries": queries, "samples": samples, "optimizer": optimizer.state_dict(),
                 "wall_time_s": wall_before + time.time() - started,
                 "prompt_gen": gather(prompt_gen.get_state()), "sample_gen": gather(sample_gen.get_state()),
-                "reward": reward.state_dict(), "stop_reason": stop}
+                "reward": gather(reward.state_dict()), "stop_reason": stop}
 
     def evaluate() -> dict:
         policy.eval()
@@ -203,8 +225,9 @@ def main(argv):
         save_model_dir(run.path / "model", policy, tokenizer, extra)
         run.save_checkpoint(step, policy, tokenizer, state)
         log_finish(run, step=step, reason=stop or "max_steps", queries=queries, wall_time_s=wall_before + time.time() - started,
-                   device=acc.device, last=last)
+                   device=acc.device, processes=world, last=last)
     run.close()
+    learner, optimizer = leave_process_group(acc, learner, optimizer)
 
 
 if __name__ == "__main__":

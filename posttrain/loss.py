@@ -45,7 +45,7 @@ def policy_gradient_loss(learner, rollout, adv, k, base=None, kl_coef=0.0):
     return loss, stats
 
 
-def adaptive_gradient(learner, rollout, adv) -> torch.Tensor:
+def adaptive_gradient(learner, rollout, adv) -> float:
     """Set ``.grad`` to ``-mean_b η_b ∇ Σ_i A_bi log p(y_bi)`` with the theory's ``η_b = 1/(4 + 2‖∇ log p(y_b|x_b)‖²)``.
 
     One backward pair per response (per-sample gradient norms): meant for the linear model and small batches.

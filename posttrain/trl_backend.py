@@ -382,6 +382,6 @@ def run_trl(cfg, *, model, tokenizer, reward, task, base_dir, eval_set, threshol
     if trainer is not None:  # else nothing trained since the checkpoint it resumed from
         logger.checkpoint(trainer.optimizer)
     log_finish(run, step=step, reason=logger.stop_reason or "max_steps", queries=queries, wall_time_s=time.time() - started,
-               device=device, last=logger.last)
+               device=device, processes=1, last=logger.last)
     run.close()
     shutil.rmtree(scratch, ignore_errors=True)

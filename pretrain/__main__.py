@@ -23,6 +23,7 @@ from barrierlab.run import (
     RunDir,
     column_tensor,
     fault_point,
+    leave_process_group,
     load_dataset_dir,
     make_accelerator,
     prompt_tensors,
@@ -146,8 +147,8 @@ def main(argv):
 
     if acc.is_main_process:
         finish(cfg, run, task, model.eval(), tokenizer, eval_set, optimizer, acc.device)
-    acc.wait_for_everyone()
     run.close()
+    learner, optimizer = leave_process_group(acc, learner, optimizer)
 
 
 def finish(cfg: PretrainConfig, run: RunDir, task, model, tokenizer, eval_set, optimizer, device) -> None:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from barrierlab.config import load_config, require
+from barrierlab.errors import UserError
 from barrierlab.models import ModelConfig
 from barrierlab.run import RunConfig
 from barrierlab.tasks import TaskConfig
@@ -129,6 +130,9 @@ def resolve(cfg: PretrainConfig) -> PretrainConfig:
         t.lr = 0.1 if t.optimizer == "adagrad" else 5e-3
     if t.schedule == "auto":
         t.schedule = "constant" if t.optimizer == "adagrad" else "cosine"
+    if t.weight_decay > 0 and t.optimizer != "adamw":
+        raise UserError(f"train.weight_decay {t.weight_decay}: only adamw decays weights, and train.optimizer is "
+                        f"{t.optimizer}; set train.weight_decay 0 or train.optimizer adamw")
     return cfg
 
 

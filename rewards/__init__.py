@@ -1,8 +1,9 @@
 """Reward models, selected by name in the config (``reward.name``) or by import path.
 
 Built in: ``outcome``, ``process``, ``noisy_outcome``, ``noisy_process``. A user's own model is
-``package.module:ClassName``: a ``rewards.RewardModel`` subclass (or anything with ``granularity`` and
-the same call signature) constructed with ``signed`` and ``reward.params`` as keyword arguments.
+``package.module:ClassName`` (importable from the working directory or ``PYTHONPATH``): a ``rewards.RewardModel``
+subclass that sets ``granularity`` and implements ``verdicts``, constructed with ``signed`` and ``reward.params`` as
+keyword arguments.
 """
 
 from __future__ import annotations
@@ -51,13 +52,23 @@ def resolve_class(name: str) -> type:
     try:
         module = importlib.import_module(module_name)
     except Exception as err:  # not found, or the module itself fails (a syntax error, its own imports)
-        raise UserError(f"reward '{name}': cannot import module '{module_name}' ({type(err).__name__}: {err}); "
-                        f"available built-ins: {available}") from None
+        raise UserError(f"reward '{name}': cannot import module '{module_name}' ({type(err).__name__}: {err}); run from "
+                        f"the folder that holds it or add that folder to PYTHONPATH; built-ins: {available}") from None
     cls = getattr(module, attr, None)
     if cls is None:
         raise UserError(f"reward '{name}': module '{module_name}' has no '{attr}'; available built-ins: {available}")
+    if not (isinstance(cls, type) and issubclass(cls, RewardModel)):
+        raise UserError(f"reward '{name}' is not a subclass of rewards.RewardModel; subclass it (see README: your own "
+                        "reward model)")
     if getattr(cls, "granularity", None) not in ("outcome", "process"):
         raise UserError(f"reward '{name}' must define granularity = 'outcome' or 'process'")
+    if cls.verdicts is RewardModel.verdicts:
+        raise UserError(f"reward '{name}' must implement verdicts(self, prompts, responses, columns)")
+    try:
+        inspect.signature(cls.verdicts).bind(None, None, None, None)
+    except TypeError:
+        raise UserError(f"reward '{name}': verdicts{inspect.signature(cls.verdicts)} must take "
+                        "(self, prompts, responses, columns)") from None
     return cls
 
 

@@ -1,7 +1,8 @@
 """The reward-model interface: verdicts per prefix, and the reward queries they cost.
 
-A reward model is called like a TRL reward function, with the batch's prompts, the sampled responses
-and the dataset's columns (``target`` among them):
+A reward model is called with the batch's prompts, the sampled responses and the dataset's columns (``target``
+among them), as a TRL reward function gets completions plus dataset columns (``posttrain.trl_backend`` adapts it to
+TRL's own signature):
 
     out = reward(prompts, responses, columns)   # responses: (B, L) symbol indices, L ≤ N
     out.values   # (B, L) float: value of prefix y_1:i (outcome: the response's verdict at every i)
@@ -12,6 +13,7 @@ and the dataset's columns (``target`` among them):
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import Literal
 
@@ -40,22 +42,36 @@ class RewardModel:
         """(B, L) bool verdicts and the queries charged. Outcome models return (B, 1)."""
         raise NotImplementedError
 
-    def check_last(self, prompts, prefixes, columns) -> tuple[torch.Tensor, int]:
-        """Verdict on the longest prefix of each row only, one query per row: what token-wise search asks."""
-        ok, _ = self.verdicts(prompts, prefixes, columns)
-        return ok[:, -1], prefixes.shape[0]
-
-    def __call__(self, prompts, responses, columns) -> RewardOutput:
-        ok, queries = self.verdicts(prompts, responses, columns)
+    def checked_verdicts(self, prompts, responses, columns) -> tuple[torch.Tensor, int]:
+        """``verdicts`` held to its contract, each breach one line: a wrong verdict would otherwise train silently."""
+        out, name = self.verdicts(prompts, responses, columns), f"reward {type(self).__name__}: verdicts()"
+        if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], torch.Tensor)):
+            raise UserError(f"{name} returned {type(out).__name__}{f' of {len(out)}' if isinstance(out, tuple) else ''}; "
+                            "it must return (verdicts tensor, queries int)")
+        ok, queries = out
+        if not isinstance(queries, numbers.Integral) or isinstance(queries, bool) or queries < 0:
+            raise UserError(f"{name} charged {queries!r} reward queries; the count must be an integer ≥ 0")
         outcome = self.granularity == "outcome"
         want = (responses.shape[0], 1 if outcome else responses.shape[1])
         if tuple(ok.shape) != want:  # a (B, 1) process verdict would broadcast over the prefixes unnoticed
-            raise UserError(f"reward {type(self).__name__}: verdicts() returned shape {tuple(ok.shape)}; {self.granularity} "
+            raise UserError(f"{name} returned shape {tuple(ok.shape)}; {self.granularity} "
                             f"rewards return {'(B, 1)' if outcome else '(B, L)'}, {want} here")
+        if ok.dtype != torch.bool and not ((ok == 0) | (ok == 1)).all():
+            bad = ok[(ok != 0) & (ok != 1)].flatten()[0].item()
+            raise UserError(f"{name} returned {bad}; verdicts are true/false (bool, or 0/1)")
+        return ok, int(queries)
+
+    def check_last(self, prompts, prefixes, columns) -> tuple[torch.Tensor, int]:
+        """Verdict on the longest prefix of each row only, one query per row: what token-wise search asks."""
+        ok, _ = self.checked_verdicts(prompts, prefixes, columns)
+        return ok[:, -1], prefixes.shape[0]
+
+    def __call__(self, prompts, responses, columns) -> RewardOutput:
+        ok, queries = self.checked_verdicts(prompts, responses, columns)
         values = ok.to(torch.float32)
         if self.signed:
             values = 2.0 * values - 1.0
-        return RewardOutput(values.expand(responses.shape[0], responses.shape[1]).contiguous(), int(queries))
+        return RewardOutput(values.expand(responses.shape[0], responses.shape[1]).contiguous(), queries)
 
     def state_dict(self) -> dict:
         return {}

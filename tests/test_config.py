@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -195,9 +196,25 @@ def test_typed_mappings_check_their_entries(tmp_path, cls, text, key, words):
     assert f"key '{key}'" in msg and words in msg and "cfg.yaml" in msg
 
 
+def test_weight_decay_without_adamw_is_refused(tmp_path):
+    from pretrain.config import load_pretrain_config
+
+    with pytest.raises(UserError, match="train.weight_decay 0.1: only adamw decays weights, and train.optimizer is adagrad"):
+        load_pretrain_config(["--config", write(tmp_path, "model: {kind: linear}\ntrain: {weight_decay: 0.1}\n")])
+
+
 def test_the_dataclass_defaults_are_the_default_base():
     """A config file that sets nothing pretrains configs/pretrain.yaml's base (but for where and how often it saves)."""
     shipped = to_dict(load_config(PretrainConfig, ["--config", str(ROOT / "configs" / "pretrain.yaml")]))
     defaults = to_dict(PretrainConfig())
     shipped["run"].pop("checkpoint_every"), defaults["run"].pop("checkpoint_every")
     assert shipped == defaults
+
+
+def test_every_configs_folder_has_what_each_make_target_reads():
+    makefile = (ROOT / "Makefile").read_text()
+    names = set(re.findall(r"\$\(CONFIGS\)/([a-z_]+)\.yaml", makefile))
+    names |= {f"posttrain_{reward}" for reward in ("outcome", "process")}  # posttrain_$(REWARD).yaml
+    assert {"pretrain", "eval", "scaling", "alpha", "crosscheck", "bench"} <= names
+    for folder in ("configs", "configs/gpu", "configs/tiny"):
+        assert [n for n in sorted(names) if not (ROOT / folder / f"{n}.yaml").exists()] == [], folder

@@ -290,3 +290,6 @@ def test_eval_rejects_bad_paths_in_one_line(tmp_path, tiny_base, capsys):
     err = one_line_error(main, [*args, "--out_dir", str(run_like)], capsys)
     assert f"out_dir: '{run_like}' is a run folder (it has a config.yaml); pass a new or empty folder as out_dir" in err
     assert [p.name for p in run_like.iterdir()] == ["config.yaml"]
+    # an unfinished run (no model/ yet) as a checkpoint: the advice names that run's folder
+    err = one_line_error(main, [*args, "--out_dir", str(tmp_path / "e"), "--checkpoints.x", str(run_like)], capsys)
+    assert f"no barrierlab checkpoint at '{run_like / 'model'}'" in err and f"finish the run in '{run_like}' first" in err

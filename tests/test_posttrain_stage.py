@@ -12,6 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from barrierlab.run import load_dataset_dir
+from rewards import RewardConfig, make_reward
 from tests.conftest import ROOT, TINY, metrics, one_line_error, run_stage
 
 CONFIG = str(TINY / "posttrain_outcome.yaml")
@@ -173,6 +175,21 @@ def test_a_damaged_base_is_one_line(tmp_path, tiny_base, capsys, file, words):
     assert words.format(base=base) in err and not (tmp_path / "r").exists()
 
 
+def test_a_reward_that_breaks_its_contract_is_refused_before_the_run_folder(tmp_path, tiny_base, capsys):
+    from posttrain.__main__ import main, probe_reward
+
+    err = one_line_error(main, ["--config", CONFIG, "--base", str(tiny_base), "--run.run_dir", str(tmp_path / "r"),
+                                "--reward.name", "tests.user_reward:NaNReward"], capsys)
+    assert "reward NaNReward: verdicts() returned nan; verdicts are true/false" in err and not (tmp_path / "r").exists()
+    # the probe draws none of a noisy verifier's flips
+    noisy = lambda: make_reward(RewardConfig(name="noisy_outcome", params={"flip_prob": 0.5}), seed=3)  # noqa: E731
+    eval_set = load_dataset_dir(tiny_base / "data" / "eval_prompts", ["prompt_ids", "target_ids"])
+    probed, fresh = noisy(), noisy()
+    probe_reward(probed, eval_set)
+    responses = torch.zeros(64, 3, dtype=torch.long)
+    assert torch.equal(probed(None, responses, {"target": responses}).values, fresh(None, responses, {"target": responses}).values)
+
+
 def test_rerun_of_a_finished_run_changes_nothing_and_a_damaged_checkpoint_is_one_line(tmp_path, tiny_base, capsys):
     from posttrain.__main__ import main
 
@@ -190,10 +207,15 @@ def test_rerun_of_a_finished_run_changes_nothing_and_a_damaged_checkpoint_is_one
     ckpt = run_dir / "checkpoints" / "step_0000004"
     # one checkpointed by two processes (each keeps its own generator states) resumes with two only
     state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
-    torch.save({**state, "prompt_gen": state["prompt_gen"] * 2, "sample_gen": state["sample_gen"] * 2},
+    torch.save({**state, **{key: state[key] * 2 for key in ("prompt_gen", "sample_gen", "reward")}},
                ckpt / "trainer_state.pt")
+    with open(run_dir / "metrics.jsonl", "a") as f:  # a line the kill lost: resuming would drop it
+        f.write('{"step": 5, "train/loss": 0.0}\n')
+    killed = (run_dir / "metrics.jsonl").read_text()
     err = one_line_error(main, args, capsys)
-    assert "was checkpointed by 2 process(es); resume it with that many (accelerate launch --num_processes 2), not 1" in err
+    assert "was checkpointed by 2 process(es); resume it with that many (torchrun --nproc_per_node 2 -m posttrain ..., " \
+        "or accelerate launch --multi_gpu --num_processes 2), not 1" in err
+    assert (run_dir / "metrics.jsonl").read_text() == killed  # refused before the lines after the checkpoint go
     torch.save(state, ckpt / "trainer_state.pt")
     (ckpt / "model.safetensors").write_bytes(b"\x00" * 10)
     err = one_line_error(main, args, capsys)
@@ -205,14 +227,17 @@ def test_rerun_of_a_finished_run_changes_nothing_and_a_damaged_checkpoint_is_one
 
 @pytest.mark.parametrize("stage", ["pretrain", "posttrain"])
 def test_data_parallel_on_two_cpu_processes(tmp_path, tiny_base, stage):
-    """torchrun with 2 processes (gloo on CPU): one run folder, global counts, every process's RNG state saved."""
+    """torchrun with 2 processes (gloo on CPU): one run folder, global counts, every process's RNG state saved (so a
+    killed run of a noisy reward resumes to the uninterrupted run's numbers)."""
     run_dir = tmp_path / "ddp"
     args = (["--config", str(TINY / "pretrain.yaml")] if stage == "pretrain"
-            else ["--config", str(TINY / "posttrain_process.yaml"), "--base", str(tiny_base)])
-    def torchrun(run_dir, *overrides):
+            else ["--config", str(TINY / "posttrain_process.yaml"), "--base", str(tiny_base), "--reward.name",
+                  "noisy_process", "--reward.params", "{flip_prob: 0.2}"])
+
+    def torchrun(run_dir, *overrides, env=None):
         return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                                "-m", stage, *args, "--run.run_dir", str(run_dir), *overrides], cwd=ROOT,
-                              capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                              capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
                               timeout=300)  # a gloo hang fails, not stalls
 
     proc = torchrun(run_dir)
@@ -231,7 +256,13 @@ def test_data_parallel_on_two_cpu_processes(tmp_path, tiny_base, stage):
         assert sum("done/steps" in r for r in rows) == 1
         assert [r for r in rows if "train/samples" in r][-1]["train/samples"] == 12 * 32  # the global batch
         state = torch.load(run_dir / "checkpoints" / "step_0000012" / "trainer_state.pt", weights_only=False)
-        assert len(state["sample_gen"]) == 2
+        assert len(state["sample_gen"]) == len(state["reward"]) == 2
+        killed = torchrun(tmp_path / "resumed", env={"BARRIERLAB_KILL_AFTER_STEP": "7"})  # after the step-5 checkpoint
+        assert killed.returncode != 0 and torchrun(tmp_path / "resumed").returncode == 0
+        assert metrics(tmp_path / "resumed", timings=False) == metrics(run_dir, timings=False)
+        assert load_file(tmp_path / "resumed" / "model" / "model.safetensors").keys() and all(
+            torch.equal(v, load_file(run_dir / "model" / "model.safetensors")[k])
+            for k, v in load_file(tmp_path / "resumed" / "model" / "model.safetensors").items())
 
 
 def test_prompts_drawn_from_a_saved_dataset_keep_their_columns(tiny_base, tmp_path):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+
+import numpy as np
 import pytest
 import torch
 
@@ -66,7 +69,10 @@ def test_user_reward_by_import_path():
         ("outcom", {}, "unknown reward 'outcom'; available: outcome, process, noisy_outcome, noisy_process"),
         ("tests.no_such_module:Thing", {}, "cannot import module 'tests.no_such_module'"),
         ("tests.user_reward:Missing", {}, "has no 'Missing'"),
-        ("tests.user_reward:NoGranularity", {}, "must define granularity"),
+        ("tests.user_reward:NotAReward", {}, "is not a subclass of rewards.RewardModel; subclass it"),
+        ("tests.user_reward:BadGranularity", {}, "must define granularity = 'outcome' or 'process'"),
+        ("tests.user_reward:NoVerdicts", {}, "must implement verdicts(self, prompts, responses, columns)"),
+        ("tests.user_reward:TwoArgVerdicts", {}, "verdicts(self, responses) must take (self, prompts, responses, columns)"),
         ("process", {"flip": 0.1}, "'flip' is not a parameter of process; allowed: flip_prob, seed, stop_at_first_error"),
         ("noisy_outcome", {"flip_prob": 2.0}, "bad params"),
         # a YAML typo is a string: it must not pass for true (a non-empty string is truthy)
@@ -108,16 +114,26 @@ def test_a_reward_module_that_fails_to_import_is_one_line(tmp_path, monkeypatch)
         make_reward(RewardConfig(name="broken_reward:Reward"))
 
 
-@pytest.mark.parametrize("granularity, shape, words", [
-    ("outcome", (4,), "verdicts\\(\\) returned shape \\(4,\\); outcome rewards return \\(B, 1\\), \\(4, 1\\) here"),
-    ("process", (4, 1), "returned shape \\(4, 1\\); process rewards return \\(B, L\\), \\(4, 3\\) here"),
+@pytest.mark.parametrize("granularity, returned, words", [
+    ("outcome", (torch.ones(4, dtype=torch.bool), 4), "verdicts() returned shape (4,); outcome rewards return (B, 1), (4, 1) here"),
+    ("process", (torch.ones(4, 1, dtype=torch.bool), 4), "returned shape (4, 1); process rewards return (B, L), (4, 3) here"),
+    ("outcome", torch.ones(4, 1), "verdicts() returned Tensor; it must return (verdicts tensor, queries int)"),
+    ("outcome", (torch.ones(4, 1), 4, 0), "verdicts() returned tuple of 3; it must return (verdicts tensor, queries int)"),
+    ("outcome", ([True] * 4, 4), "verdicts() returned tuple of 2; it must return (verdicts tensor, queries int)"),
+    ("outcome", (torch.ones(4, 1), -4), "verdicts() charged -4 reward queries; the count must be an integer ≥ 0"),
+    ("outcome", (torch.ones(4, 1), 2.5), "verdicts() charged 2.5 reward queries; the count must be an integer ≥ 0"),
+    ("outcome", (torch.full((4, 1), float("nan")), 4), "verdicts() returned nan; verdicts are true/false (bool, or 0/1)"),
+    ("process", (torch.tensor([[1.0, 0.5, 0.0]] * 4), 4), "verdicts() returned 0.5; verdicts are true/false"),
 ])
-def test_verdicts_of_the_wrong_shape_are_refused(granularity, shape, words):
+def test_verdicts_that_break_the_contract_are_refused(granularity, returned, words):
     class Wrong(RewardModel):
         def verdicts(self, prompts, responses, columns):
-            return torch.ones(shape, dtype=torch.bool), responses.shape[0]
+            return returned
 
     Wrong.granularity = granularity
     responses = torch.zeros(4, 3, dtype=torch.long)
-    with pytest.raises(UserError, match=words):
+    with pytest.raises(UserError, match=re.escape(words)):
         Wrong()(None, responses, {"target": responses})
+    ok = (torch.ones(4, 1 if granularity == "outcome" else 3), np.int64(4))  # 0/1 floats and numpy counts pass
+    Wrong.verdicts = lambda self, prompts, responses, columns: ok
+    assert Wrong()(None, responses, {"target": responses}).queries == 4

@@ -1,6 +1,8 @@
 """Users' own reward models, selected in tests as ``tests.user_reward:ParityReward`` (and the others here)."""
 
 
+import torch
+
 from rewards import RewardModel
 
 
@@ -25,5 +27,23 @@ class KeywordReward(ParityReward):
         self.seed, self.opts = seed, opts
 
 
-class NoGranularity:
+class NotAReward:
+    granularity = "outcome"
+
+
+class BadGranularity(ParityReward):
+    granularity = "token"
+
+
+class NoVerdicts(RewardModel):
     pass
+
+
+class TwoArgVerdicts(RewardModel):
+    def verdicts(self, responses):
+        return responses[:, :1] >= 0, responses.shape[0]
+
+
+class NaNReward(RewardModel):
+    def verdicts(self, prompts, responses, columns):
+        return torch.full((responses.shape[0], 1), float("nan")), responses.shape[0]

@@ -1,7 +1,8 @@
 """Synthetic tasks: prompts with exactly one correct response ``y*(x)`` of N symbols over k.
 
-A task is anything with the ``Task`` interface below. To add one, write a module here with a class
-that implements it and register it in ``TASKS``; configs then select it by ``task.name``.
+A task is anything with the ``Task`` interface below. To add one, write a module here with a class that implements
+it, register it in ``TASKS`` and add its name to ``TaskConfig.name``; configs then select it by ``task.name``. Every
+task is built with ``TaskConfig``'s fields as keyword arguments (``flip_prob`` and ``per_cluster_rule`` included).
 """
 
 from __future__ import annotations
