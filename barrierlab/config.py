@@ -66,6 +66,13 @@ def require_seed(seed: int, key: str = "seed") -> None:
     require(0 <= seed < 2**31, key, f"must be in 0 … 2147483647 (2³¹ - 1), got {seed}")
 
 
+def require_seeds(seeds: list[int], key: str = "seeds") -> None:
+    """A driver's list of seeds: at least one, each a valid seed (checked before the first run starts)."""
+    require(len(seeds) >= 1, key, "must list at least one seed")
+    for i, seed in enumerate(seeds):
+        require_seed(seed, f"{key}[{i}]")
+
+
 # ----------------------------------------------------------------------------- field docs
 
 
@@ -223,8 +230,8 @@ def _set_path(data: dict, cls: type, path: list[str], raw: str, flag: str) -> No
             err = _unknown_key(node_cls, part, ".".join(path[:i]) + ("." if i else ""))
             raise UserError(f"command line: {flag}: {err.message}")
         tp = typing.get_type_hints(node_cls)[part]
+        options = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
         if i == len(path) - 1:
-            options = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
             takes_text = str in options or any(typing.get_origin(o) is Literal and raw in typing.get_args(o) for o in options)
             # "--run.run_dir 007" stays the string it was typed as; "null" still clears an optional field
             node[part] = raw if takes_text and raw != "null" else _parse_scalar(raw)
@@ -233,7 +240,9 @@ def _set_path(data: dict, cls: type, path: list[str], raw: str, flag: str) -> No
             entries = node.setdefault(part, {})
             if not isinstance(entries, dict):
                 raise UserError(f"command line: {flag}: '{part}' is a list in the config file; give it as a mapping")
-            entries[path[-1]] = _parse_scalar(raw)
+            # a mapping of strings (checkpoint folders, config files) keeps "--checkpoints.x 2024" as typed
+            text_values = any(typing.get_origin(o) is dict and typing.get_args(o)[1] is str for o in options)
+            entries[path[-1]] = raw if text_values else _parse_scalar(raw)
             return
         if not dataclasses.is_dataclass(tp):
             raise UserError(f"command line: {flag}: '{part}' is not a section, so it has no keys")

@@ -421,14 +421,13 @@ def make_accelerator(run: RunConfig):
     return Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
 
 
-def leave_process_group(acc, *prepared):
-    """End a stage that may run data-parallel: release what ``acc.prepare`` wrapped, then leave the process group
-    together. A DDP wrapper's reducer holds the group; freed once another process has gone (at exit, say), it joins
-    gloo threads that never return: a hang, or an abort. Returns None for each of ``prepared``: rebind them."""
-    released = acc.free_memory(*prepared)
+def leave_process_group(acc) -> None:
+    """End a stage that may run data-parallel: free what ``acc.prepare`` wrapped (the caller has dropped its own
+    references), then leave the process group together. A DDP wrapper's reducer holds the group; freed once another
+    process has gone (at exit, say), it joins gloo threads that never return: a hang, or an abort (measured)."""
+    acc.free_memory()  # accelerate's own references, then a garbage collection (DDP sits in a reference cycle)
     acc.wait_for_everyone()
     acc.end_training()
-    return released
 
 
 def fault_point(step: int) -> None:

@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from barrierlab.config import dump_yaml, load_config, require
+import yaml
+
+from barrierlab.config import dump_yaml, load_config, require, require_seeds
 from barrierlab.errors import UserError, cli_entry
 from barrierlab.run import atomic_write_text, claim_output_dir, last_row, read_metrics
 from barrierlab.stages import check_stage_args, ensure_base, reuse_or_run
@@ -29,7 +31,7 @@ from eval import figures
 from eval.analysis import alpha_fit, fittable, queries_to_reach, scaling_fit
 from posttrain.config import PosttrainConfig, load_posttrain_config
 from pretrain.config import PretrainConfig
-from rewards import resolve_class
+from rewards import granularity_of
 
 
 @dataclass
@@ -62,7 +64,7 @@ class ExperimentConfig:
 
     def check(self):
         require(len(self.Ns) >= 1 and all(n >= 1 for n in self.Ns), "Ns", "must list response lengths ≥ 1")
-        require(len(self.seeds) >= 1, "seeds", "must list at least one seed")
+        require_seeds(self.seeds)
         require(0 < self.target_likelihood <= 1, "target_likelihood", "must be in (0, 1]")
         require(self.max_queries >= 1, "max_queries", "must be ≥ 1")
         require(len(self.posttrain_configs) >= 1, "posttrain_configs", "must name at least one arm")
@@ -102,19 +104,20 @@ def check_overrides(cfg: ExperimentConfig) -> None:
 
 
 def posttrain_to_target(cfg: ExperimentConfig, arm: str, base: Path, run_dir: Path, seed: int,
-                        clusters: list[int]) -> tuple[int, bool]:
-    """Queries this arm spent to reach the target on ``clusters`` (or the budget, censored)."""
+                        clusters: list[int]) -> dict:
+    """The run's reward granularity (which picks the shape its queries are fitted to, ``eval.analysis.scaling_fit``)
+    and the queries this arm spent to reach the target on ``clusters`` (or the budget, censored)."""
     reuse_or_run("posttrain", load_posttrain_config, run_dir, last_row(run_dir, "done/steps") is not None,
                  "--config", cfg.posttrain_configs[arm], "--base", str(base), "--run.run_dir", str(run_dir),
                  *posttrain_overrides(cfg, seed, clusters))
-    return queries_to_reach(read_metrics(run_dir / "metrics.jsonl"), "eval/trained_likelihood", cfg.target_likelihood)
+    queries, censored = queries_to_reach(read_metrics(run_dir / "metrics.jsonl"), "eval/trained_likelihood",
+                                         cfg.target_likelihood)
+    reward = granularity_of(yaml.safe_load((run_dir / "config.yaml").read_text()))  # as run, overrides included
+    return {"reward": reward, "queries": queries, "censored": censored}
 
 
 def run_scaling(cfg: ExperimentConfig, out: Path) -> dict:
     runs, k = [], None
-    # each arm's reward granularity picks the theory's shape its queries are fitted to (eval.analysis.scaling_fit)
-    rewards = {arm: resolve_class(load_posttrain_config(["--config", config]).reward.name).granularity
-               for arm, config in cfg.posttrain_configs.items()}
     for N in cfg.Ns:
         base = out / f"N{N}" / "base"
         support = ensure_base(cfg.pretrain_config, base, *pretrain_overrides(cfg, N))
@@ -122,10 +125,10 @@ def run_scaling(cfg: ExperimentConfig, out: Path) -> dict:
         clusters = cfg.clusters or [r["cluster"] for r in support["clusters"] if r["coverage"] == "sequence(0)"]
         for seed in cfg.seeds:
             for arm in cfg.posttrain_configs:
-                queries, censored = posttrain_to_target(cfg, arm, base, base.parent / f"{arm}_s{seed}", seed, clusters)
-                runs.append({"arm": arm, "reward": rewards[arm], "N": N, "seed": seed, "queries": queries,
-                             "censored": censored})
-                print(f"N={N} seed={seed} {arm}: {queries} queries{' (censored)' if censored else ''}", flush=True)
+                run = posttrain_to_target(cfg, arm, base, base.parent / f"{arm}_s{seed}", seed, clusters)
+                runs.append({"arm": arm, "N": N, "seed": seed, **run})
+                print(f"N={N} seed={seed} {arm}: {run['queries']} queries{' (censored)' if run['censored'] else ''}",
+                      flush=True)
     return {"k": k, "target_likelihood": cfg.target_likelihood, "max_queries": cfg.max_queries, "runs": runs}
 
 
@@ -144,11 +147,11 @@ def run_alpha(cfg: ExperimentConfig, out: Path) -> dict:
     arm = next(iter(cfg.posttrain_configs))
     for seed in cfg.seeds:
         for c in chosen:
-            queries, censored = posttrain_to_target(cfg, arm, base, out / f"{arm}_c{c}_s{seed}", seed, [c])
+            run = posttrain_to_target(cfg, arm, base, out / f"{arm}_c{c}_s{seed}", seed, [c])
             runs.append({"cluster": c, "seed": seed, "alpha": rows[c]["alpha_geomean"],
-                         "designed_alpha": rows[c]["designed_alpha"], "queries": queries, "censored": censored})
-            print(f"seed={seed} cluster {c} (α {rows[c]['alpha_geomean']:.3g}): {queries} queries"
-                  f"{' (censored)' if censored else ''}", flush=True)
+                         "designed_alpha": rows[c]["designed_alpha"], **run})
+            print(f"seed={seed} cluster {c} (α {rows[c]['alpha_geomean']:.3g}): {run['queries']} queries"
+                  f"{' (censored)' if run['censored'] else ''}", flush=True)
     return {"target_likelihood": cfg.target_likelihood, "max_queries": cfg.max_queries, "runs": runs}
 
 

@@ -22,7 +22,7 @@ from eval import figures
 from eval.analysis import eval_rows, queries_to_reach
 from eval.experiments import alpha_verdict, scaling_verdict
 from posttrain.evaluation import tracked_indices
-from rewards import resolve_class
+from rewards import granularity_of
 
 REACH = 0.5  # "queries to reach": the first evaluation with a mean likelihood of y* at least this
 
@@ -38,14 +38,6 @@ def _arm_runs(results: dict) -> dict[str, Path]:
     return arms
 
 
-def _granularity(config: dict) -> str | None:
-    """'outcome' or 'process': the kind of reward a post-training run's config names (None if unknown)."""
-    try:
-        return resolve_class(config["reward"]["name"]).granularity
-    except (UserError, KeyError, TypeError):
-        return None
-
-
 class _Arm:
     """One post-training run as the report sees it: its config, metric rows and final numbers."""
 
@@ -58,7 +50,7 @@ class _Arm:
         done = [r for r in self.rows if "done/reward_queries" in r]
         self.done = done[-1] if done else {}
         self.queries = self.done.get("done/reward_queries", self.last.get("train/reward_queries"))
-        self.kind = _granularity(self.config)
+        self.kind = granularity_of(self.config)
 
     def label(self) -> str:
         reward = self.config.get("reward", {}).get("name", "?")

@@ -102,14 +102,14 @@ def main(argv):
     rank, world = acc.process_index, acc.num_processes
     if cfg.optim.optimizer == "adaptive" and world > 1:
         raise UserError("optim.optimizer 'adaptive' computes per-response gradients on one process; use adam/adagrad/sgd with several")
-    G = cfg.algo.group_size
-    if cfg.optim.batch_size % (G * world):  # each process draws whole groups, the same number as the others
-        raise UserError(f"optim.batch_size {cfg.optim.batch_size} must be a multiple of algo.group_size × processes "
-                        f"= {G} × {world} = {G * world}")
     if cfg.backend == "trl":
         from posttrain.trl_backend import check_supported, run_trl  # TRL is imported only when asked for
 
         check_supported(cfg, model, world)
+    G = cfg.algo.group_size
+    if cfg.optim.batch_size % (G * world):  # each process draws whole groups, the same number as the others
+        raise UserError(f"optim.batch_size {cfg.optim.batch_size} must be a multiple of algo.group_size × processes "
+                        f"= {G} × {world} = {G * world}")
     prompt_gen = torch.Generator().manual_seed(cfg.run.seed * 7919 + rank)
     sample_gen = torch.Generator(device=acc.device).manual_seed(cfg.run.seed * 104729 + rank)
     prompts_source = PromptSource(cfg, task, prompt_gen)
@@ -143,7 +143,8 @@ def main(argv):
         wall_before = state["wall_time_s"]
         prompt_gen.set_state(state["prompt_gen"][rank])
         sample_gen.set_state(state["sample_gen"][rank])
-        reward.load_state_dict(state["reward"][rank])
+        rewards = state["reward"]  # one per process; a checkpoint of an earlier version holds its one process's dict
+        reward.load_state_dict(rewards[rank] if isinstance(rewards, list) else rewards)
         acc.print(f"resuming {run.path} from step {step} ({queries} reward queries spent)")
     learner, optimizer = acc.prepare(ResponseLogits(model, answer_ids(k)), optimizer)
     policy = acc.unwrap_model(learner).model
@@ -227,7 +228,8 @@ def main(argv):
         log_finish(run, step=step, reason=stop or "max_steps", queries=queries, wall_time_s=wall_before + time.time() - started,
                    device=acc.device, processes=world, last=last)
     run.close()
-    learner, optimizer = leave_process_group(acc, learner, optimizer)
+    learner = optimizer = None  # the DDP wrapper goes before the process group does (see leave_process_group)
+    leave_process_group(acc)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,9 @@
 
     python -m posttrain.bench --config configs/bench.yaml      # or configs/gpu/bench.yaml
 
-Every measurement is a real ``posttrain`` run (same base, on-policy outcome PG with ±1 rewards and no baseline,
-G responses per prompt, one update per generation) of a few steps. With ±1 rewards every response carries a
+Every measurement is a real ``posttrain`` run of ``posttrain_config`` (by default outcome PG) with what
+``posttrain_overrides`` sets on top: on-policy, ±1 rewards and no baseline, G responses per prompt, one update per
+generation, a few steps. With ±1 rewards every response carries a
 learning signal, so both backends do the whole update (the native engine skips responses whose advantages are
 all zero, which an untrained base's 0/1 rewards would make of every response). A step's time (the per-step
 ``train/update_time_s``) runs from one update to the next: the step's prompts (the native loop draws them, TRL's

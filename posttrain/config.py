@@ -55,7 +55,7 @@ class OptimConfig:
     lr: float = 1e-3
     """Learning rate (adaptive: a multiplier of the theory's step, 1 = the theory)."""
     batch_size: int = 256
-    """Responses per step (summed over processes); a multiple of group_size."""
+    """Responses per step (summed over processes); a multiple of group_size × the number of processes."""
     grad_clip: float = 0.0
     """Clip the gradient norm to this value (0: no clipping)."""
     max_steps: int = 1000

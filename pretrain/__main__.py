@@ -148,7 +148,8 @@ def main(argv):
     if acc.is_main_process:
         finish(cfg, run, task, model.eval(), tokenizer, eval_set, optimizer, acc.device)
     run.close()
-    learner, optimizer = leave_process_group(acc, learner, optimizer)
+    learner = optimizer = None  # the DDP wrapper goes before the process group does (see leave_process_group)
+    leave_process_group(acc)
 
 
 def finish(cfg: PretrainConfig, run: RunDir, task, model, tokenizer, eval_set, optimizer, device) -> None:

@@ -24,7 +24,7 @@ REWARDS: dict[str, type] = {
     "noisy_process": NoisyProcessVerifier,
 }
 
-__all__ = ["REWARDS", "RewardConfig", "RewardModel", "RewardOutput", "correct_prefixes", "make_reward"]
+__all__ = ["REWARDS", "RewardConfig", "RewardModel", "RewardOutput", "correct_prefixes", "granularity_of", "make_reward"]
 
 
 @dataclass
@@ -70,6 +70,15 @@ def resolve_class(name: str) -> type:
         raise UserError(f"reward '{name}': verdicts{inspect.signature(cls.verdicts)} must take "
                         "(self, prompts, responses, columns)") from None
     return cls
+
+
+def granularity_of(config: dict) -> str | None:
+    """'outcome' or 'process': the reward a post-training run's saved config (its config.yaml, read as a mapping)
+    names; None if that cannot be told."""
+    try:
+        return resolve_class(config["reward"]["name"]).granularity
+    except (UserError, KeyError, TypeError):
+        return None
 
 
 _TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}

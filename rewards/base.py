@@ -46,8 +46,8 @@ class RewardModel:
         """``verdicts`` held to its contract, each breach one line: a wrong verdict would otherwise train silently."""
         out, name = self.verdicts(prompts, responses, columns), f"reward {type(self).__name__}: verdicts()"
         if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], torch.Tensor)):
-            raise UserError(f"{name} returned {type(out).__name__}{f' of {len(out)}' if isinstance(out, tuple) else ''}; "
-                            "it must return (verdicts tensor, queries int)")
+            got = f"({', '.join(type(x).__name__ for x in out)})" if isinstance(out, tuple) else type(out).__name__
+            raise UserError(f"{name} returned {got}; it must return (verdicts Tensor, queries int)")
         ok, queries = out
         if not isinstance(queries, numbers.Integral) or isinstance(queries, bool) or queries < 0:
             raise UserError(f"{name} charged {queries!r} reward queries; the count must be an integer ≥ 0")
@@ -59,7 +59,7 @@ class RewardModel:
         if ok.dtype != torch.bool and not ((ok == 0) | (ok == 1)).all():
             bad = ok[(ok != 0) & (ok != 1)].flatten()[0].item()
             raise UserError(f"{name} returned {bad}; verdicts are true/false (bool, or 0/1)")
-        return ok, int(queries)
+        return ok.bool(), int(queries)  # bool: verdicts also select rows (token-wise search)
 
     def check_last(self, prompts, prefixes, columns) -> tuple[torch.Tensor, int]:
         """Verdict on the longest prefix of each row only, one query per row: what token-wise search asks."""

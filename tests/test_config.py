@@ -218,3 +218,11 @@ def test_every_configs_folder_has_what_each_make_target_reads():
     assert {"pretrain", "eval", "scaling", "alpha", "crosscheck", "bench"} <= names
     for folder in ("configs", "configs/gpu", "configs/tiny"):
         assert [n for n in sorted(names) if not (ROOT / folder / f"{n}.yaml").exists()] == [], folder
+
+
+def test_a_mapping_of_folders_keeps_command_line_values_as_typed(tmp_path):
+    from eval.config import EvalStageConfig
+
+    cfg = load_config(EvalStageConfig, ["--config", write(tmp_path, "checkpoints: {}\n"), "--checkpoints.run", "2024",
+                                        "--checkpoints.old", "007"])
+    assert cfg.checkpoints == {"run": "2024", "old": "007"}  # folder names, not the numbers 2024 and 7

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from barrierlab.errors import UserError
-from rewards import RewardConfig, RewardModel, make_reward
+from rewards import RewardConfig, RewardModel, correct_prefixes, make_reward
 
 TARGET = torch.tensor([[1, 2, 3], [1, 2, 3], [1, 2, 3]])
 RESPONSES = torch.tensor([[1, 2, 3], [1, 2, 0], [0, 2, 3]])
@@ -117,9 +117,9 @@ def test_a_reward_module_that_fails_to_import_is_one_line(tmp_path, monkeypatch)
 @pytest.mark.parametrize("granularity, returned, words", [
     ("outcome", (torch.ones(4, dtype=torch.bool), 4), "verdicts() returned shape (4,); outcome rewards return (B, 1), (4, 1) here"),
     ("process", (torch.ones(4, 1, dtype=torch.bool), 4), "returned shape (4, 1); process rewards return (B, L), (4, 3) here"),
-    ("outcome", torch.ones(4, 1), "verdicts() returned Tensor; it must return (verdicts tensor, queries int)"),
-    ("outcome", (torch.ones(4, 1), 4, 0), "verdicts() returned tuple of 3; it must return (verdicts tensor, queries int)"),
-    ("outcome", ([True] * 4, 4), "verdicts() returned tuple of 2; it must return (verdicts tensor, queries int)"),
+    ("outcome", torch.ones(4, 1), "verdicts() returned Tensor; it must return (verdicts Tensor, queries int)"),
+    ("outcome", (torch.ones(4, 1), 4, 0), "verdicts() returned (Tensor, int, int); it must return (verdicts Tensor, queries int)"),
+    ("outcome", ([True] * 4, 4), "verdicts() returned (list, int); it must return (verdicts Tensor, queries int)"),
     ("outcome", (torch.ones(4, 1), -4), "verdicts() charged -4 reward queries; the count must be an integer ≥ 0"),
     ("outcome", (torch.ones(4, 1), 2.5), "verdicts() charged 2.5 reward queries; the count must be an integer ≥ 0"),
     ("outcome", (torch.full((4, 1), float("nan")), 4), "verdicts() returned nan; verdicts are true/false (bool, or 0/1)"),
@@ -137,3 +137,17 @@ def test_verdicts_that_break_the_contract_are_refused(granularity, returned, wor
     ok = (torch.ones(4, 1 if granularity == "outcome" else 3), np.int64(4))  # 0/1 floats and numpy counts pass
     Wrong.verdicts = lambda self, prompts, responses, columns: ok
     assert Wrong()(None, responses, {"target": responses}).queries == 4
+
+
+def test_0_1_verdicts_are_booleans_where_token_search_selects_rows_by_them():
+    class IntProcess(RewardModel):
+        granularity = "process"
+
+        def verdicts(self, prompts, responses, columns):
+            return correct_prefixes(responses, columns["target"]).long(), responses.numel()
+
+    target = torch.tensor([[0, 1, 2]] * 3)
+    prefixes = torch.tensor([[0, 1], [0, 2], [1, 1]])  # right, wrong at 2, wrong at 1
+    ok, queries = IntProcess().check_last(None, prefixes, {"target": target})
+    assert ok.dtype == torch.bool and ok.tolist() == [True, False, False] and queries == 3  # one query per candidate
+    assert torch.arange(3)[ok].tolist() == [0]  # int64 [1, 0, 0] would have indexed rows 1, 0, 0
