@@ -16,9 +16,9 @@ How the native engine maps onto TRL
 - Loss: ``loss_type="luspo"`` at token level is ``Σ_tokens loss / B``, the native normalisation. On-policy with
   one update per generation the ratio is exp(logp - sg(logp)) = 1 and no clipping is active, so its gradient is
   the native ``-Σ_i A_i ∇log p(y_i | x, y_<i)`` averaged over responses. (``dr_grpo`` divides by B·N instead:
-  the same up to 1/N, which changes SGD's step. TRL logs a warning that luspo is meant for
-  ``importance_sampling_level="sequence"``; at sequence level a (B, T) advantage would be mixed over positions,
-  so token level is the right one here.)
+  the same up to 1/N, which changes SGD's step. TRL's advice that luspo is meant for
+  ``importance_sampling_level="sequence"`` is filtered out: at sequence level a (B, T) advantage would be mixed over
+  positions, so token level is the right one here.)
 - The policy is the next-token distribution over the k answer symbols. Generation is restricted with
   ``suppress_tokens`` (every other id) and ``min_new_tokens = max_new_tokens = N``; the training log-probs and the
   entropy are restricted by a frozen ``lm_head.bias`` of -1e4 on every other id (TRL's fused LM head reads it),
@@ -54,6 +54,7 @@ Remaining differences from the native engine, and why
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import shutil
 import time
@@ -249,9 +250,15 @@ def grpo_config(cfg, N: int, k: int, vocab: int, output_dir: str, steps: int):
     )
 
 
+def _not_the_luspo_advice(record: logging.LogRecord) -> bool:
+    """TRL advises sequence-level ratios with luspo; token level is deliberate here (see the module docstring)."""
+    return "'luspo'" not in record.getMessage()
+
+
 def build_trainer(cfg, model, tokenizer, reward_fn: RewardFunction, dataset, k: int, N: int, output_dir: str,
                   steps: int):
     """The stock GRPOTrainer where TRL's advantages are the native ones (outcome, group_mean), else the per-token one."""
+    logging.getLogger("trl.trainer.grpo_trainer").addFilter(_not_the_luspo_advice)  # added once: the same function
     add_answer_bias(model, k)
     trl_tokenizer = copy.deepcopy(tokenizer)
     trl_tokenizer.eos_token = "[UNK]"  # TRL needs an eos id; [UNK] never occurs and is suppressed

@@ -18,7 +18,8 @@ from tests.conftest import TINY, metrics, run_stage
 def test_trl_resume_after_kill_matches_uninterrupted_run(tmp_path, tiny_base, config, extra, stop):
     args = ["--config", str(TINY / config), "--base", str(tiny_base), "--backend", "trl", "--optim.max_steps", "6",
             "--run.checkpoint_every", "2", "--algo.group_size", "4", *extra]
-    run_stage("posttrain", *args, "--run.run_dir", str(tmp_path / "straight"))
+    straight = run_stage("posttrain", *args, "--run.run_dir", str(tmp_path / "straight"))
+    assert "'luspo'" not in straight.stderr  # TRL's advice against the deliberate token-level ratio is filtered out
     killed = run_stage("posttrain", *args, "--run.run_dir", str(tmp_path / "resumed"),
                        env={"BARRIERLAB_KILL_AFTER_STEP": "4"}, check=False)
     assert killed.returncode == -9
