@@ -191,12 +191,13 @@ class RunDir:
         done = sorted(p for p in self.ckpt_dir.iterdir() if p.name.startswith("step_") and (p / "trainer_state.pt").exists())
         return done[-1] if done else None
 
-    def save_checkpoint(self, step: int, model, tokenizer, state: dict):
-        """Write ``checkpoints/step_N`` atomically (temporary folder, then rename) and prune old ones."""
+    def save_checkpoint(self, step: int, model, tokenizer, state: dict, files: dict[str, str]):
+        """Write ``checkpoints/step_N`` atomically (temporary folder, then rename) and prune old ones. ``files``
+        (task.json) make it a model folder that ``eval`` reads like the final ``model/``."""
         if not self.is_main:
             return
         final = self.ckpt_dir / f"step_{step:07d}"
-        save_model_dir(final, model, tokenizer, state=state)
+        save_model_dir(final, model, tokenizer, files, state=state)
         old = sorted(p for p in self.ckpt_dir.iterdir() if p.name.startswith("step_"))
         for p in old[: -self.keep]:
             shutil.rmtree(p, ignore_errors=True)

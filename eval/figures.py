@@ -41,12 +41,6 @@ def _save(fig, path) -> Path:
     return path
 
 
-def _log_x(ax) -> None:
-    """Log x-axis labelled at the decades only (minor labels crowd a short range)."""
-    ax.set_xscale("log")
-    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-
-
 def _series(rows: list[dict], key: str, x: str = QUERIES) -> tuple[np.ndarray, np.ndarray]:
     """(x, values) of ``key`` at the evaluations; against reward queries (a log axis), those after the first query."""
     points = [(r[x], r[key]) for r in eval_rows(rows) if (x != QUERIES or r[QUERIES] > 0) and r.get(key) is not None]
@@ -82,7 +76,7 @@ def barrier_figure(arms: dict[str, list[dict]], path, tracked_alpha: dict[str, l
             if start:
                 ax.axhline(max(start[0], TINY), color="gray", ls=":", label="base model q0")
             if x == QUERIES:
-                _log_x(ax)
+                ax.set_xscale("log")  # matplotlib labels minor ticks only when under a decade is shown
             ax.set_xlabel(x_label)
             ax.set_ylabel(label)
             ax.legend(fontsize=8)
@@ -106,7 +100,7 @@ def barrier_figure(arms: dict[str, list[dict]], path, tracked_alpha: dict[str, l
             for j in range(traj.shape[1]):
                 c = cmap(norm(log_a[j])) if log_a is not None else "gray"
                 ax.plot(q, traj[:, j], color=c, lw=1.2, alpha=0.85)
-        _log_x(ax)
+        ax.set_xscale("log")  # matplotlib labels minor ticks only when under a decade is shown
         ax.set_yscale("log")
         ax.set_xlabel("reward queries")
         ax.set_title(f"{name}: per-prompt likelihood of y*")

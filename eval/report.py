@@ -86,17 +86,22 @@ def _barrier_sentences(arms: list[_Arm]) -> list[str]:
     return lines
 
 
+def _best(at: dict[str, list[float]], i: int) -> str:
+    """The checkpoint(s) with the highest pass@k at index ``i``; all of them when tied (common at k = n)."""
+    top = max(v[i] for v in at.values())
+    names = [n for n, v in at.items() if v[i] == top]
+    return names[0] if len(names) == 1 else " and ".join(names) + " (tied)"
+
+
 def _passk_sentences(results: dict) -> list[str]:
     ks, lines = results["pass_k"], []
     for split in ("onsupport", "offsupport"):
         at = {name: c["pass_at_k"][split] for name, c in results["checkpoints"].items() if c["pass_at_k"][split]}
         if not at:
             continue
-        best_1 = max(at, key=lambda n: at[n][0])
-        best_n = max(at, key=lambda n: at[n][-1])
         values = ", ".join(f"{n} {fmt_value(v[0])} → {fmt_value(v[-1])}" for n, v in at.items())
         lines.append(f"pass@k on {figures.SPLIT_TITLES[split]} (k = 1 → {ks[-1]}): {values}; "
-                     f"best at k = 1: {best_1}, at k = {ks[-1]}: {best_n}.")
+                     f"best at k = 1: {_best(at, 0)}, at k = {ks[-1]}: {_best(at, -1)}.")
     return lines
 
 
@@ -145,10 +150,21 @@ def _cluster_table(per_prompt: dict, base: Path) -> list[str]:
     return lines
 
 
-def _tracked_alpha(arm: _Arm, base: Path, base_alpha: list[float]) -> list[float] | None:
-    """Base α of the prompts the run tracked (the same pick as posttrain's), if it ran on this eval's base."""
+def _measured_elsewhere(arm: _Arm, base: Path, threshold: float) -> str | None:
+    """Why a run's own metrics (its curves, its table row) are not comparable with this evaluation: trained from
+    another base (other eval prompts) or split at another off-support threshold; None when they are."""
+    if Path(arm.config.get("base", "")).resolve() != base.resolve():
+        return f"trained from the base {arm.config.get('base')}"
+    own = (arm.config.get("eval") or {}).get("offsupport_threshold")
+    if own is None:
+        own = json.loads((base / "model" / "task.json").read_text())["offsupport_threshold"]
+    return None if own == threshold else f"its metrics split off-support at base α < {own:g}"
+
+
+def _tracked_alpha(arm: _Arm, base_alpha: list[float]) -> list[float] | None:
+    """Base α of the prompts the run tracked (the same pick as posttrain's, on this eval's base)."""
     tracked = arm.last.get("eval/tracked_likelihood")
-    if not tracked or not Path(arm.config.get("base", "")).resolve() == base.resolve():
+    if not tracked:
         return None
     alpha = torch.tensor(base_alpha, dtype=torch.float64)
     return alpha[tracked_indices(alpha, len(tracked))].tolist()
@@ -187,7 +203,7 @@ def _make_figures(fig_dir: Path, results: dict, per_prompt: dict, arms: list[_Ar
     made = {}
     if arms:
         base_alpha = next(iter(per_prompt.values()))["base_alpha"]  # the same column for every checkpoint
-        tracked = {a.name: _tracked_alpha(a, Path(results["base"]), base_alpha) for a in arms}
+        tracked = {a.name: _tracked_alpha(a, base_alpha) for a in arms}
         figures.barrier_figure({a.name: a.rows for a in arms}, fig_dir / "barrier.png",
                                {n: t for n, t in tracked.items() if t is not None})
         made["Barrier: off-support likelihood and expected error against reward queries"] = "barrier.png"
@@ -207,6 +223,8 @@ def _make_figures(fig_dir: Path, results: dict, per_prompt: dict, arms: list[_Ar
     if alpha:
         figures.alpha_figure(alpha["runs"], fig_dir / "alpha.png", target=alpha.get("target_likelihood"))
         made["α dependence of outcome PG"] = "alpha.png"
+    for stale in {"barrier.png", "scaling.png", "alpha.png"} - set(made.values()):  # an earlier evaluation's, here
+        (fig_dir / stale).unlink(missing_ok=True)
     return made
 
 
@@ -229,7 +247,7 @@ def _checkpoint_table(results: dict) -> list[str]:
         on, off = c["pass_at_k"]["onsupport"] or [None], c["pass_at_k"]["offsupport"] or [None]
         lines.append(f"| {name} | {fmt_value(c['likelihood']['onsupport'])} | {fmt_value(c['likelihood']['offsupport'])} | "
                      f"{fmt_value(c['expected_error']['all'])} | {fmt_value(on[0])} / {fmt_value(off[0])} | "
-                     f"{fmt_value(on[-1])} / {fmt_value(off[-1])} | {c['seconds']:.1f} |")
+                     f"{fmt_value(on[-1])} / {fmt_value(off[-1])} | {c['seconds']:.3g} |")
     return lines
 
 
@@ -244,13 +262,24 @@ def build_report(run_dir, *, scaling=None, alpha=None) -> Path:
         raise UserError(f"no eval.json in '{run_dir}'; run python -m eval with --out_dir {run_dir} first")
     results = json.loads((run_dir / "eval.json").read_text())
     base = Path(results["base"])
-    arms = [a for a in (_Arm(name, run) for name, run in _arm_runs(results).items()) if a.last]  # not pretraining runs
+    arms, elsewhere = [], []
+    for arm in (_Arm(name, run) for name, run in _arm_runs(results).items()):
+        if not arm.last:  # a pretraining run: no reward-query evaluations to draw
+            continue
+        why = _measured_elsewhere(arm, base, results["offsupport_threshold"])
+        if why:
+            elsewhere.append(f"{arm.name} ({why})")
+        else:
+            arms.append(arm)
     scaling_data = load_experiment(scaling, "scaling") if scaling else None
     alpha_data = load_experiment(alpha, "alpha") if alpha else None
     per_prompt = _per_prompt(run_dir)
     made = _make_figures(run_dir / "figures", results, per_prompt, arms, scaling_data, alpha_data)
 
     observed = [a.sentence() for a in arms] + _barrier_sentences(arms) + [_coverage_sentence(results)]
+    if elsewhere:
+        observed.append("Training curves left out, as their runs measured other prompts or another split than this "
+                        f"evaluation: {'; '.join(elsewhere)}. Their checkpoints are evaluated below like the others.")
     observed += _passk_sentences(results)
     observed += scaling_verdict(scaling_data) if scaling_data else []
     observed += [alpha_verdict(alpha_data)] if alpha_data else []

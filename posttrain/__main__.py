@@ -98,6 +98,7 @@ def main(argv):
         cfg.algo.behaviour in ("mixture", "best_of_m", "token_best_of_m") or cfg.algo.kl_coef > 0)
     base = load_model_dir(base_dir / "model")[0].to(acc.device).eval() if needs_base else None
     threshold = cfg.eval.offsupport_threshold or task_info["offsupport_threshold"]
+    files = {"task.json": (base_dir / "model" / "task.json").read_text()}  # in every model folder the run writes
 
     rank, world = acc.process_index, acc.num_processes
     if cfg.optim.optimizer == "adaptive" and world > 1:
@@ -217,14 +218,13 @@ def main(argv):
             bar.set_postfix(step=step, **support_postfix(last))
         stop = stop_reason(cfg, step, queries, last, evaluator)  # decided before the checkpoint, which keeps it
         if cfg.run.checkpoint_every and step % cfg.run.checkpoint_every == 0:
-            run.save_checkpoint(step, policy, tokenizer, checkpoint_state())
+            run.save_checkpoint(step, policy, tokenizer, checkpoint_state(), files)
         fault_point(step)
     bar.close()
     state = checkpoint_state()
     if acc.is_main_process:
-        extra = {name: (base_dir / "model" / name).read_text() for name in ("task.json",)}
-        save_model_dir(run.path / "model", policy, tokenizer, extra)
-        run.save_checkpoint(step, policy, tokenizer, state)
+        save_model_dir(run.path / "model", policy, tokenizer, files)
+        run.save_checkpoint(step, policy, tokenizer, state, files)
         log_finish(run, step=step, reason=stop or "max_steps", queries=queries, wall_time_s=wall_before + time.time() - started,
                    device=acc.device, processes=world, last=last)
     run.close()

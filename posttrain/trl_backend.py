@@ -299,7 +299,7 @@ def run_trl(cfg, *, model, tokenizer, reward, task, base_dir, eval_set, threshol
         print(f"resuming {run.path} from step {first_step} ({reward_fn.queries} reward queries spent)")
     # a run killed after its last step (or after it decided to stop) has nothing left to train: no Trainer then
     remaining = cfg.optim.max_steps - first_step if resumed is None or resumed.get("stop_reason") is None else 0
-    task_json = (base_dir / "model" / "task.json").read_text()
+    files = {"task.json": (base_dir / "model" / "task.json").read_text()}  # in every model folder the run writes
     # TRL's output_dir (nothing is saved there), inside the run folder so that a killed run's rerun clears it
     scratch = run.path / ".trl_output"
     shutil.rmtree(scratch, ignore_errors=True)
@@ -347,7 +347,7 @@ def run_trl(cfg, *, model, tokenizer, reward, task, base_dir, eval_set, threshol
             if torch.cuda.is_available():
                 state["cuda_rng"] = torch.cuda.get_rng_state_all()
             with as_saved(model, saved_config):
-                run.save_checkpoint(self.step, model, tokenizer, state)
+                run.save_checkpoint(self.step, model, tokenizer, state, files)
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             step = first_step + state.global_step
@@ -385,7 +385,7 @@ def run_trl(cfg, *, model, tokenizer, reward, task, base_dir, eval_set, threshol
     logger.bar.close()
     step, queries = logger.step, reward_fn.queries
     with as_saved(model, saved_config):
-        save_model_dir(run.path / "model", model, tokenizer, {"task.json": task_json})
+        save_model_dir(run.path / "model", model, tokenizer, files)
     if trainer is not None:  # else nothing trained since the checkpoint it resumed from
         logger.checkpoint(trainer.optimizer)
     log_finish(run, step=step, reason=logger.stop_reason or "max_steps", queries=queries, wall_time_s=time.time() - started,

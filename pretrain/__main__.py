@@ -84,6 +84,9 @@ def main(argv):
     run = RunDir(cfg, cfg.run, is_main=acc.is_main_process)
     seed_everything(cfg.run.seed)
     task = build_task(cfg.task, num_clusters=len(cfg.profile))
+    task_info = {"task": to_dict(cfg.task), "profile": [to_dict(c) for c in cfg.profile],
+                 "offsupport_threshold": cfg.support.offsupport_threshold, "task_state": task.state_dict()}
+    files = {"task.json": json.dumps(task_info, indent=2)}  # beside every checkpoint: later stages rebuild the task
     tokenizer = build_tokenizer(cfg.task.k)
     k, prompt_len = cfg.task.k, cfg.task.d + 2
 
@@ -140,35 +143,32 @@ def main(argv):
                 run.log(done, cluster_log10_alpha(model, eval_set, k, acc.device)[2])
             model.train()
         if cfg.run.checkpoint_every and done % cfg.run.checkpoint_every == 0 and done < t.steps:
-            run.save_checkpoint(done, model, tokenizer,
-                                {"step": done, "optimizer": optimizer.state_dict()})
+            run.save_checkpoint(done, model, tokenizer, {"step": done, "optimizer": optimizer.state_dict()}, files)
         fault_point(done)
     bar.close()
 
     if acc.is_main_process:
-        finish(cfg, run, task, model.eval(), tokenizer, eval_set, optimizer, acc.device)
+        finish(cfg, run, files, model.eval(), tokenizer, eval_set, optimizer, acc.device)
     run.close()
     learner = optimizer = None  # the DDP wrapper goes before the process group does (see leave_process_group)
     leave_process_group(acc)
 
 
-def finish(cfg: PretrainConfig, run: RunDir, task, model, tokenizer, eval_set, optimizer, device) -> None:
+def finish(cfg: PretrainConfig, run: RunDir, files: dict[str, str], model, tokenizer, eval_set, optimizer, device) -> None:
     """Final model, eval prompts with the base likelihoods, support.json and support.png."""
     log_alpha, log_min, _ = cluster_log10_alpha(model, eval_set, cfg.task.k, device)
     eval_set = eval_set.remove_columns([c for c in ("base_alpha", "base_token_min_prob") if c in eval_set.column_names])
     eval_set = eval_set.add_column("base_alpha", log_alpha.exp().tolist())
     eval_set = eval_set.add_column("base_token_min_prob", log_min.exp().tolist())
     save_dataset(eval_set, run.path / "data" / "eval_prompts")
-    task_info = {"task": to_dict(cfg.task), "profile": [to_dict(c) for c in cfg.profile],
-                 "offsupport_threshold": cfg.support.offsupport_threshold, "task_state": task.state_dict()}
-    save_model_dir(run.path / "model", model, tokenizer, {"task.json": json.dumps(task_info, indent=2),
-                                                           "pretrain_config.yaml": dump_yaml(cfg)})
+    save_model_dir(run.path / "model", model, tokenizer, {**files, "pretrain_config.yaml": dump_yaml(cfg)})
     summary = support_summary(eval_set, cfg.profile, cfg.task.k, cfg.task.N, cfg.support.eps_grid,
                               cfg.support.offsupport_threshold)
     (run.path / "support.json").write_text(json.dumps(summary, indent=2))
     plot_support(summary, eval_set, run.path / "support.png")
     # the final model supersedes the resume checkpoints
-    run.save_checkpoint(cfg.train.steps, model, tokenizer, {"step": cfg.train.steps, "optimizer": optimizer.state_dict()})
+    run.save_checkpoint(cfg.train.steps, model, tokenizer, {"step": cfg.train.steps, "optimizer": optimizer.state_dict()},
+                        files)
     print(f"base model: {run.path / 'model'}")
     for row in summary["clusters"]:
         print(f"  cluster {row['cluster']} {row['coverage']:>14}: designed α {row['designed_alpha']:.3g}, "

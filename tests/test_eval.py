@@ -12,10 +12,12 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from barrierlab.config import ConfigValueError, build, load_config
 from barrierlab.metrics import split_masks
-from barrierlab.run import load_dataset_dir, load_model_dir
+from barrierlab.policy import target_stats
+from barrierlab.run import load_dataset_dir, load_model_dir, prompt_tensors
 from barrierlab.tokenizer import ANSWER0
 from eval.config import EvalStageConfig
 from eval.evaluate import summarise
@@ -253,6 +255,50 @@ def test_report_on_tiny_finished_runs(tiny_eval, tiny_base, tmp_path):
     assert "(figures/scaling.png)" in report and "(figures/alpha.png)" in report
     assert "**outcome**: queries grow by a factor **3.00 per unit N** (theory: k = 3" in report
     assert "**process**: queries ∝ N^1.00" in report and "fitted log-log slope **-1.00**" in report
+
+
+def test_report_leaves_out_curves_measured_on_other_prompts_or_splits(tiny_eval, tmp_path):
+    out = tmp_path / "eval"
+    shutil.copytree(tiny_eval, out)
+    moved = tmp_path / "outcome"  # the outcome run, as if trained from another base
+    shutil.copytree(tiny_eval.parent / "outcome", moved)
+    config = yaml.safe_load((moved / "config.yaml").read_text())
+    (moved / "config.yaml").write_text(yaml.safe_dump({**config, "base": str(tmp_path / "other_base")}))
+    results = json.loads((out / "eval.json").read_text())
+    results["checkpoints"]["outcome"]["path"] = str(moved / "model")
+    (out / "eval.json").write_text(json.dumps(results))
+    report = build_report(out).read_text()
+    assert f"Training curves left out, as their runs measured other prompts or another split than this evaluation: " \
+           f"outcome (trained from the base {tmp_path / 'other_base'})." in report
+    assert "| process | process reward" in report and "| outcome | outcome reward" not in report  # runs table
+    assert "(figures/barrier.png)" in report  # process's curves still drawn
+    results["offsupport_threshold"] = 0.2  # an eval that splits elsewhere than the runs' 0.06: no curves at all
+    (out / "eval.json").write_text(json.dumps(results))
+    report = build_report(out).read_text()
+    assert "process (its metrics split off-support at base α < 0.06)" in report and "## Post-training runs" not in report
+    assert "(figures/barrier.png)" not in report and not (out / "figures" / "barrier.png").exists()  # none stale
+
+
+def test_pass_at_k_sentences_name_every_checkpoint_tied_at_the_best():
+    from eval.report import _passk_sentences
+
+    at = {"base": [0.1, 0.6875], "outcome": [0.3, 0.5], "process": [0.2, 0.6875]}
+    results = {"pass_k": [1, 16], "checkpoints": {n: {"pass_at_k": {"onsupport": v, "offsupport": None}} for n, v in at.items()}}
+    assert _passk_sentences(results)[0].endswith("best at k = 1: outcome, at k = 16: base and process (tied).")
+
+
+def test_a_mid_run_checkpoint_is_a_model_folder_eval_reads(tiny_eval, tiny_base, tmp_path):
+    from eval.__main__ import main
+
+    step = tiny_eval.parent / "outcome" / "checkpoints" / "step_0000010"
+    main(["--config", str(TINY / "eval.yaml"), "--base", str(tiny_base), "--out_dir", str(tmp_path / "e"),
+          "--include_base", "false", "--checkpoints.mid", str(step), "--n_samples", "2"])
+    mid = json.loads((tmp_path / "e" / "eval.json").read_text())["checkpoints"]["mid"]["likelihood"]["all"]
+    final = json.loads((tiny_eval / "eval.json").read_text())["checkpoints"]["outcome"]["likelihood"]["all"]
+    model, _, info = load_model_dir(step)  # the step-10 weights, not the final model's
+    eval_set = load_dataset_dir(tiny_base / "data" / "eval_prompts", ["prompt_ids", "target_ids"])
+    log_p, _ = target_stats(model, *prompt_tensors(eval_set), info["task"]["k"])
+    assert mid == pytest.approx(log_p.exp().mean().item(), rel=1e-5) and mid != pytest.approx(final, rel=1e-3)
 
 
 def test_eval_rejects_bad_paths_in_one_line(tmp_path, tiny_base, capsys):

@@ -43,7 +43,7 @@ def test_checkpoints_are_pruned_and_resume_trusts_only_complete_ones(tmp_path):
     run, tokenizer = make_run(tmp_path), build_tokenizer(2)
     for step in (1, 2, 3):
         run.log(step, {"train/loss": float(step)})
-        run.save_checkpoint(step, model_with(step), tokenizer, {"step": step})
+        run.save_checkpoint(step, model_with(step), tokenizer, {"step": step}, {})
     assert sorted(p.name for p in run.ckpt_dir.iterdir()) == ["step_0000002", "step_0000003"]  # keep_checkpoints = 2
     # what a kill can leave: a newer folder still being written (no trainer_state.pt, written last), its temporary
     (run.ckpt_dir / "step_0000004").mkdir()
@@ -59,7 +59,7 @@ def test_checkpoints_are_pruned_and_resume_trusts_only_complete_ones(tmp_path):
 
 def test_a_damaged_checkpoint_or_metrics_line_is_a_one_line_error(tmp_path):
     run = make_run(tmp_path)
-    run.save_checkpoint(1, model_with(1.0), build_tokenizer(2), {"step": 1})
+    run.save_checkpoint(1, model_with(1.0), build_tokenizer(2), {"step": 1}, {})
     (run.ckpt_dir / "step_0000001" / "model.safetensors").write_bytes(b"\0" * 10)
     with pytest.raises(UserError, match="checkpoint '.*step_0000001' cannot be loaded .*delete that folder"):
         run.resume(model_with(0.0))
