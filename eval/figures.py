@@ -41,6 +41,15 @@ def _save(fig, path) -> Path:
     return path
 
 
+def _log_queries_axis(ax) -> None:
+    """Log x-axis of reward queries, labelled at the decades; when no decade falls within the data (a short run),
+    at the minor ticks instead, so the axis always carries numbers (both at once crowd a narrow panel)."""
+    ax.set_xscale("log")
+    lo, hi = np.log10(np.maximum(ax.dataLim.intervalx, 1e-300))
+    if np.isfinite([lo, hi]).all() and np.floor(hi) >= np.ceil(lo):
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+
+
 def _series(rows: list[dict], key: str, x: str = QUERIES) -> tuple[np.ndarray, np.ndarray]:
     """(x, values) of ``key`` at the evaluations; against reward queries (a log axis), those after the first query."""
     points = [(r[x], r[key]) for r in eval_rows(rows) if (x != QUERIES or r[QUERIES] > 0) and r.get(key) is not None]
@@ -76,7 +85,7 @@ def barrier_figure(arms: dict[str, list[dict]], path, tracked_alpha: dict[str, l
             if start:
                 ax.axhline(max(start[0], TINY), color="gray", ls=":", label="base model q0")
             if x == QUERIES:
-                ax.set_xscale("log")  # matplotlib labels minor ticks only when under a decade is shown
+                _log_queries_axis(ax)
             ax.set_xlabel(x_label)
             ax.set_ylabel(label)
             ax.legend(fontsize=8)
@@ -100,7 +109,7 @@ def barrier_figure(arms: dict[str, list[dict]], path, tracked_alpha: dict[str, l
             for j in range(traj.shape[1]):
                 c = cmap(norm(log_a[j])) if log_a is not None else "gray"
                 ax.plot(q, traj[:, j], color=c, lw=1.2, alpha=0.85)
-        ax.set_xscale("log")  # matplotlib labels minor ticks only when under a decade is shown
+        _log_queries_axis(ax)
         ax.set_yscale("log")
         ax.set_xlabel("reward queries")
         ax.set_title(f"{name}: per-prompt likelihood of y*")

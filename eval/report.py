@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from collections import defaultdict
 from pathlib import Path
 
@@ -150,15 +151,20 @@ def _cluster_table(per_prompt: dict, base: Path) -> list[str]:
     return lines
 
 
-def _measured_elsewhere(arm: _Arm, base: Path, threshold: float) -> str | None:
-    """Why a run's own metrics (its curves, its table row) are not comparable with this evaluation: trained from
-    another base (other eval prompts) or split at another off-support threshold; None when they are."""
-    if Path(arm.config.get("base", "")).resolve() != base.resolve():
-        return f"trained from the base {arm.config.get('base')}"
-    own = (arm.config.get("eval") or {}).get("offsupport_threshold")
-    if own is None:
-        own = json.loads((base / "model" / "task.json").read_text())["offsupport_threshold"]
-    return None if own == threshold else f"its metrics split off-support at base α < {own:g}"
+def _measured_elsewhere(arm: _Arm, base_alpha: list[float], split: list[str]) -> bool:
+    """Whether a run's own metrics (its curves, its table row) were measured on other prompts or split on/off-support
+    elsewhere than this evaluation: its step-0 evaluation, of the base model, must give this evaluation's prompts'
+    mean base α overall and on each split. (Paths cannot tell: a run's config names its base relative to wherever
+    it was started.)"""
+    if arm.first.get("step") != 0:
+        return True
+    for key, part in (("eval/likelihood", None), ("eval/onsupport_likelihood", "onsupport"),
+                      ("eval/offsupport_likelihood", "offsupport")):
+        alphas = [a for a, s in zip(base_alpha, split, strict=True) if part in (None, s)]
+        mine, theirs = (sum(alphas) / len(alphas) if alphas else None), arm.first.get(key)
+        if (mine is None) != (theirs is None) or (mine is not None and not math.isclose(mine, theirs, rel_tol=1e-3)):
+            return True
+    return False
 
 
 def _tracked_alpha(arm: _Arm, base_alpha: list[float]) -> list[float] | None:
@@ -262,24 +268,25 @@ def build_report(run_dir, *, scaling=None, alpha=None) -> Path:
         raise UserError(f"no eval.json in '{run_dir}'; run python -m eval with --out_dir {run_dir} first")
     results = json.loads((run_dir / "eval.json").read_text())
     base = Path(results["base"])
+    per_prompt = _per_prompt(run_dir)
+    prompts = next(iter(per_prompt.values()))  # base α and split: the same columns for every checkpoint
     arms, elsewhere = [], []
     for arm in (_Arm(name, run) for name, run in _arm_runs(results).items()):
         if not arm.last:  # a pretraining run: no reward-query evaluations to draw
             continue
-        why = _measured_elsewhere(arm, base, results["offsupport_threshold"])
-        if why:
-            elsewhere.append(f"{arm.name} ({why})")
+        if _measured_elsewhere(arm, prompts["base_alpha"], prompts["split"]):
+            elsewhere.append(arm.name)
         else:
             arms.append(arm)
     scaling_data = load_experiment(scaling, "scaling") if scaling else None
     alpha_data = load_experiment(alpha, "alpha") if alpha else None
-    per_prompt = _per_prompt(run_dir)
     made = _make_figures(run_dir / "figures", results, per_prompt, arms, scaling_data, alpha_data)
 
     observed = [a.sentence() for a in arms] + _barrier_sentences(arms) + [_coverage_sentence(results)]
     if elsewhere:
-        observed.append("Training curves left out, as their runs measured other prompts or another split than this "
-                        f"evaluation: {'; '.join(elsewhere)}. Their checkpoints are evaluated below like the others.")
+        observed.append(f"Training curves left out: {', '.join(elsewhere)}. Their runs' own evaluations of the base "
+                        "model do not match this evaluation's prompts or its on/off-support split (another base, or "
+                        "another off-support threshold); their checkpoints are evaluated below like the others.")
     observed += _passk_sentences(results)
     observed += scaling_verdict(scaling_data) if scaling_data else []
     observed += [alpha_verdict(alpha_data)] if alpha_data else []

@@ -12,12 +12,11 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from barrierlab.config import ConfigValueError, build, load_config
 from barrierlab.metrics import split_masks
 from barrierlab.policy import target_stats
-from barrierlab.run import load_dataset_dir, load_model_dir, prompt_tensors
+from barrierlab.run import load_dataset_dir, load_model_dir, prompt_tensors, read_metrics
 from barrierlab.tokenizer import ANSWER0
 from eval.config import EvalStageConfig
 from eval.evaluate import summarise
@@ -260,23 +259,30 @@ def test_report_on_tiny_finished_runs(tiny_eval, tiny_base, tmp_path):
 def test_report_leaves_out_curves_measured_on_other_prompts_or_splits(tiny_eval, tmp_path):
     out = tmp_path / "eval"
     shutil.copytree(tiny_eval, out)
-    moved = tmp_path / "outcome"  # the outcome run, as if trained from another base
-    shutil.copytree(tiny_eval.parent / "outcome", moved)
-    config = yaml.safe_load((moved / "config.yaml").read_text())
-    (moved / "config.yaml").write_text(yaml.safe_dump({**config, "base": str(tmp_path / "other_base")}))
+    other = tmp_path / "outcome"  # the outcome run, as if trained from another base: its own step-0 numbers differ
+    shutil.copytree(tiny_eval.parent / "outcome", other)
+    rows = read_metrics(other / "metrics.jsonl")
+    rows[0]["eval/offsupport_likelihood"] *= 2
+    (other / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     results = json.loads((out / "eval.json").read_text())
-    results["checkpoints"]["outcome"]["path"] = str(moved / "model")
+    results["checkpoints"]["outcome"]["path"] = str(other / "model")
     (out / "eval.json").write_text(json.dumps(results))
     report = build_report(out).read_text()
-    assert f"Training curves left out, as their runs measured other prompts or another split than this evaluation: " \
-           f"outcome (trained from the base {tmp_path / 'other_base'})." in report
+    assert "Training curves left out: outcome. Their runs' own evaluations of the base model do not match" in report
     assert "| process | process reward" in report and "| outcome | outcome reward" not in report  # runs table
     assert "(figures/barrier.png)" in report  # process's curves still drawn
-    results["offsupport_threshold"] = 0.2  # an eval that splits elsewhere than the runs' 0.06: no curves at all
-    (out / "eval.json").write_text(json.dumps(results))
+    # an evaluation that splits at base α < 0.2 (the runs split at 0.06): no curves at all, and no stale figure
+    with open(out / "per_prompt.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    for r in table:
+        r["split"] = "offsupport" if float(r["base_alpha"]) < 0.2 else "onsupport"
+    with open(out / "per_prompt.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(table[0]))
+        writer.writeheader()
+        writer.writerows(table)
     report = build_report(out).read_text()
-    assert "process (its metrics split off-support at base α < 0.06)" in report and "## Post-training runs" not in report
-    assert "(figures/barrier.png)" not in report and not (out / "figures" / "barrier.png").exists()  # none stale
+    assert "Training curves left out: outcome, process." in report and "## Post-training runs" not in report
+    assert "(figures/barrier.png)" not in report and not (out / "figures" / "barrier.png").exists()
 
 
 def test_pass_at_k_sentences_name_every_checkpoint_tied_at_the_best():
@@ -339,3 +345,17 @@ def test_eval_rejects_bad_paths_in_one_line(tmp_path, tiny_base, capsys):
     # an unfinished run (no model/ yet) as a checkpoint: the advice names that run's folder
     err = one_line_error(main, [*args, "--out_dir", str(tmp_path / "e"), "--checkpoints.x", str(run_like)], capsys)
     assert f"no barrierlab checkpoint at '{run_like / 'model'}'" in err and f"finish the run in '{run_like}' first" in err
+
+
+@pytest.mark.parametrize("span, minor_labels", [((128, 710), True), ((27_000, 300_000), False)])
+def test_reward_query_axes_carry_numbers_on_short_runs(span, minor_labels):
+    import matplotlib.pyplot as plt
+
+    from eval.figures import _log_queries_axis
+
+    fig, ax = plt.subplots()
+    ax.plot(span, [0, 1])
+    _log_queries_axis(ax)
+    fig.canvas.draw()
+    assert any(t.get_text() for t in ax.get_xticklabels(minor=True)) == minor_labels  # no decade inside 128..710
+    plt.close(fig)
