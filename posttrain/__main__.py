@@ -122,7 +122,7 @@ def main(argv):
         return
     seed_everything(cfg.run.seed)
     if cfg.backend == "trl":
-        run_trl(cfg, model=model, tokenizer=tokenizer, reward=reward, task=task, base_dir=base_dir,
+        run_trl(cfg, model=model, tokenizer=tokenizer, reward=reward, task=task, files=files,
                 eval_set=eval_set, threshold=threshold, run=run, prompts_source=prompts_source)
         return
     optimizer = make_optimizer(cfg, model)

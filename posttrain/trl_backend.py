@@ -274,12 +274,12 @@ def build_trainer(cfg, model, tokenizer, reward_fn: RewardFunction, dataset, k: 
     return trainer
 
 
-def run_trl(cfg, *, model, tokenizer, reward, task, base_dir, eval_set, threshold, run: RunDir, prompts_source) -> None:
+def run_trl(cfg, *, model, tokenizer, reward, task, files, eval_set, threshold, run: RunDir, prompts_source) -> None:
     """Post-train ``model`` with TRL; writes the run folder as the native loop does and closes ``run``.
 
     Arguments are what ``posttrain.__main__.main`` has built by then, ``cfg`` and ``model`` having passed
     ``check_supported``: ``reward`` is its ``run_reward(cfg)`` (already checked, and its noise generator is the
-    run's); task.json is copied from ``base_dir``.
+    run's); ``files`` (the base's task.json) go into every model folder the run writes.
     """
     _offline()
     from transformers import TrainerCallback
@@ -299,7 +299,6 @@ def run_trl(cfg, *, model, tokenizer, reward, task, base_dir, eval_set, threshol
         print(f"resuming {run.path} from step {first_step} ({reward_fn.queries} reward queries spent)")
     # a run killed after its last step (or after it decided to stop) has nothing left to train: no Trainer then
     remaining = cfg.optim.max_steps - first_step if resumed is None or resumed.get("stop_reason") is None else 0
-    files = {"task.json": (base_dir / "model" / "task.json").read_text()}  # in every model folder the run writes
     # TRL's output_dir (nothing is saved there), inside the run folder so that a killed run's rerun clears it
     scratch = run.path / ".trl_output"
     shutil.rmtree(scratch, ignore_errors=True)

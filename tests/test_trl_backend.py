@@ -52,7 +52,8 @@ def prepare(run_dir: Path, base: Path, *overrides: str) -> dict:
     prompts_source = PromptSource(cfg, task, torch.Generator().manual_seed(cfg.run.seed * 7919))
     run = RunDir(cfg, cfg.run)
     seed_everything(cfg.run.seed)
-    return dict(cfg=cfg, model=model, tokenizer=tokenizer, reward=reward, task=task, base_dir=base_dir,
+    files = {"task.json": (base_dir / "model" / "task.json").read_text()}
+    return dict(cfg=cfg, model=model, tokenizer=tokenizer, reward=reward, task=task, files=files,
                 eval_set=eval_set, threshold=threshold, run=run, prompts_source=prompts_source)
 
 
