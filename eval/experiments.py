@@ -31,6 +31,7 @@ from eval import figures
 from eval.analysis import alpha_fit, fittable, queries_to_reach, scaling_fit
 from posttrain.config import PosttrainConfig, load_posttrain_config
 from pretrain.config import PretrainConfig
+from pretrain.profile import designed_alpha
 from rewards import granularity_of
 
 
@@ -52,7 +53,8 @@ class ExperimentConfig:
     """Post-training seeds. Each base is pretrained once (its config's seed): the spread that matters is
     when outcome PG first samples y*, a geometric waiting time, so seeds go to post-training."""
     clusters: list[int] | None = None
-    """Clusters to post-train on: scaling, their prompts together (null: the off-support ones);
+    """Clusters to post-train on: scaling, their prompts together (null: every cluster whose base α, the
+    geometric mean over its eval prompts, is below the base's off-support threshold);
     alpha, each on-support cluster alone (null: every cluster whose base α, the geometric mean over its eval
     prompts, is at least the base's off-support threshold)."""
     target_likelihood: float = 0.5
@@ -90,14 +92,17 @@ def check_overrides(cfg: ExperimentConfig) -> None:
     for N in cfg.Ns if cfg.experiment == "scaling" else [None]:
         base = check_stage_args(PretrainConfig, cfg.pretrain_config, pretrain_overrides(cfg, N), user_args=cfg.extra_args,
                                 config_key="pretrain_config", user_key="extra_args (given to the bases' pretraining too)")
-        labels = [c.label() for c in base.profile]
-        bad = [c for c in cfg.clusters or [] if not 0 <= c < len(labels)]
+        n = len(base.profile)
+        bad = [c for c in cfg.clusters or [] if not 0 <= c < n]
         if bad or cfg.clusters == []:
-            raise UserError(f"clusters: {bad or 'empty list'} not in 0..{len(labels) - 1} (the clusters of "
+            raise UserError(f"clusters: {bad or 'empty list'} not in 0..{n - 1} (the clusters of "
                             f"pretrain_config '{cfg.pretrain_config}')")
-        if cfg.clusters is None and cfg.experiment == "scaling" and "sequence(0)" not in labels:
-            raise UserError(f"clusters: pretrain_config '{cfg.pretrain_config}' has no off-support cluster "
-                            "({coverage: sequence, p: 0.0}) to train on by default; add one, or list clusters")
+        threshold = base.support.offsupport_threshold
+        if cfg.clusters is None and cfg.experiment == "scaling" and not any(
+                designed_alpha(c, base.task.k, base.task.N) < threshold for c in base.profile):
+            raise UserError(f"clusters: pretrain_config '{cfg.pretrain_config}' has no cluster designed off-support "
+                            f"(designed α < {threshold:g}) at N = {base.task.N} to train on by default; add "
+                            "{coverage: sequence, p: 0.0}, or list clusters")
     for config in cfg.posttrain_configs.values():
         check_stage_args(PosttrainConfig, config, posttrain_overrides(cfg, cfg.seeds[0], cfg.clusters or [0]),
                          user_args=cfg.extra_args, config_key="posttrain_configs", user_key="extra_args")
@@ -122,7 +127,11 @@ def run_scaling(cfg: ExperimentConfig, out: Path) -> dict:
         base = out / f"N{N}" / "base"
         support = ensure_base(cfg.pretrain_config, base, *pretrain_overrides(cfg, N))
         k = support["k"]
-        clusters = cfg.clusters or [r["cluster"] for r in support["clusters"] if r["coverage"] == "sequence(0)"]
+        clusters = cfg.clusters or support_clusters(support, on=False)
+        if not clusters:
+            raise UserError(f"clusters: no cluster of the base {base} at N = {N} measures off-support (geometric-mean "
+                            f"base α < {support['offsupport_threshold']:g}) to train on by default; list clusters, or "
+                            "add a {coverage: sequence, p: 0.0} cluster to pretrain_config")
         for seed in cfg.seeds:
             for arm in cfg.posttrain_configs:
                 run = posttrain_to_target(cfg, arm, base, base.parent / f"{arm}_s{seed}", seed, clusters)
@@ -132,10 +141,11 @@ def run_scaling(cfg: ExperimentConfig, out: Path) -> dict:
     return {"k": k, "target_likelihood": cfg.target_likelihood, "max_queries": cfg.max_queries, "runs": runs}
 
 
-def on_support_clusters(support: dict) -> list[int]:
-    """Clusters on-support as the base measures them (science.md: support is always the base's, not the design):
-    base α, the geometric mean over the cluster's eval prompts, at least the base's off-support threshold."""
-    return [r["cluster"] for r in support["clusters"] if r["alpha_geomean"] >= support["offsupport_threshold"]]
+def support_clusters(support: dict, on: bool) -> list[int]:
+    """Clusters on-support (``on``) or off-support as the base measures them (science.md: support is always the
+    base's, not the design): base α, the geometric mean over the cluster's eval prompts, at least the base's
+    off-support threshold, or below it."""
+    return [r["cluster"] for r in support["clusters"] if (r["alpha_geomean"] >= support["offsupport_threshold"]) == on]
 
 
 def run_alpha(cfg: ExperimentConfig, out: Path) -> dict:
@@ -143,7 +153,7 @@ def run_alpha(cfg: ExperimentConfig, out: Path) -> dict:
     base = out / "base"
     support = ensure_base(cfg.pretrain_config, base, *pretrain_overrides(cfg, None))
     rows = {r["cluster"]: r for r in support["clusters"]}
-    chosen = cfg.clusters or on_support_clusters(support)
+    chosen = cfg.clusters or support_clusters(support, on=True)
     arm = next(iter(cfg.posttrain_configs))
     for seed in cfg.seeds:
         for c in chosen:

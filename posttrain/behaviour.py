@@ -189,5 +189,6 @@ def _token_best_of_m(s: Sampler, prompts, columns) -> Rollout:
         failed = live[searching]
         rewards[failed, i], mask[failed, i] = bad, 1.0
         alive[failed] = False
-    success = alive & (mask.sum(-1) == N)
+    # a row the verifier accepted to the end: y* itself, unless a noisy verifier let a wrong token through
+    success = alive & (responses == columns["target"]).all(-1)
     return Rollout(prompts, responses, rewards, mask, success, queries)

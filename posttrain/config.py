@@ -52,8 +52,9 @@ class AlgoConfig:
 class OptimConfig:
     optimizer: Literal["adam", "adagrad", "sgd", "adaptive"] = "adam"
     """adam, adagrad, sgd, or the theory's adaptive step η = lr / (4 + 2‖∇ log p(y|x)‖²) per response."""
-    lr: float = 1e-3
-    """Learning rate (adaptive: a multiplier of the theory's step, 1 = the theory)."""
+    lr: float | None = None
+    """Learning rate; null: the optimiser's default (adam and sgd 1e-3, adagrad 0.1 as in the authors' runs,
+    adaptive 1: its multiplier of the theory's step, so the default is the theory's η exactly)."""
     batch_size: int = 256
     """Responses per step (summed over processes); a multiple of group_size × the number of processes."""
     grad_clip: float = 0.0
@@ -68,7 +69,9 @@ class OptimConfig:
     """Eval prompts whose mean likelihood `target_likelihood` refers to ('trained': those of prompts.clusters)."""
 
     def check(self):
-        require(self.lr > 0, "lr", "must be > 0")
+        if self.lr is None:  # resolved here, so every loader and the saved config.yaml hold the rate that runs
+            self.lr = {"adam": 1e-3, "sgd": 1e-3, "adagrad": 0.1, "adaptive": 1.0}[self.optimizer]
+        require(self.lr > 0, "lr", "must be > 0 (or null for the optimiser's default)")
         require(self.batch_size >= 1, "batch_size", "must be ≥ 1")
         require(self.grad_clip >= 0, "grad_clip", "must be ≥ 0")
         require(self.max_steps >= 1, "max_steps", "must be ≥ 1")

@@ -158,8 +158,9 @@ def finish(cfg: PretrainConfig, run: RunDir, files: dict[str, str], model, token
     """Final model, eval prompts with the base likelihoods, support.json and support.png."""
     log_alpha, log_min, _ = cluster_log10_alpha(model, eval_set, cfg.task.k, device)
     eval_set = eval_set.remove_columns([c for c in ("base_alpha", "base_token_min_prob") if c in eval_set.column_names])
-    eval_set = eval_set.add_column("base_alpha", log_alpha.exp().tolist())
-    eval_set = eval_set.add_column("base_token_min_prob", log_min.exp().tolist())
+    # in float64: a float32 exp flushes α below 1.4e-45 to 0, and a base can put y* far below uniform
+    eval_set = eval_set.add_column("base_alpha", log_alpha.double().exp().tolist())
+    eval_set = eval_set.add_column("base_token_min_prob", log_min.double().exp().tolist())
     save_dataset(eval_set, run.path / "data" / "eval_prompts")
     save_model_dir(run.path / "model", model, tokenizer, {**files, "pretrain_config.yaml": dump_yaml(cfg)})
     summary = support_summary(eval_set, cfg.profile, cfg.task.k, cfg.task.N, cfg.support.eps_grid,

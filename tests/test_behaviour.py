@@ -125,6 +125,14 @@ def test_token_best_of_m_with_small_m_stops_at_the_failed_position():
         assert torch.equal(rollout.responses[b, :n_ok], cols["target"][b, :n_ok])
 
 
+def test_token_best_of_m_success_means_y_star_even_when_a_noisy_verifier_accepts_wrong_tokens():
+    sampler, prompts, cols, _ = setup(2000, 3, 3, reward="noisy_process", m=4, params={"flip_prob": 0.3})
+    rollout = collect("token_best_of_m", sampler, prompts, cols)
+    accepted_to_the_end = (rollout.rewards == 1).all(-1)
+    exact = (rollout.responses == cols["target"]).all(-1)
+    assert (accepted_to_the_end & ~exact).sum() > 100  # the noise let wrong tokens through: these are not successes
+    assert torch.equal(rollout.success, accepted_to_the_end & exact)
+
 def test_linear_policy_gradient_equals_closed_form():
     """∇ of -mean_b Σ_i A_bi log p(y_bi) for logits W1 s + W2[:, y_{i-1}] is -mean_b Σ_i A_bi (e_y - p) ⊗ features."""
     d, k, N, B = 4, 3, 3, 5

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from barrierlab.config import load_config, to_dict
+from barrierlab.config import dump_yaml, load_config, to_dict
 from barrierlab.errors import UserError
 from eval.config import EvalStageConfig
 from eval.experiments import ExperimentConfig
@@ -141,6 +141,13 @@ def test_floats_without_a_dot_are_floats(tmp_path):
     assert load_config(PosttrainConfig, ["--config", str(TINY / "posttrain_outcome.yaml"), "--optim.lr=2e-3"]).optim.lr == 2e-3
 
 
+@pytest.mark.parametrize("optimizer, lr", [("adam", 1e-3), ("sgd", 1e-3), ("adagrad", 0.1), ("adaptive", 1.0)])
+def test_an_unset_learning_rate_is_the_optimisers_default_and_saved_as_such(tmp_path, optimizer, lr):
+    # adaptive's lr multiplies the theory's step: left unset, the step is the theory's own
+    cfg = load_config(PosttrainConfig, ["--config", write(tmp_path, f"optim: {{optimizer: {optimizer}}}\n")])
+    assert cfg.optim.lr == lr and f"lr: {lr}" in dump_yaml(cfg)
+
+
 @pytest.mark.parametrize("text, argv, words", [
     ("optim: {lr: 0.01, lr: 0.02}\n", [], "not valid YAML at line 1 (key 'lr' given twice)"),
     ("optim: {lr: 0.01}\n", ["--optim.lr", "--optim.batch_size", "8"], "--optim.lr needs a value"),
@@ -169,7 +176,7 @@ def test_help_lists_every_field_with_its_type_default_and_doc(capsys):
         load_config(PosttrainConfig, ["--help"], prog="posttrain")
     out = capsys.readouterr().out
     assert info.value.code == 0 and out.startswith("usage: python -m posttrain --config FILE")
-    assert "  --optim.lr (a number; default 0.001)\n      Learning rate (adaptive: a multiplier" in out
+    assert "  --optim.grad_clip (a number; default 0.0)\n      Clip the gradient norm to this value" in out
     assert "  --reward.params (a mapping; default {})" in out and "\n[algo] Behaviour policy, advantages" in out
 
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 
 from barrierlab.run import read_metrics
 from eval.analysis import alpha_fit, scaling_fit
-from eval.experiments import alpha_verdict, on_support_clusters, scaling_verdict
+from eval.experiments import alpha_verdict, scaling_verdict, support_clusters
 from eval.experiments import main as experiments_main
 from tests.conftest import TINY, one_line_error
 from tests.conftest import run_make as make
@@ -33,7 +34,9 @@ def test_make_scaling_and_alpha_on_tiny_configs(tmp_path, capsys):
     make("scaling", "alpha", "CONFIGS=configs/tiny", f"RUNS={runs}")
     scaling = json.loads((runs / "scaling" / "results.json").read_text())
     assert {(r["arm"], r["reward"], r["N"]) for r in scaling["runs"]} == {(a, a, n) for a in ("outcome", "process")
-                                                                           for n in (2, 3)}
+                                                                           for n in (3, 4)}
+    trained = yaml.safe_load((runs / "scaling" / "N3" / "outcome_s0" / "config.yaml").read_text())["prompts"]["clusters"]
+    assert trained == [2]  # by default the clusters the base measures off-support: sequence(0), α ≈ 3^-N
     check_runs(scaling, lambda r: runs / "scaling" / f"N{r['N']}" / f"{r['arm']}_s{r['seed']}")
     alpha = json.loads((runs / "alpha" / "results.json").read_text())
     assert [r["cluster"] for r in alpha["runs"]] == [1]  # the tiny config's one cluster: sequence(0.5), α ≈ 0.125
@@ -71,19 +74,21 @@ def test_fits_leave_out_runs_at_the_target_before_any_query():
     assert "of 4 runs, 1 at the target before any query" in alpha_verdict({"runs": alpha})
 
 
-def test_alpha_experiment_picks_clusters_by_measured_alpha():
-    # designed on-support, measured below the threshold (a base that missed its design): left out; and the reverse
+def test_experiments_pick_clusters_by_measured_alpha():
+    # designed on-support, measured below the threshold (a base that missed its design): off-support; and the reverse
     clusters = [{"cluster": 0, "designed_alpha": 0.5, "alpha_geomean": 0.4},
                 {"cluster": 1, "designed_alpha": 0.05, "alpha_geomean": 8e-4},
                 {"cluster": 2, "designed_alpha": 2e-4, "alpha_geomean": 1e-3},
                 {"cluster": 3, "designed_alpha": 2e-4, "alpha_geomean": 2e-4}]
-    assert on_support_clusters({"offsupport_threshold": 1e-3, "clusters": clusters}) == [0, 2]
+    support = {"offsupport_threshold": 1e-3, "clusters": clusters}
+    assert support_clusters(support, on=True) == [0, 2]  # alpha's default
+    assert support_clusters(support, on=False) == [1, 3]  # scaling's default
 
 
 @pytest.mark.parametrize("args, words", [
     (["--clusters", "[9]"], "clusters: [9] not in 0..2 (the clusters of pretrain_config 'configs/tiny/pretrain.yaml')"),
     (["--clusters", "[]"], "clusters: empty list not in 0..2"),
-    (["--pretrain_config", "PROFILE"], "has no off-support cluster ({coverage: sequence, p: 0.0}) to train on by default"),
+    (["--pretrain_config", "PROFILE"], "has no cluster designed off-support (designed α < 0.06) at N = 3 to train on by default"),
     (["--experiment", "alpha"], "the alpha experiment runs one arm (outcome PG); name exactly one, not 2"),
 ])
 def test_clusters_and_arms_are_checked_before_any_base_is_pretrained(tmp_path, capsys, args, words):
