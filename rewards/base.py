@@ -1,7 +1,7 @@
 """The reward-model interface: verdicts per prefix, and the reward queries they cost.
 
-A reward model is called with the batch's prompts, the sampled responses and the dataset's columns (``target``
-among them), as a TRL reward function gets completions plus dataset columns (``posttrain.trl_backend`` adapts it to
+A reward model is called with the batch's prompts, the sampled responses and the prompts' columns: ``target``
+(y* as symbols, (B, N)) and, where the prompts have one, ``cluster`` ((B,)), as a TRL reward function gets completions plus dataset columns (``posttrain.trl_backend`` adapts it to
 TRL's own signature):
 
     out = reward(prompts, responses, columns)   # responses: (B, L) symbol indices, L ≤ N
