@@ -411,15 +411,19 @@ def load_model_dir(path: Path):
     return model, tokenizer, task_info
 
 
+def precision_of(run: RunConfig) -> str:
+    """What ``run.mixed_precision`` runs as, for either backend: 'auto' is bf16 autocast on a GPU, fp32 on CPU."""
+    if run.mixed_precision == "auto":
+        return "bf16" if torch.cuda.is_available() else "no"
+    return run.mixed_precision
+
+
 def make_accelerator(run: RunConfig):
-    """An ``Accelerator``: bf16 autocast on GPU when ``mixed_precision`` is auto, fp32 on CPU."""
+    """An ``Accelerator`` with the run's precision (``precision_of``)."""
     from accelerate import Accelerator
 
-    precision = run.mixed_precision
-    if precision == "auto":
-        precision = "bf16" if torch.cuda.is_available() else "no"
     # cpu=True without CUDA: under torchrun / accelerate launch the processes then form a gloo group
-    return Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
+    return Accelerator(mixed_precision=precision_of(run), cpu=not torch.cuda.is_available())
 
 
 def leave_process_group(acc) -> None:

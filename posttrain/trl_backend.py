@@ -37,10 +37,13 @@ Remaining differences from the native engine, and why
 - ``train/loss`` is TRL's surrogate: ``-Σ A·exp(logp - sg(logp)) / B`` has the native gradient but the value
   ``-Σ A / B`` (the native engine logs ``-Σ A log p / B``). Compare gradients and rewards, not loss values.
 - ``algo.temperature`` ≠ 1: TRL also divides the logits by the temperature when it computes the training
-  log-probs, so the gradient is that of the tempered policy (native: of the untempered one).
+  log-probs, so the gradient and ``train/entropy`` are those of the tempered policy (native: the untempered one).
+- Precision on a GPU (``run.mixed_precision`` auto or bf16): TRL generates through the model as accelerate prepared
+  it, under bf16 autocast; the native engine samples in fp32 and autocasts the loss pass only.
 - ``algo.kl_coef`` > 0: TRL's k3 estimator at the sampled tokens, with q0 loaded by TRL from the base model's
-  folder (restricted to the answers by the same bias); the native engine adds the exact KL over the answers.
-  Same KL in expectation, different gradient.
+  folder (restricted to the answers by the same bias); the native engine adds the exact KL over the answers. The
+  same KL in expectation, and (with ``use_bias_correction_kl``) a gradient whose expectation is the exact KL's.
+  ``train/kl`` is TRL's token mean of k3 times N: a sampled estimate of the native per-response exact KL.
 - Resume: from the run's own ``checkpoints/step_N`` (not Trainer's format): weights, optimiser state, counters,
   the reward's noise state and the global torch RNG that TRL samples with; the Trainer then runs the remaining
   steps on the remaining prompts. A killed run resumed this way ends as the uninterrupted run does (tested).
@@ -65,7 +68,7 @@ from tqdm import tqdm
 
 from barrierlab.errors import UserError
 from barrierlab.models import MASKED_LOGIT
-from barrierlab.run import RunDir, fault_point, last_row, save_model_dir, synchronize
+from barrierlab.run import RunDir, fault_point, last_row, precision_of, save_model_dir, synchronize
 from barrierlab.tokenizer import ANSWER0, BIT0, answer_ids, prompt_text
 from posttrain.advantages import advantages
 from posttrain.evaluation import ExactEval, due_for_eval, log_finish, stop_reason, support_postfix, train_metrics
@@ -197,17 +200,43 @@ def grpo_config(cfg, N: int, k: int, vocab: int, output_dir: str, steps: int):
     to TRL's defaults."""
     from trl import GRPOConfig
 
+    return GRPOConfig(**grpo_fields(cfg, N, k, vocab, output_dir, steps))
+
+
+# GRPOConfig fields left at TRL's defaults because they cannot act in these runs: vLLM's and paged or continuous
+# batching's (all off), the other loss types' parameters, the adaptive-entropy schedule (off), the reference model's
+# sync (off), one reward function (no weights), steps_per_generation (follows from generation_batch_size), Hub and
+# completion logging, chat templates and multimodal inputs. grpo_fields sets every other GRPOConfig field.
+LEFT_TO_TRL = frozenset("""
+    model_init_kwargs trust_remote_code router_aux_loss_coef num_generations_eval ds3_gather_for_generation
+    steps_per_generation chat_template_kwargs cache_implementation reward_weights max_tool_calling_iterations
+    sapo_temperature_neg sapo_temperature_pos vespo_k_pos vespo_lambda_pos vespo_k_neg vespo_lambda_neg
+    ref_model_mixup_alpha ref_model_sync_steps entropy_coef_min entropy_coef_max entropy_coef_delta entropy_target
+    log_multimodal num_completions_to_print log_unique_prompts log_completions_hub_repo
+    transformers_continuous_batching_config vllm_mode vllm_model_impl vllm_enable_sleep_mode
+    vllm_structured_outputs_regex vllm_server_base_url vllm_server_host vllm_server_port vllm_server_timeout
+    vllm_group_port vllm_gpu_memory_utilization vllm_max_model_length vllm_tensor_parallel_size
+    vllm_importance_sampling_correction vllm_importance_sampling_mode vllm_importance_sampling_clip_max
+    vllm_importance_sampling_clip_min vllm_importance_sampling_cap
+""".split())
+
+
+def grpo_fields(cfg, N: int, k: int, vocab: int, output_dir: str, steps: int) -> dict:
+    """``grpo_config``'s fields: every GRPOConfig field not in ``LEFT_TO_TRL``, and the Trainer's that matter."""
     cuda = torch.cuda.is_available()
-    precision = cfg.run.mixed_precision
-    bf16 = cuda and precision in ("auto", "bf16")  # native: bf16 autocast on a GPU only
     B = cfg.optim.batch_size
-    return GRPOConfig(
+    return dict(
         output_dir=output_dir,
         seed=cfg.run.seed,
+        data_seed=None,  # shuffling is off: the dataset is the PromptSource's sequence
         use_cpu=not cuda,
-        bf16=bf16,
+        bf16=precision_of(cfg.run) == "bf16",  # as the native engine's autocast
         fp16=False,
+        cast_lm_head_to_fp32=False,
         activation_checkpointing=False,
+        torch_compile=False,
+        use_liger_kernel=False,
+        dataloader_num_workers=0,
         # optimiser: native step sizes, no schedule, no weight decay, clipping only if asked (0: none)
         optim={"adam": "adamw_torch", "adagrad": "adagrad", "sgd": "sgd"}[cfg.optim.optimizer],
         learning_rate=cfg.optim.lr,
@@ -222,6 +251,10 @@ def grpo_config(cfg, N: int, k: int, vocab: int, output_dir: str, steps: int):
         generation_batch_size=B,
         num_generations=cfg.algo.group_size,
         num_iterations=1,
+        off_policy_mask_threshold=None,
+        use_vllm=False,
+        use_transformers_paged=False,
+        use_transformers_continuous_batching=False,
         shuffle_dataset=False,  # keep the PromptSource order: the native prompt sequence
         # exactly N answer tokens
         max_completion_length=N,
@@ -238,7 +271,12 @@ def grpo_config(cfg, N: int, k: int, vocab: int, output_dir: str, steps: int):
         loss_type="luspo",
         importance_sampling_level="token",
         scale_rewards="group" if cfg.algo.scale_std else "none",
+        multi_objective_aggregation="sum_then_normalize",  # one reward function: its rewards as they are
+        epsilon=0.2, epsilon_high=None, delta=None,  # clipping bounds: inert, as the ratio is exactly 1
+        entropy_coef=0.0, use_adaptive_entropy=False, top_entropy_quantile=1.0,  # no entropy bonus or token masking
         beta=cfg.algo.kl_coef,
+        use_bias_correction_kl=True,  # makes the k3 KL's gradient an unbiased estimate of the exact KL's
+        sync_ref_model=False,  # q0 stays the base
         disable_dropout=False,  # native keeps the model's dropout in the loss pass
         remove_unused_columns=False,  # target/cluster must reach the reward function
         # we log and save ourselves
@@ -357,7 +395,9 @@ def run_trl(cfg, *, model, tokenizer, reward, task, files, eval_set, threshold, 
             self.step = step
             self.bar.update(1)
             if step % cfg.eval.log_every == 0:
-                stats = {name: logs[name] for name in ("entropy", "kl") if name in logs}
+                stats = {"entropy": logs["entropy"]}
+                if "kl" in logs:  # TRL's is a mean over tokens; native train/kl sums over the N positions
+                    stats["kl"] = logs["kl"] * N
                 run.log(step, train_metrics(queries=reward_fn.queries, samples=reward_fn.samples,
                                             reward_mean=reward_fn.values.mean().item(),
                                             success_rate=reward_fn.success.float().mean().item(), loss=logs["loss"],
