@@ -24,9 +24,9 @@ from posttrain.config import PosttrainConfig
 from posttrain.loss import policy_gradient_loss
 from posttrain.prompts import PromptSource
 from posttrain.trl_backend import (
+    LEFT_TO_TRL,
     RewardFunction,
     _trainer_classes,
-    LEFT_TO_TRL,
     build_trainer,
     check_supported,
     grpo_config,
