@@ -113,7 +113,7 @@ def main(argv):
                         f"= {G} × {world} = {G * world}")
     prompt_gen = torch.Generator().manual_seed(cfg.run.seed * 7919 + rank)
     sample_gen = torch.Generator(device=acc.device).manual_seed(cfg.run.seed * 104729 + rank)
-    prompts_source = PromptSource(cfg, task, prompt_gen)
+    prompts_source = PromptSource(task, prompt_gen, cfg.prompts.clusters, cfg.prompts.dataset)
     run = RunDir(cfg, cfg.run, is_main=acc.is_main_process)  # validation is done: only now write anything
     done = last_row(run.path, "done/steps")
     if done is not None:

@@ -9,22 +9,19 @@ import torch
 from barrierlab.errors import UserError
 from barrierlab.run import column_tensor, load_dataset_dir, prompt_tensors
 from barrierlab.tokenizer import prompt_ids
-from posttrain.config import PosttrainConfig
 
 
 class PromptSource:
-    """Fresh prompts from the task distribution, or rows of a saved prompt dataset."""
+    """Fresh prompts from the task distribution (of ``clusters`` only, if given), or rows of the saved prompt
+    ``dataset``: the settings of ``PromptConfig`` (posttrain's ``prompts``)."""
 
-    def __init__(self, cfg: PosttrainConfig, task, generator: torch.Generator):
-        self.task, self.generator = task, generator
-        self.clusters = cfg.prompts.clusters
-        if self.clusters is not None:
-            bad = [c for c in self.clusters if not 0 <= c < task.num_clusters]
-            if bad or not self.clusters:
+    def __init__(self, task, generator: torch.Generator, clusters: list[int] | None = None, dataset: str | None = None):
+        self.task, self.generator, self.clusters = task, generator, clusters
+        if clusters is not None:
+            bad = [c for c in clusters if not 0 <= c < task.num_clusters]
+            if bad or not clusters:
                 raise UserError(f"prompts.clusters: {bad or 'empty list'} not in 0..{task.num_clusters - 1}")
-        self.dataset = None
-        if cfg.prompts.dataset:
-            self.dataset = prompt_rows(cfg.prompts.dataset, task, self.clusters)
+        self.dataset = prompt_rows(dataset, task, clusters) if dataset else None
 
     def draw(self, n: int) -> tuple[torch.Tensor, dict]:
         if self.dataset is not None:

@@ -19,11 +19,12 @@ How the native engine maps onto TRL
   the same up to 1/N, which changes SGD's step. TRL's advice that luspo is meant for
   ``importance_sampling_level="sequence"`` is filtered out: at sequence level a (B, T) advantage would be mixed over
   positions, so token level is the right one here.)
-- The policy is the next-token distribution over the k answer symbols. Generation is restricted with
-  ``suppress_tokens`` (every other id) and ``min_new_tokens = max_new_tokens = N``; the training log-probs and the
-  entropy are restricted by a frozen ``lm_head.bias`` of -1e4 on every other id (TRL's fused LM head reads it),
-  so the gradient is that of log softmax over the k answers, as ``barrierlab.policy.answer_logits`` computes.
-  The bias is removed whenever the model is saved: saved models are plain ``LlamaForCausalLM``s.
+- The policy is the next-token distribution over the k answer symbols, which TRL samples and trains through the
+  pieces of ``posttrain.for_trl`` (also there for a GRPOTrainer script of your own): generation restricted to
+  exactly N answer symbols, a frozen ``lm_head.bias`` that restricts the training log-probs and the entropy to
+  them, so the gradient is that of log softmax over the k answers as ``barrierlab.policy.answer_logits``
+  computes, and a copy of the tokenizer with the eos TRL needs. Saved models are plain ``LlamaForCausalLM``s with
+  the original tokenizer.
 
 Remaining differences from the native engine, and why
 - Behaviour policy: on_policy only. TRL samples from the policy it trains; uniform, mixture, best-of-m and
@@ -50,28 +51,32 @@ Remaining differences from the native engine, and why
 - One process, transformer models only: the per-token baselines and the query count use the local batch, and
   TRL's fused LM head needs an ``lm_head`` (the linear policy has none). Both raise UserError.
 - The reward model gets CPU tensors (TRL hands the reward function Python lists); native: the run's device.
-- TRL needs an eos token: it gets a copy of the tokenizer with eos ``[UNK]`` (never in a prompt, suppressed);
-  the tokenizer saved with the model is the original.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import shutil
 import time
-from contextlib import contextmanager
 
 import torch
 from tqdm import tqdm
 
 from barrierlab.errors import UserError
-from barrierlab.models import MASKED_LOGIT
 from barrierlab.run import RunDir, fault_point, last_row, precision_of, save_model_dir, synchronize
-from barrierlab.tokenizer import ANSWER0, BIT0, answer_ids, prompt_text
 from posttrain.advantages import advantages
 from posttrain.evaluation import ExactEval, due_for_eval, log_finish, stop_reason, support_postfix, train_metrics
+from posttrain.for_trl import (
+    RewardFunction,
+    add_answer_bias,
+    as_saved,
+    generation_fields,
+    prompt_dataset,
+    require_lm_head,
+    saved_config,
+    trl_tokenizer,
+)
 
 
 def _offline() -> None:
@@ -98,75 +103,8 @@ def check_supported(cfg, model=None, processes: int = 1) -> None:
                         "set --algo.group_size 2 or more (and a baseline, e.g. group_mean)")
     if cfg.optim.optimizer == "adaptive":
         raise UserError("optim.optimizer 'adaptive' needs per-response gradients: use adam/adagrad/sgd with the trl backend")
-    if model is not None and model.get_output_embeddings() is None:
-        raise UserError("the trl backend needs a transformer base (model.kind transformer); the linear policy has no lm_head")
-
-
-def add_answer_bias(model, k: int) -> None:
-    """Frozen -1e4 logit bias on every non-answer id: sampling, training log-probs and entropy see only the k answers."""
-    head = model.get_output_embeddings()
-    bias = torch.full((head.out_features,), MASKED_LOGIT, device=head.weight.device, dtype=head.weight.dtype)
-    bias[answer_ids(k)] = 0.0
-    head.bias = torch.nn.Parameter(bias, requires_grad=False)
-
-
-@contextmanager
-def as_saved(model, config: dict):
-    """Save the project's model class: without the answer bias (not part of LlamaConfig, it would be an unexpected
-    key) and with the config fields that Trainer/TRL change for training (eos from TRL's tokenizer, use_cache)."""
-    head = model.get_output_embeddings()
-    bias, head.bias = head.bias, None
-    changed = {key: getattr(model.config, key) for key in config}
-    gen_eos, model.generation_config.eos_token_id = model.generation_config.eos_token_id, config["eos_token_id"]
-    for key, value in config.items():
-        setattr(model.config, key, value)
-    try:
-        yield model
-    finally:
-        head.bias = bias
-        for key, value in changed.items():
-            setattr(model.config, key, value)
-        model.generation_config.eos_token_id = gen_eos
-
-
-def prompt_dataset(prompts_source, steps: int, per_step: int):
-    """The prompts the native engine would draw, step by step: text for TRL, plus every column (target, cluster)."""
-    from datasets import Dataset
-
-    rows: dict[str, list] = {"prompt": []}
-    for _ in range(steps):
-        ids, columns = prompts_source.draw(per_step)
-        rows["prompt"] += prompt_text(ids[:, 1:-1] - BIT0)  # ids are [BOS] bits [SEP]
-        for key, values in columns.items():
-            rows.setdefault(key, []).extend(values.tolist())
-    return Dataset.from_dict(rows)
-
-
-class RewardFunction:
-    """A project ``RewardModel`` as a TRL reward function; counts queries and samples, keeps the last batch.
-
-    TRL passes every dataset column by keyword, one entry per completion (prompts repeated G times in a row).
-    """
-
-    __name__ = "reward"  # TRL names its reward metrics after the function
-
-    def __init__(self, reward, tokenizer, N: int):
-        self.reward, self.tokenizer, self.N = reward, tokenizer, N
-        self.queries = self.samples = 0
-        self.values = self.success = None
-
-    def __call__(self, prompts, completions, completion_ids, **kwargs) -> list[float]:
-        if any(len(ids) != self.N for ids in completion_ids):
-            raise RuntimeError(f"TRL generated completions of lengths {sorted({len(i) for i in completion_ids})}, expected {self.N}")
-        responses = torch.tensor(completion_ids) - ANSWER0
-        prompt_ids = torch.tensor(self.tokenizer(prompts, add_special_tokens=False)["input_ids"])
-        columns = {key: torch.tensor(kwargs[key]) for key in ("target", "cluster") if key in kwargs}
-        out = self.reward(prompt_ids, responses, columns)
-        self.queries += int(out.queries)
-        self.samples += len(completion_ids)
-        self.values = out.values.float()  # (B, N) per-prefix rewards, for the per-token advantages and the logs
-        self.success = (responses == columns["target"]).all(-1)
-        return self.values[:, -1].tolist()  # the whole response's verdict: what TRL's outcome advantage needs
+    if model is not None:
+        require_lm_head(model)
 
 
 def _trainer_classes():
@@ -256,17 +194,10 @@ def grpo_fields(cfg, N: int, k: int, vocab: int, output_dir: str, steps: int) ->
         use_transformers_paged=False,
         use_transformers_continuous_batching=False,
         shuffle_dataset=False,  # keep the PromptSource order: the native prompt sequence
-        # exactly N answer tokens
-        max_completion_length=N,
+        # exactly N answer symbols from the policy at the run's temperature
+        **generation_fields(k, N, vocab),
         temperature=cfg.algo.temperature,
-        top_k=0,
-        top_p=1.0,
-        min_p=None,
-        repetition_penalty=1.0,
         pad_to_multiple_of=None,
-        generation_kwargs={"min_new_tokens": N,
-                           "suppress_tokens": [i for i in range(vocab) if not ANSWER0 <= i < ANSWER0 + k]},
-        mask_truncated_completions=False,  # no eos is ever generated: every completion counts as "truncated"
         # loss and advantages (see the module docstring)
         loss_type="luspo",
         importance_sampling_level="token",
@@ -278,7 +209,6 @@ def grpo_fields(cfg, N: int, k: int, vocab: int, output_dir: str, steps: int) ->
         use_bias_correction_kl=True,  # makes the k3 KL's gradient an unbiased estimate of the exact KL's
         sync_ref_model=False,  # q0 stays the base
         disable_dropout=False,  # native keeps the model's dropout in the loss pass
-        remove_unused_columns=False,  # target/cluster must reach the reward function
         # we log and save ourselves
         logging_steps=1,
         report_to="none",
@@ -298,11 +228,9 @@ def build_trainer(cfg, model, tokenizer, reward_fn: RewardFunction, dataset, k: 
     """The stock GRPOTrainer where TRL's advantages are the native ones (outcome, group_mean), else the per-token one."""
     logging.getLogger("trl.trainer.grpo_trainer").addFilter(_not_the_luspo_advice)  # added once: the same function
     add_answer_bias(model, k)
-    trl_tokenizer = copy.deepcopy(tokenizer)
-    trl_tokenizer.eos_token = "[UNK]"  # TRL needs an eos id; [UNK] never occurs and is suppressed
     args = grpo_config(cfg, N, k, model.config.vocab_size, output_dir, steps)
     stock, prefix = _trainer_classes()
-    common = dict(model=model, args=args, train_dataset=dataset, processing_class=trl_tokenizer)
+    common = dict(model=model, args=args, train_dataset=dataset, processing_class=trl_tokenizer(tokenizer))
     if reward_fn.reward.granularity == "outcome" and cfg.algo.baseline == "group_mean":
         trainer = stock(**common, reward_funcs=reward_fn)
     else:
@@ -324,7 +252,7 @@ def run_trl(cfg, *, model, tokenizer, reward, task, files, eval_set, threshold, 
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     k, N, G, B = task.k, task.N, cfg.algo.group_size, cfg.optim.batch_size
-    saved_config = {"eos_token_id": model.config.eos_token_id, "use_cache": model.config.use_cache}
+    plain_config = saved_config(model)
     reward_fn = RewardFunction(reward, tokenizer, N)
     # every step's prompts, as an uninterrupted run draws them; a resumed run takes the ones it has not trained on
     dataset = prompt_dataset(prompts_source, cfg.optim.max_steps, B // G)
@@ -383,7 +311,7 @@ def run_trl(cfg, *, model, tokenizer, reward, task, files, eval_set, threshold, 
                      "stop_reason": self.stop_reason}
             if torch.cuda.is_available():
                 state["cuda_rng"] = torch.cuda.get_rng_state_all()
-            with as_saved(model, saved_config):
+            with as_saved(model, plain_config):
                 run.save_checkpoint(self.step, model, tokenizer, state, files)
 
         def on_log(self, args, state, control, logs=None, **kwargs):
@@ -423,7 +351,7 @@ def run_trl(cfg, *, model, tokenizer, reward, task, files, eval_set, threshold, 
         trainer.train()
     logger.bar.close()
     step, queries = logger.step, reward_fn.queries
-    with as_saved(model, saved_config):
+    with as_saved(model, plain_config):
         save_model_dir(run.path / "model", model, tokenizer, files)
     if trainer is not None:  # else nothing trained since the checkpoint it resumed from
         logger.checkpoint(trainer.optimizer)

@@ -10,7 +10,7 @@ from barrierlab import fastllama
 from barrierlab.models import LinearPolicyConfig, LinearPolicyLM, ModelConfig, build_model
 from barrierlab.policy import _draw, answer_logits, response_logits, sample
 from barrierlab.tokenizer import ANSWER0, answer_ids, prompt_ids
-from posttrain.trl_backend import add_answer_bias
+from posttrain.for_trl import add_answer_bias
 
 K, N, D = 5, 6, 8
 

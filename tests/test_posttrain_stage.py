@@ -281,7 +281,7 @@ def test_prompts_drawn_from_a_saved_dataset_keep_their_columns(tiny_base, tmp_pa
 
     def source(dataset, *args):
         cfg = load_config(PosttrainConfig, ["--config", CONFIG, "--prompts.dataset", str(dataset), *args])
-        return PromptSource(cfg, task, torch.Generator().manual_seed(0))
+        return PromptSource(task, torch.Generator().manual_seed(0), cfg.prompts.clusters, cfg.prompts.dataset)
 
     rows = load_dataset_dir(path, ["prompt_ids", "target_ids", "cluster"])
     saved = {tuple(p.tolist()): (t - ANSWER0, c) for p, t, c in

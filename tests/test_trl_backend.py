@@ -4,7 +4,10 @@ advantages the process trainer hands TRL. Calls ``run_trl`` with the arguments `
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,27 +17,26 @@ from safetensors.torch import load_file
 
 from barrierlab.config import load_config
 from barrierlab.errors import UserError
-from barrierlab.policy import ResponseLogits
-from barrierlab.run import RunDir, load_dataset_dir, load_model_dir, make_accelerator, seed_everything
+from barrierlab.policy import ResponseLogits, target_stats
+from barrierlab.run import RunDir, load_dataset_dir, load_model_dir, make_accelerator, prompt_tensors, seed_everything
 from barrierlab.tasks import task_from_info
 from barrierlab.tokenizer import ANSWER0, answer_ids
 from posttrain.__main__ import run_reward
 from posttrain.advantages import advantages
 from posttrain.config import PosttrainConfig
+from posttrain.for_trl import RewardFunction, prompt_dataset
 from posttrain.loss import policy_gradient_loss
 from posttrain.prompts import PromptSource
 from posttrain.trl_backend import (
     LEFT_TO_TRL,
-    RewardFunction,
     _trainer_classes,
     build_trainer,
     check_supported,
     grpo_config,
     grpo_fields,
-    prompt_dataset,
     run_trl,
 )
-from tests.conftest import TINY, metrics
+from tests.conftest import ROOT, TINY, metrics
 
 SMALL = ["--optim.batch_size", "8", "--algo.group_size", "4", "--optim.max_steps", "3",
          "--eval.eval_every", "2", "--run.checkpoint_every", "2"]
@@ -52,7 +54,7 @@ def prepare(run_dir: Path, base: Path, *overrides: str) -> dict:
     make_accelerator(cfg.run)  # main() has one before it dispatches: TRL's Trainer must agree with its state
     task = task_from_info(task_info)
     threshold = cfg.eval.offsupport_threshold or task_info["offsupport_threshold"]
-    prompts_source = PromptSource(cfg, task, torch.Generator().manual_seed(cfg.run.seed * 7919))
+    prompts_source = PromptSource(task, torch.Generator().manual_seed(cfg.run.seed * 7919))
     run = RunDir(cfg, cfg.run)
     seed_everything(cfg.run.seed)
     files = {"task.json": (base_dir / "model" / "task.json").read_text()}
@@ -125,7 +127,7 @@ def test_group_size_one_is_a_user_error(tmp_path, tiny_base):
 @pytest.mark.parametrize("args, linear, words", [
     (["--algo.behaviour", "uniform"], False, "algo.behaviour 'uniform': the trl backend samples on-policy only"),
     (["--optim.optimizer", "adaptive"], False, "optim.optimizer 'adaptive' needs per-response gradients"),
-    ([], True, "the trl backend needs a transformer base"),
+    ([], True, "TRL needs a transformer base (model.kind transformer)"),
 ])
 def test_what_trl_cannot_run_is_refused_in_one_line(tiny_base, tiny_linear_base, args, linear, words):
     cfg = load_config(PosttrainConfig, ["--config", str(TINY / "posttrain_outcome.yaml"), "--algo.group_size", "4", *args])
@@ -208,3 +210,25 @@ def test_every_grpo_field_that_can_act_is_set_from_our_config(tmp_path):
     assert not (args.gradient_checkpointing or args.bf16 or args.use_vllm or args.shuffle_dataset)
     assert (args.num_iterations, args.per_device_train_batch_size, args.generation_batch_size, args.num_generations,
             args.steps_per_generation) == (1, 8, 8, 4, 1)  # on-policy: one update per generation of B = 8
+
+
+def test_the_readmes_own_trl_script_trains_and_saves_a_checkpoint_eval_reads(tmp_path, tiny_base):
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Your own TRL script"):]
+    start = section.index("```python\n") + len("```python\n")
+    script = section[start : section.index("```\n", start)]
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "base").symlink_to(tiny_base)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "1280 reward queries" in proc.stdout  # 20 steps × 64 completions, one outcome verdict each
+
+    trained, _, _ = load_model_dir(tmp_path / "runs" / "my_grpo" / "model")  # as eval loads it
+    base, _, info = load_model_dir(tiny_base / "model")
+    assert trained.get_output_embeddings().bias is None and trained.config.eos_token_id == base.config.eos_token_id
+    eval_set = load_dataset_dir(tiny_base / "data" / "eval_prompts", ["prompt_ids", "target_ids"])
+    prompts, targets = prompt_tensors(eval_set)
+    k = info["task"]["k"]
+    before, after = (target_stats(m.eval(), prompts, targets, k)[0].exp().mean().item() for m in (base, trained))
+    assert after > before + 0.01  # 20 outcome PG steps raised the mean likelihood of y*
