@@ -17,6 +17,7 @@ def cli_entry(main):
 
     @functools.wraps(main)
     def wrapper(argv=None):
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # imports are done: Ctrl-C is a KeyboardInterrupt again
         die_with_parent()
         quiet_libraries()
         try:
@@ -29,6 +30,22 @@ def cli_entry(main):
             raise SystemExit(130) from None
 
     return wrapper
+
+
+def quiet_interrupts_while_starting() -> None:
+    """Ctrl-C in a stage's first seconds, while ``python -m <stage>`` imports torch and transformers, exits with one
+    line and code 130 instead of a traceback from inside some import; nothing is written before ``main`` runs, and
+    ``cli_entry`` puts Python's own handler back then. Only for a stage started as ``python -m``: while Python
+    imports the package of the module to run, ``sys.argv[0]`` is "-m" (a test or a script importing a stage's
+    modules keeps its own Ctrl-C)."""
+    if sys.argv[:1] != ["-m"]:
+        return
+
+    def stop(signum, frame):
+        print("interrupted while starting, before anything was written", file=sys.stderr)
+        os._exit(130)  # not an exception: it would surface as a traceback from the import it interrupts
+
+    signal.signal(signal.SIGINT, stop)
 
 
 def quiet_libraries() -> None:

@@ -1,0 +1,5 @@
+"""Stage 2: post-train a base model by policy gradient (native engine or TRL), and its benchmark and cross-check."""
+
+from barrierlab.errors import quiet_interrupts_while_starting
+
+quiet_interrupts_while_starting()  # under python -m posttrain[.module] only

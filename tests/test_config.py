@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -191,6 +195,17 @@ def test_ctrl_c_exits_130_with_the_resume_hint(capsys):
         stage([])
     assert info.value.code == 130
     assert capsys.readouterr().err == "interrupted: the last checkpoint is intact; re-run the same command to resume\n"
+
+
+@pytest.mark.parametrize("stage", ["pretrain", "posttrain", "eval", "posttrain.bench"])
+def test_ctrl_c_while_a_stage_imports_is_one_line_and_writes_nothing(tmp_path, stage):
+    proc = subprocess.Popen([sys.executable, "-m", stage, "--out_dir" if "." in stage or stage == "eval" else "--run.run_dir",
+                             str(tmp_path / "run")], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.5)  # the stage is importing torch by now (it takes seconds), main has not started
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 130 and err == "interrupted while starting, before anything was written\n"
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("cls, text, key, words", [
