@@ -13,6 +13,7 @@ import ast
 import dataclasses
 import difflib
 import inspect
+import math
 import re
 import textwrap
 import types
@@ -26,8 +27,9 @@ from barrierlab.errors import UserError
 
 
 class _Loader(yaml.SafeLoader):
-    """YAML as configs need it: ``3e-4`` is a float (YAML 1.1 reads a float without a dot as a string), and a key
-    given twice in one mapping is an error rather than the last one silently winning."""
+    """YAML as configs need it: ``3e-4`` is a float (YAML 1.1 reads a float without a dot as a string); integers
+    are decimal only (YAML 1.1 reads ``1:00`` as 60 and ``010`` as 8); and a key given twice in one mapping is an
+    error rather than the last one silently winning."""
 
     def construct_mapping(self, node, deep=False):
         keys = [self.construct_object(key, deep=deep) for key, _ in node.value]
@@ -37,8 +39,15 @@ class _Loader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+_INT, _FLOAT = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+_Loader.yaml_implicit_resolvers = {  # SafeLoader's, less its int and float forms, which follow
+    first: [(tag, rx) for tag, rx in resolvers if tag not in (_INT, _FLOAT)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver(_INT, re.compile(r"^[-+]?(?:0|[1-9][0-9_]*)$"), list("-+0123456789"))
+_Loader.add_implicit_resolver(_FLOAT, re.compile(r"""^(?:[-+]?[0-9][0-9_]*(?:\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[eE][-+]?[0-9]+)
+                                                   |[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                                                   |[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$""", re.X),
+                              list("-+0123456789."))
 
 
 def load_yaml(text: str) -> Any:
@@ -129,6 +138,8 @@ def _describe(tp: Any) -> str:
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Return ``value`` as type ``tp`` or raise ``ConfigValueError`` (no silent casts)."""
+    if isinstance(value, float) and not math.isfinite(value):  # YAML's .inf and .nan, or 1e400 (read as inf)
+        raise ConfigValueError(key, f"expected a finite number, got {value!r}")
     origin = typing.get_origin(tp)
     bad = ConfigValueError(key, f"expected {_describe(tp)}, got {value!r}")
     if origin in (typing.Union, types.UnionType):

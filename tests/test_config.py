@@ -153,6 +153,17 @@ def test_an_unset_learning_rate_is_the_optimisers_default_and_saved_as_such(tmp_
 
 
 @pytest.mark.parametrize("text, argv, words", [
+    ("optim: {lr: .inf}\n", [], "key 'optim.lr': expected a finite number, got inf"),
+    ("algo: {temperature: .nan}\n", [], "key 'algo.temperature': expected a finite number, got nan"),
+    ("", ["--optim.lr", "1e400"], "key 'optim.lr': expected a finite number, got inf"),  # YAML reads it as inf
+    ("optim: {max_steps: 1:00}\n", [], "key 'optim.max_steps': expected an integer, got '1:00'"),  # not 60
+    ("run: {seed: 010}\n", [], "key 'run.seed': expected an integer, got '010'"),  # not octal 8
+])
+def test_numbers_are_finite_and_integers_decimal(tmp_path, text, argv, words):
+    assert words in error_of(tmp_path, text, PosttrainConfig, argv)
+
+
+@pytest.mark.parametrize("text, argv, words", [
     ("optim: {lr: 0.01, lr: 0.02}\n", [], "not valid YAML at line 1 (key 'lr' given twice)"),
     ("optim: {lr: 0.01}\n", ["--optim.lr", "--optim.batch_size", "8"], "--optim.lr needs a value"),
     ("optim: {lr: 0.01}\n", ["--algo.temperature"], "--algo.temperature needs a value"),
