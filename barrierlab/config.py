@@ -75,9 +75,16 @@ def require_seed(seed: int, key: str = "seed") -> None:
     require(0 <= seed < 2**31, key, f"must be in 0 … 2147483647 (2³¹ - 1), got {seed}")
 
 
+def require_distinct(values: list, key: str) -> None:
+    """A driver's list of runs to make: each entry once (a repeat would run, and count, the same run twice)."""
+    repeated = sorted({v for v in values if values.count(v) > 1}, key=str)
+    require(not repeated, key, f"lists {', '.join(map(str, repeated))} more than once; give each once")
+
+
 def require_seeds(seeds: list[int], key: str = "seeds") -> None:
-    """A driver's list of seeds: at least one, each a valid seed (checked before the first run starts)."""
+    """A driver's list of seeds: at least one, each a valid seed, each once (checked before the first run starts)."""
     require(len(seeds) >= 1, key, "must list at least one seed")
+    require_distinct(seeds, key)
     for i, seed in enumerate(seeds):
         require_seed(seed, f"{key}[{i}]")
 

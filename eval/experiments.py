@@ -23,7 +23,7 @@ from typing import Literal
 
 import yaml
 
-from barrierlab.config import dump_yaml, load_config, require, require_seeds
+from barrierlab.config import dump_yaml, load_config, require, require_distinct, require_seeds
 from barrierlab.errors import UserError, cli_entry
 from barrierlab.run import atomic_write_text, claim_output_dir, last_row, read_metrics
 from barrierlab.stages import check_stage_args, ensure_base, reuse_or_run
@@ -66,6 +66,8 @@ class ExperimentConfig:
 
     def check(self):
         require(len(self.Ns) >= 1 and all(n >= 1 for n in self.Ns), "Ns", "must list response lengths ≥ 1")
+        require_distinct(self.Ns, "Ns")
+        require_distinct(self.clusters or [], "clusters")
         require_seeds(self.seeds)
         require(0 < self.target_likelihood <= 1, "target_likelihood", "must be in (0, 1]")
         require(self.max_queries >= 1, "max_queries", "must be ≥ 1")

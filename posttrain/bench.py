@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from barrierlab.config import load_config, require
+from barrierlab.config import load_config, require, require_distinct
 from barrierlab.errors import cli_entry
 from barrierlab.run import atomic_write_text, claim_output_dir, read_metrics, remove_run_folder
 from barrierlab.stages import check_stage_args, check_trl_config, ensure_base, run_stage
@@ -62,7 +62,9 @@ class BenchConfig:
         require(len(self.backends) >= 1 and all(b in ("native", "trl") for b in self.backends), "backends",
                 "list at least one of: native, trl")
         require(self.group_size >= 2, "group_size", "must be ≥ 2 (TRL's minimum)")
+        require_distinct(self.backends, "backends")
         require(len(self.batch_sizes) >= 1, "batch_sizes", "must list at least one batch size")
+        require_distinct(self.batch_sizes, "batch_sizes")
         require(all(b >= self.group_size and b % self.group_size == 0 for b in self.batch_sizes), "batch_sizes",
                 f"each must be a multiple of group_size = {self.group_size}")
         require(self.warmup_steps >= 1, "warmup_steps", "must be ≥ 1 (a TRL run's first update also times the Trainer's setup)")

@@ -20,7 +20,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from barrierlab.config import dump_yaml, load_config, require, require_seeds  # noqa: E402
+from barrierlab.config import dump_yaml, load_config, require, require_distinct, require_seeds  # noqa: E402
 from barrierlab.errors import cli_entry  # noqa: E402
 from barrierlab.metrics import fmt_value  # noqa: E402
 from barrierlab.run import atomic_write_text, claim_output_dir, last_row, read_metrics  # noqa: E402
@@ -56,6 +56,7 @@ class CrosscheckConfig:
         require(len(self.backends) >= 1 and all(b in ("native", "trl") for b in self.backends), "backends",
                 "list at least one of: native, trl")
         require(len(self.posttrain_configs) >= 1, "posttrain_configs", "must name at least one arm")
+        require_distinct(self.backends, "backends")
         require_seeds(self.seeds)
         require(self.max_queries >= 1, "max_queries", "must be ≥ 1")
 

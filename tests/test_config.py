@@ -15,6 +15,7 @@ from barrierlab.config import dump_yaml, load_config, to_dict
 from barrierlab.errors import UserError
 from eval.config import EvalStageConfig
 from eval.experiments import ExperimentConfig
+from posttrain.bench import BenchConfig
 from posttrain.config import PosttrainConfig
 from posttrain.crosscheck import CrosscheckConfig
 from pretrain.config import PretrainConfig
@@ -150,6 +151,19 @@ def test_an_unset_learning_rate_is_the_optimisers_default_and_saved_as_such(tmp_
     # adaptive's lr multiplies the theory's step: left unset, the step is the theory's own
     cfg = load_config(PosttrainConfig, ["--config", write(tmp_path, f"optim: {{optimizer: {optimizer}}}\n")])
     assert cfg.optim.lr == lr and f"lr: {lr}" in dump_yaml(cfg)
+
+
+@pytest.mark.parametrize("cls, argv, words", [
+    (CrosscheckConfig, ["--seeds", "[0, 0]"], "key 'seeds': lists 0 more than once; give each once"),
+    (CrosscheckConfig, ["--backends", "[native, trl, native]"], "key 'backends': lists native more than once"),
+    (ExperimentConfig, ["--Ns", "[3, 4, 3]"], "key 'Ns': lists 3 more than once"),
+    (ExperimentConfig, ["--clusters", "[1, 1]"], "key 'clusters': lists 1 more than once"),
+    (BenchConfig, ["--batch_sizes", "[64, 64]"], "key 'batch_sizes': lists 64 more than once"),
+])
+def test_a_drivers_runs_are_listed_once_each(cls, argv, words):
+    # a repeated seed ran the same run twice, and crosscheck counted it as a spread of 0 across seeds
+    with pytest.raises(UserError, match=re.escape(words)):
+        load_config(cls, list(argv))
 
 
 @pytest.mark.parametrize("text, argv, words", [
