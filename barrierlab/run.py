@@ -26,7 +26,7 @@ import yaml
 
 from barrierlab.config import dump_yaml, require, require_seed
 from barrierlab.errors import UserError
-from barrierlab.tokenizer import ANSWER0
+from barrierlab.tokenizer import ANSWER0, vocab_size
 
 
 @dataclass
@@ -364,6 +364,8 @@ def load_dataset_dir(path: Path, columns: list[str]):
     missing = [c for c in columns if c not in dataset.column_names]
     if missing:
         raise UserError(f"dataset '{path}' lacks column(s) {', '.join(missing)}; rebuild it with the current code")
+    if len(dataset) == 0:
+        raise UserError(f"dataset '{path}' has no rows; give a dataset with prompts in it (e.g. a base's data/eval_prompts)")
     return dataset
 
 
@@ -408,7 +410,23 @@ def load_model_dir(path: Path):
     except Exception as err:  # a truncated or hand-edited file: transformers, safetensors and json raise many kinds
         raise UserError(f"checkpoint '{path}' cannot be loaded ({_first_line(err)}); it is damaged or incomplete: "
                         "rerun the stage that wrote it") from None
+    check_task_fits(path, model, task_info)
     return model, tokenizer, task_info
+
+
+def check_task_fits(path: Path, model, task_info: dict) -> None:
+    """The checkpoint's task.json describes the task its model was built for: its answer symbols are the model's
+    vocabulary, and its sequences fit the model's context (an edited or copied task.json fails here, not deep in a
+    stage)."""
+    try:
+        k, d, N = (int(task_info["task"][key]) for key in ("k", "d", "N"))
+    except (KeyError, TypeError, ValueError):
+        raise UserError(f"checkpoint '{path}': task.json lacks the task's k, d and N; rerun the stage that wrote it") from None
+    context = getattr(model.config, "max_position_embeddings", None)
+    if model.config.vocab_size != vocab_size(k) or (context is not None and d + 2 + N > context):
+        raise UserError(f"checkpoint '{path}': its task.json (k = {k}, d = {d}, N = {N}) is not the task of its model "
+                        f"(vocabulary {model.config.vocab_size}, context {context}); restore the task.json written "
+                        "with this model")
 
 
 def precision_of(run: RunConfig) -> str:

@@ -175,6 +175,25 @@ def test_a_damaged_base_is_one_line(tmp_path, tiny_base, capsys, file, words):
     assert words.format(base=base) in err and not (tmp_path / "r").exists()
 
 
+def test_a_task_json_of_another_task_and_an_empty_prompt_dataset_are_one_line(tmp_path, tiny_base, capsys):
+    import shutil
+
+    from posttrain.__main__ import main
+
+    base = tmp_path / "edited"
+    shutil.copytree(tiny_base, base)
+    info = json.loads((base / "model" / "task.json").read_text())
+    info["task"]["k"] = 5  # the model's vocabulary holds 3 answers
+    (base / "model" / "task.json").write_text(json.dumps(info))
+    err = one_line_error(main, ["--config", CONFIG, "--base", str(base), "--run.run_dir", str(tmp_path / "r")], capsys)
+    assert f"checkpoint '{base}/model': its task.json (k = 5, d = 6, N = 3) is not the task of its model" in err
+    empty = tmp_path / "empty"
+    load_dataset_dir(tiny_base / "data" / "eval_prompts", ["prompt_ids"]).filter(lambda row: False).save_to_disk(str(empty))
+    err = one_line_error(main, ["--config", CONFIG, "--base", str(tiny_base), "--run.run_dir", str(tmp_path / "r"),
+                                "--prompts.dataset", str(empty)], capsys)
+    assert f"dataset '{empty}' has no rows" in err and not (tmp_path / "r").exists()
+
+
 def test_a_reward_that_breaks_its_contract_is_refused_before_the_run_folder(tmp_path, tiny_base, capsys):
     from posttrain.__main__ import main, probe_reward
 
