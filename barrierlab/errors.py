@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import signal
@@ -28,8 +29,27 @@ def cli_entry(main):
         except KeyboardInterrupt:
             print("interrupted: the last checkpoint is intact; re-run the same command to resume", file=sys.stderr)
             raise SystemExit(130) from None
+        except (MemoryError, OSError, RuntimeError) as err:
+            problem = out_of_resources(err)
+            if problem is None:
+                raise
+            print(f"error: {problem}", file=sys.stderr)
+            raise SystemExit(1) from None
 
     return wrapper
+
+
+def out_of_resources(err: BaseException) -> str | None:
+    """What the machine ran out of, and what to do, for a failure that is the machine's and not the code's (memory,
+    disk); None for any other error, which keeps its traceback. Checkpoints are atomic, so the run stays resumable."""
+    text = str(err).splitlines()[0] if str(err) else type(err).__name__
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"no space left on the device ({err.filename or text}); free some and re-run the same command: the run "
+                "resumes from its last checkpoint")
+    if isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError" or "can't allocate memory" in text:
+        return (f"out of memory ({text}); lower the batch size (optim.batch_size, eval's batch_size) or the model, "
+                "in a new run folder (this one's config is kept)")
+    return None
 
 
 def quiet_interrupts_while_starting() -> None:

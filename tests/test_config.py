@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import re
 import signal
 import subprocess
@@ -220,6 +221,38 @@ def test_ctrl_c_exits_130_with_the_resume_hint(capsys):
         stage([])
     assert info.value.code == 130
     assert capsys.readouterr().err == "interrupted: the last checkpoint is intact; re-run the same command to resume\n"
+
+
+@pytest.mark.parametrize("error, words", [
+    (OSError(errno.ENOSPC, "No space left on device", "runs/r/metrics.jsonl"),
+     "error: no space left on the device (runs/r/metrics.jsonl); free some and re-run the same command"),
+    (RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 800000000000 bytes"),
+     "error: out of memory (DefaultCPUAllocator: can't allocate memory: you tried to allocate 800000000000 bytes); "
+     "lower the batch size"),
+    (MemoryError(), "error: out of memory (MemoryError); lower the batch size"),
+])
+def test_running_out_of_disk_or_memory_is_one_line(capsys, error, words):
+    from barrierlab.errors import cli_entry
+
+    @cli_entry
+    def stage(argv):
+        raise error
+
+    with pytest.raises(SystemExit) as info:
+        stage([])
+    err = capsys.readouterr().err
+    assert info.value.code == 1 and err.startswith(words) and err.count("\n") == 1
+
+
+def test_other_runtime_errors_keep_their_traceback():
+    from barrierlab.errors import cli_entry
+
+    @cli_entry
+    def stage(argv):
+        raise RuntimeError("a bug")
+
+    with pytest.raises(RuntimeError, match="a bug"):
+        stage([])
 
 
 @pytest.mark.parametrize("stage", ["pretrain", "posttrain", "eval", "posttrain.bench"])
