@@ -12,6 +12,7 @@ Layout of ``runs/<name>/``::
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import math
 import os
@@ -172,16 +173,20 @@ class RunDir:
             return None
         from safetensors.torch import load_file
 
-        try:
+        damaged = lambda err: UserError(f"checkpoint '{ckpt}' cannot be loaded ({_first_line(err)}); delete that "  # noqa: E731
+                                        "folder to resume from the one before it")
+        try:  # checkpoints are written atomically: one that fails to load was damaged afterwards
             state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
+        except Exception as err:
+            raise damaged(err) from None
+        if check is not None:  # before the weights: a run of another model would fail to load them, misleadingly
+            check(state)
+        try:
             model.load_state_dict(load_file(str(ckpt / "model.safetensors")))
             if optimizer is not None:
                 optimizer.load_state_dict(state["optimizer"])
-        except Exception as err:  # checkpoints are written atomically: this one was damaged afterwards
-            raise UserError(f"checkpoint '{ckpt}' cannot be loaded ({_first_line(err)}); delete that folder to resume "
-                            "from the one before it") from None
-        if check is not None:
-            check(state)
+        except Exception as err:
+            raise damaged(err) from None
         self.truncate_metrics(state["step"])
         return state
 
@@ -201,6 +206,24 @@ class RunDir:
         old = sorted(p for p in self.ckpt_dir.iterdir() if p.name.startswith("step_"))
         for p in old[: -self.keep]:
             shutil.rmtree(p, ignore_errors=True)
+
+
+def model_fingerprint(model_dir: Path) -> str:
+    """A hash of a model folder's weights and task.json: which base a post-training run was started from."""
+    digest = hashlib.sha256()
+    for name in ("model.safetensors", "task.json"):
+        digest.update((Path(model_dir) / name).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def check_same_base(state: dict, fingerprint: str, base: str, run_path: Path) -> None:
+    """Refuse to resume a post-training run from a base other than the one it was trained from (the base folder was
+    rebuilt or replaced since): its curves would join two experiments. Checkpoints from before the fingerprint
+    was recorded pass."""
+    recorded = state.get("base_fingerprint")
+    if recorded is not None and recorded != fingerprint:
+        raise UserError(f"the base '{base}' is not the one {run_path} was trained from (its model or task.json changed "
+                        "since); put that base back, or start a new --run.run_dir from this one")
 
 
 def save_model_dir(final: Path, model, tokenizer, extra_files: dict[str, str] | None = None, state: dict | None = None):

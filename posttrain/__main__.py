@@ -22,6 +22,7 @@ from barrierlab.errors import UserError, cli_entry
 from barrierlab.policy import ResponseLogits
 from barrierlab.run import (
     RunDir,
+    check_same_base,
     column_tensor,
     fault_point,
     last_row,
@@ -29,6 +30,7 @@ from barrierlab.run import (
     load_dataset_dir,
     load_model_dir,
     make_accelerator,
+    model_fingerprint,
     prompt_tensors,
     save_model_dir,
     seed_everything,
@@ -99,6 +101,7 @@ def main(argv):
     base = load_model_dir(base_dir / "model")[0].to(acc.device).eval() if needs_base else None
     threshold = cfg.eval.offsupport_threshold or task_info["offsupport_threshold"]
     files = {"task.json": (base_dir / "model" / "task.json").read_text()}  # in every model folder the run writes
+    base_id = model_fingerprint(base_dir / "model")  # in every checkpoint: a resume from another base is refused
 
     rank, world = acc.process_index, acc.num_processes
     if cfg.optim.optimizer == "adaptive" and world > 1:
@@ -122,7 +125,7 @@ def main(argv):
         return
     seed_everything(cfg.run.seed)
     if cfg.backend == "trl":
-        run_trl(cfg, model=model, tokenizer=tokenizer, reward=reward, task=task, files=files,
+        run_trl(cfg, model=model, tokenizer=tokenizer, reward=reward, task=task, files=files, base_id=base_id,
                 eval_set=eval_set, threshold=threshold, run=run, prompts_source=prompts_source)
         return
     optimizer = make_optimizer(cfg, model)
@@ -131,14 +134,15 @@ def main(argv):
     step, queries, samples, wall_before, stop = 0, 0, 0, 0.0, None
     started = time.time()
 
-    def same_processes(state: dict) -> None:  # each process resumes its own prompt, sampling and reward-noise streams
+    def same_run(state: dict) -> None:  # the same base; each process resumes its own prompt, sampling and noise streams
+        check_same_base(state, base_id, cfg.base, run.path)
         n = len(state["prompt_gen"])
         if n != world:
             raise UserError(f"{run.path} was checkpointed by {n} process(es); resume it with that many (torchrun "
                             f"--nproc_per_node {n} -m posttrain ..., or accelerate launch --multi_gpu --num_processes {n}), "
                             f"not {world}")
 
-    state = run.resume(model, optimizer, check=same_processes)
+    state = run.resume(model, optimizer, check=same_run)
     if state is not None:
         step, queries, samples, stop = state["step"], state["queries"], state["samples"], state.get("stop_reason")
         wall_before = state["wall_time_s"]
@@ -154,7 +158,7 @@ def main(argv):
     def checkpoint_state():
         # every process's generator states (a collective: all processes must call this)
         gather = (lambda t: [t]) if world == 1 else (lambda t: gather_object([t]))
-        return {"step": step, "queries": queries, "samples": samples, "optimizer": optimizer.state_dict(),
+        return {"step": step, "queries": queries, "samples": samples, "optimizer": optimizer.state_dict(), "base_fingerprint": base_id,
                 "wall_time_s": wall_before + time.time() - started,
                 "prompt_gen": gather(prompt_gen.get_state()), "sample_gen": gather(sample_gen.get_state()),
                 "reward": gather(reward.state_dict()), "stop_reason": stop}

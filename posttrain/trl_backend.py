@@ -64,7 +64,7 @@ import torch
 from tqdm import tqdm
 
 from barrierlab.errors import UserError
-from barrierlab.run import RunDir, fault_point, last_row, precision_of, save_model_dir, synchronize
+from barrierlab.run import RunDir, check_same_base, fault_point, last_row, precision_of, save_model_dir, synchronize
 from posttrain.advantages import advantages
 from posttrain.evaluation import ExactEval, due_for_eval, log_finish, stop_reason, support_postfix, train_metrics
 from posttrain.for_trl import (
@@ -240,12 +240,14 @@ def build_trainer(cfg, model, tokenizer, reward_fn: RewardFunction, dataset, k: 
     return trainer
 
 
-def run_trl(cfg, *, model, tokenizer, reward, task, files, eval_set, threshold, run: RunDir, prompts_source) -> None:
+def run_trl(cfg, *, model, tokenizer, reward, task, files, base_id, eval_set, threshold, run: RunDir,
+            prompts_source) -> None:
     """Post-train ``model`` with TRL; writes the run folder as the native loop does and closes ``run``.
 
     Arguments are what ``posttrain.__main__.main`` has built by then, ``cfg`` and ``model`` having passed
     ``check_supported``: ``reward`` is its ``run_reward(cfg)`` (already checked, and its noise generator is the
-    run's); ``files`` (the base's task.json) go into every model folder the run writes.
+    run's); ``files`` (the base's task.json) go into every model folder the run writes; ``base_id``, the base's
+    ``model_fingerprint``, into every checkpoint.
     """
     _offline()
     from transformers import TrainerCallback
@@ -256,7 +258,8 @@ def run_trl(cfg, *, model, tokenizer, reward, task, files, eval_set, threshold, 
     reward_fn = RewardFunction(reward, tokenizer, N)
     # every step's prompts, as an uninterrupted run draws them; a resumed run takes the ones it has not trained on
     dataset = prompt_dataset(prompts_source, cfg.optim.max_steps, B // G)
-    resumed = run.resume(model)  # before the answer bias is added: checkpoints hold the plain model
+    # before the answer bias is added: checkpoints hold the plain model
+    resumed = run.resume(model, check=lambda state: check_same_base(state, base_id, cfg.base, run.path))
     first_step = 0 if resumed is None else resumed["step"]
     started = time.time() - (0.0 if resumed is None else resumed["wall_time_s"])
     if resumed is not None:
@@ -305,7 +308,8 @@ def run_trl(cfg, *, model, tokenizer, reward, task, files, eval_set, threshold, 
             self.bar.set_postfix(queries=reward_fn.queries, **support_postfix(self.last))
 
         def checkpoint(self, optimizer):
-            state = {"backend": "trl", "step": self.step, "queries": reward_fn.queries, "samples": reward_fn.samples,
+            state = {"backend": "trl", "base_fingerprint": base_id, "step": self.step, "queries": reward_fn.queries,
+                     "samples": reward_fn.samples,
                      "optimizer": optimizer.state_dict(), "reward": reward.state_dict(),
                      "wall_time_s": time.time() - started, "torch_rng": torch.get_rng_state(),
                      "stop_reason": self.stop_reason}

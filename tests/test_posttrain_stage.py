@@ -67,6 +67,30 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path, tiny_base, extra,
     assert (rows[-1]["done/stop_reason"], rows[-1]["done/steps"]) == (("max_queries", 8) if extra else ("max_steps", 12))
 
 
+def test_a_killed_run_resumes_only_from_the_base_it_was_trained_from(tmp_path, tiny_base, capsys):
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from posttrain.__main__ import main
+
+    base, run_dir = tmp_path / "base", tmp_path / "run"
+    shutil.copytree(tiny_base, base)
+    args = ["--config", CONFIG, "--base", str(base), "--run.run_dir", str(run_dir), "--run.checkpoint_every", "2"]
+    assert run_stage("posttrain", *args, env={"BARRIERLAB_KILL_AFTER_STEP": "4"}, check=False).returncode == -9
+    weights = base / "model" / "model.safetensors"
+    original = weights.read_bytes()
+    tensors = load_file(str(weights))
+    save_file({name: t * 1.01 for name, t in tensors.items()}, str(weights), metadata={"format": "pt"})  # rebuilt
+    before = (run_dir / "metrics.jsonl").read_text()
+    err = one_line_error(main, args, capsys)
+    assert f"the base '{base}' is not the one {run_dir} was trained from" in err
+    assert (run_dir / "metrics.jsonl").read_text() == before
+    weights.write_bytes(original)  # the base it was trained from: it resumes
+    main(args)
+    assert metrics(run_dir)[-1]["done/steps"] == 12
+
+
 def test_query_budget_and_target_stop(tmp_path, tiny_base):
     run_stage("posttrain", "--config", CONFIG, "--base", str(tiny_base), "--run.run_dir", str(tmp_path / "q"),
               "--optim.max_queries", "100")

@@ -18,7 +18,15 @@ from safetensors.torch import load_file
 from barrierlab.config import load_config
 from barrierlab.errors import UserError
 from barrierlab.policy import ResponseLogits, target_stats
-from barrierlab.run import RunDir, load_dataset_dir, load_model_dir, make_accelerator, prompt_tensors, seed_everything
+from barrierlab.run import (
+    RunDir,
+    load_dataset_dir,
+    load_model_dir,
+    make_accelerator,
+    model_fingerprint,
+    prompt_tensors,
+    seed_everything,
+)
 from barrierlab.tasks import task_from_info
 from barrierlab.tokenizer import ANSWER0, answer_ids
 from posttrain.__main__ import run_reward
@@ -59,6 +67,7 @@ def prepare(run_dir: Path, base: Path, *overrides: str) -> dict:
     seed_everything(cfg.run.seed)
     files = {"task.json": (base_dir / "model" / "task.json").read_text()}
     return dict(cfg=cfg, model=model, tokenizer=tokenizer, reward=reward, task=task, files=files,
+                base_id=model_fingerprint(base_dir / "model"),
                 eval_set=eval_set, threshold=threshold, run=run, prompts_source=prompts_source)
 
 
