@@ -74,9 +74,22 @@ def check_same_config(path: Path, cfg, fix: str = "pass a new --run.run_dir, or 
         old = err
     if not isinstance(old, dict):  # config.yaml is written atomically: this one was edited or damaged since
         raise UserError(f"{config_file} is not a saved config (damaged or edited); {fix}")
-    diff = _first_difference(old, yaml.safe_load(dump_yaml(cfg)), ignore={"run.run_dir", "run.progress", "run.report_to"})
+    new = yaml.safe_load(dump_yaml(cfg))
+    if set(old) != set(new):
+        raise UserError(f"{path} already holds another kind of run (its config.yaml has {', '.join(map(str, old))}); {fix}")
+    if isinstance(old.get("base"), str) and isinstance(new.get("base"), str) and \
+            os.path.normpath(old["base"]) == os.path.normpath(new["base"]):
+        old["base"] = new["base"]  # runs/base/ and ./runs/base name the same base
+    diff = _first_difference(old, new, ignore={"run.run_dir", "run.progress", "run.report_to"})
     if diff:
-        raise UserError(f"{path} already holds a run with a different config (key '{diff}'); {fix}")
+        key, was, now = diff
+        raise UserError(f"{path} already holds a run with a different config (key '{key}': {_short(was)} there, "
+                        f"{_short(now)} now); {fix}")
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 _held_locks: dict[tuple[int, int], int] = {}  # (device, inode) of a lock file this process holds -> its descriptor
@@ -268,7 +281,8 @@ def _plain(value):
     return value
 
 
-def _first_difference(old, new, ignore: set[str], prefix: str = "") -> str | None:
+def _first_difference(old, new, ignore: set[str], prefix: str = "") -> tuple[str, object, object] | None:
+    """(dotted key, old value, new value) of the first difference, or None."""
     if isinstance(old, dict) and isinstance(new, dict):
         for key in sorted(set(old) | set(new), key=str):
             path = f"{prefix}{key}"
@@ -278,7 +292,7 @@ def _first_difference(old, new, ignore: set[str], prefix: str = "") -> str | Non
             if diff:
                 return diff
         return None
-    return None if old == new else prefix.rstrip(".")
+    return None if old == new else (prefix.rstrip("."), old, new)
 
 
 def save_dataset(dataset, final: Path) -> None:

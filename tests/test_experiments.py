@@ -51,11 +51,11 @@ def test_make_scaling_and_alpha_on_tiny_configs(tmp_path, capsys):
     written = {p: p.read_bytes() for p in (runs / "scaling").glob("*.*")}
     err = one_line_error(experiments_main, ["--config", "configs/tiny/scaling.yaml", "--out_dir", str(runs / "scaling"),
                                             "--target_likelihood", "0.4"], capsys)
-    assert "outcome_s0 already holds a run with a different config (key 'optim.target_likelihood')" in err
+    assert "outcome_s0 already holds a run with a different config (key 'optim.target_likelihood': 0.5 there, 0.4 now)" in err
     assert {p: p.read_bytes() for p in (runs / "scaling").glob("*.*")} == written
     err = one_line_error(experiments_main, ["--config", "configs/tiny/alpha.yaml", "--out_dir", str(runs / "alpha"),
                                             "--extra_args", "['--run.keep_checkpoints', '3']"], capsys)
-    assert "alpha/base already holds a run with a different config (key 'run.keep_checkpoints'); pass a new --out_dir" in err
+    assert "alpha/base already holds a run with a different config (key 'run.keep_checkpoints': 2 there, 3 now); pass a new --out_dir" in err
     # the other experiment's folder is not this one's
     err = one_line_error(experiments_main, ["--config", "configs/tiny/alpha.yaml", "--out_dir", str(runs / "scaling")], capsys)
     assert "holds the output of the scaling experiment, not of the alpha experiment" in err

@@ -91,6 +91,17 @@ def test_a_killed_run_resumes_only_from_the_base_it_was_trained_from(tmp_path, t
     assert metrics(run_dir)[-1]["done/steps"] == 12
 
 
+def test_the_base_may_be_named_another_way_and_another_kind_of_run_is_named_as_such(tmp_path, tiny_base, capsys):
+    from posttrain.__main__ import main
+
+    args = ["--config", CONFIG, "--run.run_dir", str(tmp_path / "r"), "--optim.max_steps", "2"]
+    main([*args, "--base", str(tiny_base)])
+    main([*args, "--base", f"{tiny_base}/./"])  # tab completion's trailing slash: the same base, the finished run
+    assert "already finished" in capsys.readouterr().out
+    err = one_line_error(main, ["--config", CONFIG, "--base", str(tiny_base), "--run.run_dir", str(tiny_base)], capsys)
+    assert f"{tiny_base} already holds another kind of run (its config.yaml has run, task, profile" in err
+
+
 def test_query_budget_and_target_stop(tmp_path, tiny_base):
     run_stage("posttrain", "--config", CONFIG, "--base", str(tiny_base), "--run.run_dir", str(tmp_path / "q"),
               "--optim.max_queries", "100")

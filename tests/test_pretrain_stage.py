@@ -107,7 +107,7 @@ def test_rerun_with_a_different_config_is_refused(tiny_base, tmp_path):
     before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
     proc = run_stage("pretrain", "--config", str(TINY / "pretrain.yaml"), "--run.run_dir", str(run_dir),
                      "--task.k", "4", check=False)
-    assert proc.returncode == 2 and "different config (key 'task.k')" in proc.stderr
+    assert proc.returncode == 2 and "different config (key 'task.k': 3 there, 4 now)" in proc.stderr
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
 
 
