@@ -72,7 +72,7 @@ def test_a_damaged_checkpoint_or_metrics_line_is_a_one_line_error(tmp_path):
 def test_a_run_folder_refuses_another_config(tmp_path):
     make_run(tmp_path)
     other = Cfg(RunConfig(run_dir=str(tmp_path / "run"), keep_checkpoints=2, report_to=["tensorboard"]), lr=0.2)
-    with pytest.raises(UserError, match="already holds a run with a different config \\(key 'lr'\\)"):
+    with pytest.raises(UserError, match="already holds a run with a different config \\(key 'lr': 0.1 there, 0.2 now\\)"):
         RunDir(other, other.run)
     other.lr = 0.1  # how the run reports itself is not part of the experiment
     RunDir(other, other.run)
