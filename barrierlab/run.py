@@ -123,6 +123,16 @@ def lock_run_folder(path: Path) -> None:
     _held_locks[st.st_dev, st.st_ino] = fd
 
 
+def check_run_dir_place(path: Path) -> None:
+    """Refuse a run folder inside another run's folder (the other run's rerun may replace it, and the two runs' files
+    would mix) or a folder of other files (a run would write among them); a driver's output folder holds runs."""
+    for parent in path.resolve().parents:
+        if (parent / "config.yaml").exists() and not (parent / OUTPUT_MARKER).exists():
+            raise UserError(f"run.run_dir: '{path}' is inside the run folder '{parent}'; pass a folder outside it")
+    if path.is_dir() and not (path / "config.yaml").exists() and any(p.name != ".lock" for p in path.iterdir()):
+        raise UserError(f"run.run_dir: '{path}' holds other files and no run (no config.yaml); pass a new or empty folder")
+
+
 class RunDir:
     """One run folder: refuses to mix runs of different configs, resumes a run of the same config, and is written
     by one process at a time."""
@@ -135,6 +145,7 @@ class RunDir:
         if (self.path / OUTPUT_MARKER).exists():
             raise UserError(f"run.run_dir: '{self.path}' holds the output of "
                             f"{(self.path / OUTPUT_MARKER).read_text().strip()}, not a run; pass another run.run_dir")
+        check_run_dir_place(self.path)
         check_same_config(self.path, cfg)
         if is_main:
             make_dir(self.path, "run.run_dir")

@@ -160,3 +160,21 @@ def test_a_stage_dies_with_its_driver_and_a_run_folder_has_one_writer(tmp_path):
             return False
 
     assert wait_for(free, 10)  # the folder is free again
+
+
+def test_a_run_folder_is_not_inside_another_run_nor_among_other_files(tmp_path):
+    make_run(tmp_path)  # tmp_path/run
+    for inside in ("run/model", "run/checkpoints/step_0000001", "run/a/b"):
+        cfg = Cfg(RunConfig(run_dir=str(tmp_path / inside)))
+        with pytest.raises(UserError, match=f"is inside the run folder '{tmp_path / 'run'}'; pass a folder outside it"):
+            RunDir(cfg, cfg.run)
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("mine")
+    cfg = Cfg(RunConfig(run_dir=str(tmp_path / "notes")))
+    with pytest.raises(UserError, match="holds other files and no run \\(no config.yaml\\); pass a new or empty folder"):
+        RunDir(cfg, cfg.run)
+    assert [p.name for p in (tmp_path / "notes").iterdir()] == ["todo.txt"]
+    out = claim_output_dir(tmp_path / "experiment", "out_dir", "make scaling", ("results.json",))
+    (out / "config.yaml").write_text("out_dir: x\n")  # a driver's output folder holds its runs
+    cfg = Cfg(RunConfig(run_dir=str(out / "N4" / "base")))
+    RunDir(cfg, cfg.run)
