@@ -151,7 +151,9 @@ class RunDir:
             make_dir(self.path, "run.run_dir")
             lock_run_folder(self.path)
             check_same_config(self.path, cfg)  # again: the process that held the lock may have just written it
-            atomic_write_text(self.path / "config.yaml", dump_yaml(cfg))
+            text, config_file = dump_yaml(cfg), self.path / "config.yaml"
+            if not config_file.exists() or config_file.read_text() != text:  # a moved folder records where it is now
+                atomic_write_text(config_file, text)
         self._tb = None
         self._tb_purge_step = None  # set by resume: TensorBoard hides the events of work lost in a kill
         self._report_to = run.report_to

@@ -82,6 +82,13 @@ def main(argv):
     cfg = load_pretrain_config(argv)
     acc = make_accelerator(cfg.run)
     run = RunDir(cfg, cfg.run, is_main=acc.is_main_process)
+    final = run.latest_checkpoint()  # finish() writes support.json, then the checkpoint of the last step
+    if (run.path / "support.json").exists() and final is not None and final.name == f"step_{cfg.train.steps:07d}":
+        acc.print(f"{run.path} already finished ({cfg.train.steps} steps; the base model is {run.path / 'model'}); "
+                  "nothing to do")
+        run.close()
+        leave_process_group(acc)
+        return
     seed_everything(cfg.run.seed)
     task = build_task(cfg.task, num_clusters=len(cfg.profile))
     task_info = {"task": to_dict(cfg.task), "profile": [to_dict(c) for c in cfg.profile],

@@ -90,8 +90,10 @@ def tensorboard_scalars(tb_dir, tag: str) -> list[tuple[int, float]]:
 
 def test_a_dataset_a_kill_left_unwritten_is_rebuilt_on_rerun(tiny_base, tmp_path):
     # a kill between the corpus and the eval prompts, or between the renames that replace eval_prompts in finish()
+    # (which writes support.json after them)
     run_dir = tmp_path / "base"
     shutil.copytree(tiny_base, run_dir)
+    (run_dir / "support.json").unlink()
     shutil.rmtree(run_dir / "data" / "eval_prompts")
     (run_dir / "data" / ".tmp_eval_prompts").mkdir()  # a half-written one beside it
     run_stage("pretrain", "--config", str(TINY / "pretrain.yaml"), "--run.run_dir", str(run_dir))
@@ -99,6 +101,18 @@ def test_a_dataset_a_kill_left_unwritten_is_rebuilt_on_rerun(tiny_base, tmp_path
     rebuilt, original = (load_dataset_dir(d / "data" / "eval_prompts", columns) for d in (run_dir, tiny_base))
     assert all(rebuilt[c] == original[c] for c in columns)
     assert not (run_dir / "data" / ".tmp_eval_prompts").exists()
+
+
+def test_rerun_of_a_finished_base_changes_nothing(tiny_base, tmp_path):
+    run_dir = tmp_path / "base"
+    shutil.copytree(tiny_base, run_dir)
+    (run_dir / "model" / "notes.txt").write_text("mine")
+    # config.yaml records the folder's new place (run.run_dir); the lock file, the process that held it
+    kept = lambda: {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name not in (".lock", "config.yaml")}  # noqa: E731
+    before = kept()
+    proc = run_stage("pretrain", "--config", str(TINY / "pretrain.yaml"), "--run.run_dir", str(run_dir))
+    assert f"{run_dir} already finished" in proc.stdout and "resuming" not in proc.stdout
+    assert kept() == before
 
 
 def test_rerun_with_a_different_config_is_refused(tiny_base, tmp_path):
