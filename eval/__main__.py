@@ -14,6 +14,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -22,11 +24,21 @@ import torch
 from barrierlab.config import dump_yaml, load_config
 from barrierlab.errors import UserError, cli_entry
 from barrierlab.metrics import fmt_value, split_masks
-from barrierlab.run import atomic_write_text, claim_output_dir, load_dataset_dir, load_model_dir, prompt_tensors
+from barrierlab.run import (
+    atomic_write_text,
+    claim_output_dir,
+    load_dataset_dir,
+    load_model_dir,
+    lock_run_folder,
+    prompt_tensors,
+    replace_dir,
+)
 from eval.config import EvalStageConfig
 from eval.evaluate import PromptSet, evaluate_checkpoint
 from eval.passk import default_ks
 from eval.report import build_report, load_experiment
+
+OUTPUTS = ("config.yaml", "eval.json", "per_prompt.csv", "passk.csv", "report.md")  # and figures/
 
 
 def model_folder(path: str) -> Path:
@@ -87,6 +99,7 @@ def main(argv):
     k, N = base_info["task"]["k"], base_info["task"]["N"]
     ks = cfg.pass_k or default_ks(cfg.n_samples)
     out = claim_output_dir(cfg.out_dir, "out_dir", "eval", ("eval.json",))
+    lock_run_folder(out)  # one evaluation at a time writes here
 
     results = {
         "base": str(base), "k": k, "N": N, "uniform_alpha": float(k) ** -N, "offsupport_threshold": threshold,
@@ -110,13 +123,22 @@ def main(argv):
         print(f"{name}: likelihood of y* on-support {fmt_value(like['onsupport'])}, off-support {fmt_value(like['offsupport'])}; "
               f"pass@1 {fmt_value(summary['pass_at_k']['all'][0])}, pass@{ks[-1]} {fmt_value(summary['pass_at_k']['all'][-1])}")
 
-    # written once everything is evaluated: an evaluation that fails or is killed leaves the previous outputs whole
-    atomic_write_text(out / "config.yaml", dump_yaml(cfg))
-    atomic_write_text(out / "eval.json", json.dumps(results, indent=2))
-    atomic_write_text(out / "per_prompt.csv", csv_text(["checkpoint", "prompt", *columns, *per_prompt, "n_samples"], prompt_rows))
-    atomic_write_text(out / "passk.csv", csv_text(["checkpoint", "split", "k", "pass_at_k"], passk_rows))
-    report = build_report(out, scaling=cfg.scaling_results, alpha=cfg.alpha_results)
-    print(f"results: {out / 'eval.json'}; report: {report}")
+    # written once everything is evaluated, into a staging folder whose files then replace the previous ones: an
+    # evaluation that fails or is killed leaves the previous outputs whole, not mixed with some of its own
+    staging = out / ".tmp_outputs"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    atomic_write_text(staging / "config.yaml", dump_yaml(cfg))
+    atomic_write_text(staging / "eval.json", json.dumps(results, indent=2))
+    atomic_write_text(staging / "per_prompt.csv", csv_text(["checkpoint", "prompt", *columns, *per_prompt, "n_samples"],
+                                                           prompt_rows))
+    atomic_write_text(staging / "passk.csv", csv_text(["checkpoint", "split", "k", "pass_at_k"], passk_rows))
+    build_report(staging, scaling=cfg.scaling_results, alpha=cfg.alpha_results)
+    replace_dir(staging / "figures", out / "figures")
+    for name in OUTPUTS:
+        os.replace(staging / name, out / name)
+    staging.rmdir()
+    print(f"results: {out / 'eval.json'}; report: {out / 'report.md'}")
 
 
 if __name__ == "__main__":

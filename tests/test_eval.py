@@ -359,3 +359,27 @@ def test_reward_query_axes_carry_numbers_on_short_runs(span, minor_labels):
     fig.canvas.draw()
     assert any(t.get_text() for t in ax.get_xticklabels(minor=True)) == minor_labels  # no decade inside 128..710
     plt.close(fig)
+
+
+def test_an_evaluation_that_fails_late_leaves_the_previous_outputs_whole(tmp_path, tiny_base, monkeypatch):
+    import eval.__main__ as stage
+
+    out = tmp_path / "e"
+    args = ["--config", str(TINY / "eval.yaml"), "--base", str(tiny_base), "--out_dir", str(out), "--progress", "false"]
+    stage.main(args)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".lock"}
+
+    def failing_report(run_dir, **kw):  # the new outputs are written, the report fails (or the process is killed)
+        (run_dir / "figures").mkdir()
+        (run_dir / "figures" / "coverage.png").write_bytes(b"half")
+        raise RuntimeError("killed while drawing")
+
+    monkeypatch.setattr(stage, "build_report", failing_report)
+    with pytest.raises(RuntimeError):
+        stage.main([*args, "--seed", "7"])
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*")
+             if p.is_file() and p.name != ".lock" and ".tmp_outputs" not in p.parts}
+    assert after == before  # not the new config.yaml and eval.json beside the old report.md
+    monkeypatch.undo()
+    stage.main([*args, "--seed", "7"])  # the rerun clears the staging folder and replaces everything
+    assert json.loads((out / "eval.json").read_text())["seed"] == 7 and not (out / ".tmp_outputs").exists()
