@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import math
 import os
 import signal
 import sys
@@ -50,6 +51,17 @@ def out_of_resources(err: BaseException) -> str | None:
         return (f"out of memory ({text}); lower the batch size (optim.batch_size, eval's batch_size) or the model, "
                 "in a new run folder (this one's config is kept)")
     return None
+
+
+def stop_if_diverged(loss: float, step: int, lr_key: str, model=None) -> None:
+    """Stop in one line once the loss (or, given a ``model``, a weight after the step) is no longer finite, a learning
+    rate too high, usually: every later step would train NaN weights, and the run would end 'successfully' with nan
+    likelihoods (or, under TRL, fail deep in its sampling)."""
+    what = None if math.isfinite(loss) else f"train/loss is {loss}"
+    if what is None and model is not None and not all(bool(p.isfinite().all()) for p in model.parameters()):
+        what = "the weights are no longer finite"
+    if what is not None:
+        raise UserError(f"training diverged: {what} at step {step}; lower {lr_key} and rerun in a new run_dir")
 
 
 def quiet_interrupts_while_starting() -> None:

@@ -18,7 +18,7 @@ import torch
 from accelerate.utils import gather_object
 from tqdm import tqdm
 
-from barrierlab.errors import UserError, cli_entry
+from barrierlab.errors import UserError, cli_entry, stop_if_diverged
 from barrierlab.policy import ResponseLogits
 from barrierlab.run import (
     RunDir,
@@ -213,8 +213,10 @@ def main(argv):
         if step % cfg.eval.log_every == 0:
             mean = lambda t: acc.reduce(t.detach().float(), "mean").item()  # noqa: E731  (over processes)
             reward_mean = (rollout.rewards * rollout.mask).sum() / rollout.mask.sum().clamp_min(1)
+            loss_value = mean(loss)
+            stop_if_diverged(loss_value, step, "optim.lr")
             run.log(step, train_metrics(queries=queries, samples=samples, reward_mean=mean(reward_mean),
-                                        success_rate=mean(rollout.success.float().mean()), loss=mean(loss),
+                                        success_rate=mean(rollout.success.float().mean()), loss=loss_value,
                                         grad_norm=float(grad_norm), update_time_s=update_time,
                                         **{name: mean(v) for name, v in stats.items()}))
         if due_for_eval(cfg, step, queries):

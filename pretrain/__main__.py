@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from barrierlab.config import dump_yaml, to_dict
-from barrierlab.errors import cli_entry
+from barrierlab.errors import cli_entry, stop_if_diverged
 from barrierlab.models import build_model
 from barrierlab.policy import ResponseLogits, target_stats
 from barrierlab.run import (
@@ -142,6 +142,7 @@ def main(argv):
         if done % t.log_every == 0 or done == t.steps:
             metrics = {"train/loss": acc.reduce(loss.detach(), "mean").item(), "train/lr": lr,
                        "train/grad_norm": float(grad_norm)}
+            stop_if_diverged(metrics["train/loss"], done, "train.lr")
             run.log(done, metrics)
             bar.set_postfix(loss=f"{metrics['train/loss']:.4f}")
         if done % t.eval_every == 0 or done == t.steps:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -100,6 +101,17 @@ def test_the_base_may_be_named_another_way_and_another_kind_of_run_is_named_as_s
     assert "already finished" in capsys.readouterr().out
     err = one_line_error(main, ["--config", CONFIG, "--base", str(tiny_base), "--run.run_dir", str(tiny_base)], capsys)
     assert f"{tiny_base} already holds another kind of run (its config.yaml has run, task, profile" in err
+
+
+@pytest.mark.parametrize("backend", ["native", "trl"])
+def test_a_diverged_run_stops_in_one_line(tmp_path, tiny_base, capsys, backend):
+    from posttrain.__main__ import main
+
+    err = one_line_error(main, ["--config", CONFIG, "--base", str(tiny_base), "--run.run_dir", str(tmp_path / "r"),
+                                "--backend", backend, "--algo.group_size", "4", "--algo.baseline", "group_mean",
+                                "--reward.signed", "true", "--optim.optimizer", "sgd", "--optim.lr", "1e30"], capsys)
+    assert re.search(r"training diverged: (train/loss is nan|the weights are no longer finite) at step \d+; lower "
+                     r"optim.lr and rerun in a new run_dir", err)
 
 
 def test_query_budget_and_target_stop(tmp_path, tiny_base):

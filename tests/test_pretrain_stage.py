@@ -138,3 +138,10 @@ def test_column_tensor_reads_list_and_scalar_columns(tmp_path):
     assert ids.tolist() == rows["ids"] and ids.dtype == torch.long and column_tensor(ds, "cluster").tolist() == [7, 8]
     with pytest.raises(UserError, match="same length"):
         column_tensor(ds, "ragged")
+
+
+def test_a_diverged_pretraining_stops_in_one_line(tmp_path):
+    proc = run_stage("pretrain", "--config", str(TINY / "pretrain.yaml"), "--run.run_dir", str(tmp_path / "b"),
+                     "--train.lr", "1e30", "--train.log_every", "1", check=False)
+    assert proc.returncode == 2 and "training diverged: train/loss is nan at step" in proc.stderr
+    assert proc.stderr.strip().endswith("lower train.lr and rerun in a new run_dir") and "Traceback" not in proc.stderr
