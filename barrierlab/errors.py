@@ -1,10 +1,10 @@
-"""User-facing errors: one line, exit code 2, no traceback."""
+"""User-facing errors: one line, no traceback; exit code 2 for bad input, 1 for a machine out of memory or disk,
+130 for Ctrl-C."""
 
 from __future__ import annotations
 
 import errno
 import functools
-import math
 import os
 import signal
 import sys
@@ -15,11 +15,13 @@ class UserError(Exception):
 
 
 def cli_entry(main):
-    """Wrap a stage's ``main(argv)`` so a ``UserError`` becomes one line on stderr and exit code 2."""
+    """Wrap a stage's ``main(argv)`` so a ``UserError`` becomes one line on stderr and exit code 2 (running out of
+    memory or disk: 1, Ctrl-C: 130), with Python's own Ctrl-C handling back from ``quiet_interrupts_while_starting``."""
 
     @functools.wraps(main)
     def wrapper(argv=None):
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # imports are done: Ctrl-C is a KeyboardInterrupt again
+        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # a stage started with Ctrl-C ignored keeps it so
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # imports are done: a KeyboardInterrupt again
         die_with_parent()
         quiet_libraries()
         try:
@@ -48,20 +50,9 @@ def out_of_resources(err: BaseException) -> str | None:
         return (f"no space left on the device ({err.filename or text}); free some and re-run the same command: the run "
                 "resumes from its last checkpoint")
     if isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError" or "can't allocate memory" in text:
-        return (f"out of memory ({text}); lower the batch size (optim.batch_size, eval's batch_size) or the model, "
-                "in a new run folder (this one's config is kept)")
+        return (f"out of memory ({text}); lower the batch size (optim.batch_size, eval's batch_size) or the model "
+                "(a run: in a new run_dir, as its folder keeps its config)")
     return None
-
-
-def stop_if_diverged(loss: float, step: int, lr_key: str, model=None) -> None:
-    """Stop in one line once the loss (or, given a ``model``, a weight after the step) is no longer finite, a learning
-    rate too high, usually: every later step would train NaN weights, and the run would end 'successfully' with nan
-    likelihoods (or, under TRL, fail deep in its sampling)."""
-    what = None if math.isfinite(loss) else f"train/loss is {loss}"
-    if what is None and model is not None and not all(bool(p.isfinite().all()) for p in model.parameters()):
-        what = "the weights are no longer finite"
-    if what is not None:
-        raise UserError(f"training diverged: {what} at step {step}; lower {lr_key} and rerun in a new run_dir")
 
 
 def quiet_interrupts_while_starting() -> None:
@@ -70,7 +61,7 @@ def quiet_interrupts_while_starting() -> None:
     ``cli_entry`` puts Python's own handler back then. Only for a stage started as ``python -m``: while Python
     imports the package of the module to run, ``sys.argv[0]`` is "-m" (a test or a script importing a stage's
     modules keeps its own Ctrl-C)."""
-    if sys.argv[:1] != ["-m"]:
+    if sys.argv[:1] != ["-m"] or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # nohup, a script's `cmd &`
         return
 
     def stop(signum, frame):

@@ -75,7 +75,7 @@ def check_same_config(path: Path, cfg, fix: str = "pass a new --run.run_dir, or 
     if not isinstance(old, dict):  # config.yaml is written atomically: this one was edited or damaged since
         raise UserError(f"{config_file} is not a saved config (damaged or edited); {fix}")
     new = yaml.safe_load(dump_yaml(cfg))
-    if set(old) != set(new):
+    if not set(old) & set(new) - {"run"}:  # every stage has a run section; nothing else in common: another stage's
         raise UserError(f"{path} already holds another kind of run (its config.yaml has {', '.join(map(str, old))}); {fix}")
     if isinstance(old.get("base"), str) and isinstance(new.get("base"), str) and \
             os.path.normpath(old["base"]) == os.path.normpath(new["base"]):
@@ -105,7 +105,7 @@ def _lock(path: Path) -> int:
         holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
         os.close(fd)
         raise UserError(f"{path} is in use by another process (pid {holder}); wait for it to finish or stop it, "
-                        "then rerun to resume") from None
+                        "then rerun (a run resumes)") from None
     return fd
 
 
@@ -123,13 +123,22 @@ def lock_run_folder(path: Path) -> None:
     _held_locks[st.st_dev, st.st_ino] = fd
 
 
+def _is_run_folder(path: Path) -> bool:
+    """A stage's run folder: its config.yaml, and what only runs write beside it (a config.yaml alone may be a
+    user's copy of a config)."""
+    return (path / "config.yaml").exists() and any((path / name).exists() for name in (".lock", "metrics.jsonl"))
+
+
 def check_run_dir_place(path: Path) -> None:
     """Refuse a run folder inside another run's folder (the other run's rerun may replace it, and the two runs' files
-    would mix) or a folder of other files (a run would write among them); a driver's output folder holds runs."""
+    would mix) or a folder of other files (a run would write among them); a driver's output folder holds runs.
+    Hidden files do not count as other files: the lock, a temporary file of a write in progress, NFS's leftovers."""
     for parent in path.resolve().parents:
-        if (parent / "config.yaml").exists() and not (parent / OUTPUT_MARKER).exists():
+        if (parent / OUTPUT_MARKER).exists():
+            break
+        if _is_run_folder(parent):
             raise UserError(f"run.run_dir: '{path}' is inside the run folder '{parent}'; pass a folder outside it")
-    if path.is_dir() and not (path / "config.yaml").exists() and any(p.name != ".lock" for p in path.iterdir()):
+    if path.is_dir() and not (path / "config.yaml").exists() and any(not p.name.startswith(".") for p in path.iterdir()):
         raise UserError(f"run.run_dir: '{path}' holds other files and no run (no config.yaml); pass a new or empty folder")
 
 
@@ -199,8 +208,10 @@ class RunDir:
             return None
         from safetensors.torch import load_file
 
-        damaged = lambda err: UserError(f"checkpoint '{ckpt}' cannot be loaded ({_first_line(err)}); delete that "  # noqa: E731
-                                        "folder to resume from the one before it")
+        def damaged(err: Exception) -> UserError:
+            return UserError(f"checkpoint '{ckpt}' cannot be loaded ({_first_line(err)}); delete that folder to resume "
+                             "from the one before it")
+
         try:  # checkpoints are written atomically: one that fails to load was damaged afterwards
             state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
         except Exception as err:
@@ -501,6 +512,17 @@ def leave_process_group(acc) -> None:
     acc.free_memory()  # accelerate's own references, then a garbage collection (DDP sits in a reference cycle)
     acc.wait_for_everyone()
     acc.end_training()
+
+
+def stop_if_diverged(step: int, lr_key: str, model=None, **values: float) -> None:
+    """Stop in one line once a logged value (``values``: name → value) or, given a ``model``, a weight is no longer
+    finite, a learning rate too high, usually: every later step would train NaN weights, and the run would end
+    'successfully' with nan likelihoods (or, under TRL, fail deep in its sampling)."""
+    bad = [f"{name} is {value}" for name, value in values.items() if not math.isfinite(value)]
+    if not bad and model is not None and not all(bool(p.isfinite().all()) for p in model.parameters()):
+        bad = ["the weights are no longer finite"]
+    if bad:
+        raise UserError(f"training diverged: {bad[0]} at step {step}; lower {lr_key} and rerun in a new run_dir")
 
 
 def fault_point(step: int) -> None:

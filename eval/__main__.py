@@ -133,7 +133,7 @@ def main(argv):
     atomic_write_text(staging / "per_prompt.csv", csv_text(["checkpoint", "prompt", *columns, *per_prompt, "n_samples"],
                                                            prompt_rows))
     atomic_write_text(staging / "passk.csv", csv_text(["checkpoint", "split", "k", "pass_at_k"], passk_rows))
-    build_report(staging, scaling=cfg.scaling_results, alpha=cfg.alpha_results)
+    build_report(staging, scaling=cfg.scaling_results, alpha=cfg.alpha_results, shown_as=out)
     replace_dir(staging / "figures", out / "figures")
     for name in OUTPUTS:
         os.replace(staging / name, out / name)

@@ -198,9 +198,10 @@ def load_experiment(path, experiment: str) -> dict:
     return data
 
 
-def _config_block(title: str, path: Path) -> str:
+def _config_block(title: str, path: Path, shown: Path | None = None) -> str:
+    """The config file ``path`` as a collapsed block, named ``shown`` (default: ``path``)."""
     text = path.read_text() if path.exists() else "(not found)\n"
-    return f"<details><summary>{title}: <code>{path}</code></summary>\n\n```yaml\n{text}```\n</details>\n"
+    return f"<details><summary>{title}: <code>{shown or path}</code></summary>\n\n```yaml\n{text}```\n</details>\n"
 
 
 def _make_figures(fig_dir: Path, results: dict, per_prompt: dict, arms: list[_Arm], scaling: dict | None,
@@ -257,8 +258,9 @@ def _checkpoint_table(results: dict) -> list[str]:
     return lines
 
 
-def build_report(run_dir, *, scaling=None, alpha=None) -> Path:
+def build_report(run_dir, *, scaling=None, alpha=None, shown_as=None) -> Path:
     """Write ``run_dir/report.md`` and ``run_dir/figures/*.png`` from the eval stage's outputs in ``run_dir``.
+    ``shown_as``: the folder the report names as its own, where they will be (default: ``run_dir``).
 
     ``scaling`` and ``alpha``: optional JSON files of the N-scaling and α-dependence experiments (required keys in
     ``EXPERIMENT_SCHEMAS``, examples in ``eval.figures``). Returns the report's path.
@@ -291,7 +293,8 @@ def build_report(run_dir, *, scaling=None, alpha=None) -> Path:
     observed += scaling_verdict(scaling_data) if scaling_data else []
     observed += [alpha_verdict(alpha_data)] if alpha_data else []
 
-    lines = [f"# Evaluation report: `{run_dir}`", "",
+    shown_as = Path(shown_as or run_dir)
+    lines = [f"# Evaluation report: `{shown_as}`", "",
              f"Base run `{base}` (k = {results['k']}, N = {results['N']}); {results['prompts']['all']} eval prompts, "
              f"off-support when base α < {results['offsupport_threshold']:g}; pass@k from n = {results['n_samples']} "
              f"samples per prompt at temperature {results['temperature']:g}.", "", "## What was observed", ""]
@@ -308,7 +311,7 @@ def build_report(run_dir, *, scaling=None, alpha=None) -> Path:
         lines += ["(No scaling figure: pass a scaling-results JSON as `scaling_results`.)", ""]
     if not alpha_data:
         lines += ["(No α figure: pass an α-dependence JSON as `alpha_results`.)", ""]
-    lines += ["## Resolved configs", "", _config_block("evaluation", run_dir / "config.yaml"),
+    lines += ["## Resolved configs", "", _config_block("evaluation", run_dir / "config.yaml", shown_as / "config.yaml"),
               _config_block("base (pretraining)", base / "config.yaml")]
     lines += [_config_block(f"{a.name} (post-training)", a.run / "config.yaml") for a in arms]
     path = run_dir / "report.md"

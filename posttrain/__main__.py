@@ -18,7 +18,7 @@ import torch
 from accelerate.utils import gather_object
 from tqdm import tqdm
 
-from barrierlab.errors import UserError, cli_entry, stop_if_diverged
+from barrierlab.errors import UserError, cli_entry
 from barrierlab.policy import ResponseLogits
 from barrierlab.run import (
     RunDir,
@@ -34,6 +34,7 @@ from barrierlab.run import (
     prompt_tensors,
     save_model_dir,
     seed_everything,
+    stop_if_diverged,
     synchronize,
 )
 from barrierlab.tasks import task_from_info
@@ -205,6 +206,7 @@ def main(argv):
         synchronize(acc.device)
         update_time = time.perf_counter() - tick  # sampling, rewards and the update; not evaluation
 
+        stop_if_diverged(step + 1, "optim.lr", **{"train/grad_norm": float(grad_norm)})  # a nan loss has a nan gradient
         step_queries = int(acc.reduce(torch.tensor(rollout.queries, device=acc.device), "sum"))
         queries += step_queries
         samples += per_rank * world
@@ -213,10 +215,8 @@ def main(argv):
         if step % cfg.eval.log_every == 0:
             mean = lambda t: acc.reduce(t.detach().float(), "mean").item()  # noqa: E731  (over processes)
             reward_mean = (rollout.rewards * rollout.mask).sum() / rollout.mask.sum().clamp_min(1)
-            loss_value = mean(loss)
-            stop_if_diverged(loss_value, step, "optim.lr")
             run.log(step, train_metrics(queries=queries, samples=samples, reward_mean=mean(reward_mean),
-                                        success_rate=mean(rollout.success.float().mean()), loss=loss_value,
+                                        success_rate=mean(rollout.success.float().mean()), loss=mean(loss),
                                         grad_norm=float(grad_norm), update_time_s=update_time,
                                         **{name: mean(v) for name, v in stats.items()}))
         if due_for_eval(cfg, step, queries):
@@ -227,6 +227,7 @@ def main(argv):
             run.save_checkpoint(step, policy, tokenizer, checkpoint_state(), files)
         fault_point(step)
     bar.close()
+    stop_if_diverged(step, "optim.lr", model=policy)  # the last update's weights, before they are saved as the result
     state = checkpoint_state()
     if acc.is_main_process:
         save_model_dir(run.path / "model", policy, tokenizer, files)

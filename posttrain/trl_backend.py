@@ -63,8 +63,17 @@ import time
 import torch
 from tqdm import tqdm
 
-from barrierlab.errors import UserError, stop_if_diverged
-from barrierlab.run import RunDir, check_same_base, fault_point, last_row, precision_of, save_model_dir, synchronize
+from barrierlab.errors import UserError
+from barrierlab.run import (
+    RunDir,
+    check_same_base,
+    fault_point,
+    last_row,
+    precision_of,
+    save_model_dir,
+    stop_if_diverged,
+    synchronize,
+)
 from posttrain.advantages import advantages
 from posttrain.evaluation import ExactEval, due_for_eval, log_finish, stop_reason, support_postfix, train_metrics
 from posttrain.for_trl import (
@@ -326,7 +335,7 @@ def run_trl(cfg, *, model, tokenizer, reward, task, files, base_id, eval_set, th
             update_time = time.perf_counter() - self.tick  # generation, rewards and the update since the last step
             self.step = step
             self.bar.update(1)
-            stop_if_diverged(logs["loss"], step, "optim.lr", model)  # before TRL samples from NaN weights
+            stop_if_diverged(step, "optim.lr", model, **{"train/loss": logs["loss"]})  # before TRL samples NaN weights
             if step % cfg.eval.log_every == 0:
                 stats = {"entropy": logs["entropy"]}
                 if "kl" in logs:  # TRL's is a mean over tokens; native train/kl sums over the N positions

@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from barrierlab.config import dump_yaml, to_dict
-from barrierlab.errors import cli_entry, stop_if_diverged
+from barrierlab.errors import cli_entry
 from barrierlab.models import build_model
 from barrierlab.policy import ResponseLogits, target_stats
 from barrierlab.run import (
@@ -30,6 +30,7 @@ from barrierlab.run import (
     save_dataset,
     save_model_dir,
     seed_everything,
+    stop_if_diverged,
 )
 from barrierlab.tasks import build_task
 from barrierlab.tokenizer import ANSWER0, build_tokenizer
@@ -139,10 +140,10 @@ def main(argv):
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         done = step + 1
+        stop_if_diverged(done, "train.lr", **{"train/grad_norm": float(grad_norm)})  # a nan loss has a nan gradient
         if done % t.log_every == 0 or done == t.steps:
             metrics = {"train/loss": acc.reduce(loss.detach(), "mean").item(), "train/lr": lr,
                        "train/grad_norm": float(grad_norm)}
-            stop_if_diverged(metrics["train/loss"], done, "train.lr")
             run.log(done, metrics)
             bar.set_postfix(loss=f"{metrics['train/loss']:.4f}")
         if done % t.eval_every == 0 or done == t.steps:
@@ -154,6 +155,7 @@ def main(argv):
             run.save_checkpoint(done, model, tokenizer, {"step": done, "optimizer": optimizer.state_dict()}, files)
         fault_point(done)
     bar.close()
+    stop_if_diverged(t.steps, "train.lr", model=model)  # the last update's weights, before they become the base
 
     if acc.is_main_process:
         finish(cfg, run, files, model.eval(), tokenizer, eval_set, optimizer, acc.device)

@@ -1,8 +1,8 @@
 """The reward-model interface: verdicts per prefix, and the reward queries they cost.
 
 A reward model is called with the batch's prompts, the sampled responses and the prompts' columns: ``target``
-(y* as symbols, (B, N)) and, where the prompts have one, ``cluster`` ((B,)), as a TRL reward function gets completions plus dataset columns (``posttrain.trl_backend`` adapts it to
-TRL's own signature):
+(y* as symbols, (B, N)) and, where the prompts have one, ``cluster`` ((B,)), as a TRL reward function gets
+completions plus dataset columns (``posttrain.for_trl.RewardFunction`` adapts it to TRL's own signature):
 
     out = reward(prompts, responses, columns)   # responses: (B, L) symbol indices, L ≤ N
     out.values   # (B, L) float: value of prefix y_1:i (outcome: the response's verdict at every i)

@@ -259,7 +259,7 @@ def test_other_runtime_errors_keep_their_traceback():
 def test_ctrl_c_while_a_stage_imports_is_one_line_and_writes_nothing(tmp_path, stage):
     proc = subprocess.Popen([sys.executable, "-m", stage, "--out_dir" if "." in stage or stage == "eval" else "--run.run_dir",
                              str(tmp_path / "run")], cwd=ROOT, stderr=subprocess.PIPE, text=True)
-    time.sleep(0.5)  # the stage is importing torch by now (it takes seconds), main has not started
+    time.sleep(1.0)  # the stage is importing torch by now (it takes seconds), main has not started
     proc.send_signal(signal.SIGINT)
     err = proc.communicate(timeout=60)[1]
     assert proc.returncode == 130 and err == "interrupted while starting, before anything was written\n"

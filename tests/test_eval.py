@@ -383,3 +383,5 @@ def test_an_evaluation_that_fails_late_leaves_the_previous_outputs_whole(tmp_pat
     monkeypatch.undo()
     stage.main([*args, "--seed", "7"])  # the rerun clears the staging folder and replaces everything
     assert json.loads((out / "eval.json").read_text())["seed"] == 7 and not (out / ".tmp_outputs").exists()
+    report = (out / "report.md").read_text()
+    assert report.startswith(f"# Evaluation report: `{out}`") and ".tmp_outputs" not in report

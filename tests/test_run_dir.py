@@ -174,6 +174,12 @@ def test_a_run_folder_is_not_inside_another_run_nor_among_other_files(tmp_path):
     with pytest.raises(UserError, match="holds other files and no run \\(no config.yaml\\); pass a new or empty folder"):
         RunDir(cfg, cfg.run)
     assert [p.name for p in (tmp_path / "notes").iterdir()] == ["todo.txt"]
+    (tmp_path / "proj").mkdir()  # a user's copy of a config is not a run folder
+    (tmp_path / "proj" / "config.yaml").write_text("optim: {lr: 0.1}\n")
+    (tmp_path / "proj" / "runs" / "r").mkdir(parents=True)
+    (tmp_path / "proj" / "runs" / "r" / ".tmp_config.yaml").write_text("")  # hidden: a write in progress
+    cfg = Cfg(RunConfig(run_dir=str(tmp_path / "proj" / "runs" / "r")))
+    RunDir(cfg, cfg.run)
     out = claim_output_dir(tmp_path / "experiment", "out_dir", "make scaling", ("results.json",))
     (out / "config.yaml").write_text("out_dir: x\n")  # a driver's output folder holds its runs
     cfg = Cfg(RunConfig(run_dir=str(out / "N4" / "base")))
