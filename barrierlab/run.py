@@ -355,6 +355,9 @@ def output_dir(path, key: str, create: bool = True) -> Path:
     """The output folder ``path`` of config key ``key`` (created unless ``create`` is false), or one line saying
     that a file is in the way."""
     path = Path(path)
+    if str(path).startswith("~"):  # a shell expands ~ on the command line; YAML does not
+        raise UserError(f"{key}: '{path}' starts with ~, which only a shell expands; write the full path "
+                        f"({path.expanduser()})")
     if path.exists() and not path.is_dir():
         raise UserError(f"{key}: '{path}' is a file, not a folder; pass another {key}")
     if create:

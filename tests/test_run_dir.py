@@ -184,3 +184,11 @@ def test_a_run_folder_is_not_inside_another_run_nor_among_other_files(tmp_path):
     (out / "config.yaml").write_text("out_dir: x\n")  # a driver's output folder holds its runs
     cfg = Cfg(RunConfig(run_dir=str(out / "N4" / "base")))
     RunDir(cfg, cfg.run)
+
+
+def test_a_tilde_in_a_config_path_is_refused_not_made_a_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = Cfg(RunConfig(run_dir="~/runs/x"))  # from a YAML file: no shell expanded it
+    with pytest.raises(UserError, match="run.run_dir: '~/runs/x' starts with ~, which only a shell expands"):
+        RunDir(cfg, cfg.run)
+    assert not (tmp_path / "~").exists()
