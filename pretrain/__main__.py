@@ -140,10 +140,11 @@ def main(argv):
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         done = step + 1
-        stop_if_diverged(done, "train.lr", **{"train/grad_norm": float(grad_norm)})  # a nan loss has a nan gradient
         if done % t.log_every == 0 or done == t.steps:
             metrics = {"train/loss": acc.reduce(loss.detach(), "mean").item(), "train/lr": lr,
                        "train/grad_norm": float(grad_norm)}
+            # on the logged steps only (no extra device sync per step); the final weights are checked below
+            stop_if_diverged(done, "train.lr", **{"train/grad_norm": metrics["train/grad_norm"]})
             run.log(done, metrics)
             bar.set_postfix(loss=f"{metrics['train/loss']:.4f}")
         if done % t.eval_every == 0 or done == t.steps:
