@@ -51,7 +51,7 @@ def out_of_resources(err: BaseException) -> str | None:
                 "resumes from its last checkpoint")
     if isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError" or "can't allocate memory" in text:
         return (f"out of memory ({text}); lower the batch size (optim.batch_size, eval's batch_size) or the model "
-                "(a run: in a new run_dir, as its folder keeps its config)")
+                "and re-run (a run that had not finished its first step starts over under the new config)")
     return None
 
 

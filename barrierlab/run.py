@@ -155,6 +155,9 @@ class RunDir:
             raise UserError(f"run.run_dir: '{self.path}' holds the output of "
                             f"{(self.path / OUTPUT_MARKER).read_text().strip()}, not a run; pass another run.run_dir")
         check_run_dir_place(self.path)
+        if is_main and self._replaceable(cfg):
+            print(f"{self.path} held a run of another config that stopped before its first step; starting over there")
+            remove_run_folder(self.path)
         check_same_config(self.path, cfg)
         if is_main:
             make_dir(self.path, "run.run_dir")
@@ -166,16 +169,42 @@ class RunDir:
         self._tb = None
         self._tb_purge_step = None  # set by resume: TensorBoard hides the events of work lost in a kill
         self._report_to = run.report_to
+        self._lines = 0  # metric lines in metrics.jsonl (this process writes them all): checkpoints record it
+
+    def _replaceable(self, cfg) -> bool:
+        """Whether this folder holds a run of another config that never got past step 0 (no checkpoint, no final
+        model, no metrics after step 0): a run that failed at its start, e.g. out of memory at its first batch. It
+        holds nothing a rerun could keep, so the corrected command may take its place."""
+        try:
+            check_same_config(self.path, cfg)
+            return False
+        except UserError:
+            pass
+        metrics = self.path / "metrics.jsonl"
+        try:
+            rows = read_metrics(metrics) if metrics.exists() else []
+        except UserError:  # damaged metrics: leave the folder for the user to look at
+            return False
+        return (self.latest_checkpoint() is None and not (self.path / "model").exists()
+                and all(row["step"] <= 0 for row in rows))
 
     # ------------------------------------------------------------------ metrics
-    def truncate_metrics(self, after_step: int) -> None:
-        """Drop metric lines logged after ``after_step`` (they belong to work lost in a kill)."""
+    def truncate_metrics(self, after_step: int, logged: int | None = None) -> None:
+        """Drop metric lines logged after ``after_step`` (they belong to work lost in a kill). ``logged``: how many
+        lines the run had written by then (a checkpoint records it); fewer left in the file is a one-line refusal, as
+        the resumed run's curves would start mid-run."""
         self._tb_purge_step = after_step + 1
         path = self.path / "metrics.jsonl"
-        if not self.is_main or not path.exists():
+        if not self.is_main:
             return
-        kept = [row for row in read_metrics(path) if row["step"] <= after_step]
-        atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in kept))
+        kept = [row for row in read_metrics(path) if row["step"] <= after_step] if path.exists() else []
+        if logged is not None and len(kept) < logged:
+            raise UserError(f"{path} holds {len(kept)} of the {logged} lines the run logged up to its checkpoint at "
+                            f"step {after_step} (deleted or edited); put them back to resume, or delete the folder "
+                            "to start over")
+        self._lines = len(kept)
+        if path.exists():
+            atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in kept))
 
     def log(self, step: int, metrics: dict) -> None:
         if not self.is_main:
@@ -183,6 +212,7 @@ class RunDir:
         row = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
         with open(self.path / "metrics.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
+        self._lines += 1
         if "tensorboard" in self._report_to:
             if self._tb is None:
                 from torch.utils.tensorboard import SummaryWriter
@@ -224,7 +254,7 @@ class RunDir:
                 optimizer.load_state_dict(state["optimizer"])
         except Exception as err:
             raise damaged(err) from None
-        self.truncate_metrics(state["step"])
+        self.truncate_metrics(state["step"], state.get("metric_lines"))  # None: a checkpoint of an earlier version
         return state
 
     def latest_checkpoint(self) -> Path | None:
@@ -239,7 +269,7 @@ class RunDir:
         if not self.is_main:
             return
         final = self.ckpt_dir / f"step_{step:07d}"
-        save_model_dir(final, model, tokenizer, files, state=state)
+        save_model_dir(final, model, tokenizer, files, state={**state, "metric_lines": self._lines})
         old = sorted(p for p in self.ckpt_dir.iterdir() if p.name.startswith("step_"))
         for p in old[: -self.keep]:
             shutil.rmtree(p, ignore_errors=True)

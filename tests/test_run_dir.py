@@ -70,7 +70,7 @@ def test_a_damaged_checkpoint_or_metrics_line_is_a_one_line_error(tmp_path):
 
 
 def test_a_run_folder_refuses_another_config(tmp_path):
-    make_run(tmp_path)
+    make_run(tmp_path).log(1, {"train/loss": 1.0})  # a run that got somewhere
     other = Cfg(RunConfig(run_dir=str(tmp_path / "run"), keep_checkpoints=2, report_to=["tensorboard"]), lr=0.2)
     with pytest.raises(UserError, match="already holds a run with a different config \\(key 'lr': 0.1 there, 0.2 now\\)"):
         RunDir(other, other.run)
@@ -84,6 +84,48 @@ def test_a_run_folder_refuses_another_config(tmp_path):
         (tmp_path / "moved" / "config.yaml").write_text(text)
         with pytest.raises(UserError, match="config.yaml is not a saved config \\(damaged or edited\\); pass a new"):
             RunDir(moved, moved.run)
+
+
+def test_a_run_that_stopped_before_its_first_step_gives_way_to_another_config(tmp_path, capsys):
+    # e.g. out of memory at its first batch: the corrected command reuses the folder instead of being refused
+    failed = ("from tests.test_run_dir import make_run; from pathlib import Path; "
+              f"run = make_run(Path({str(tmp_path)!r})); run.log(0, {{'eval/likelihood': 0.5}}); (run.path / 'tb').mkdir()")
+    subprocess.run([sys.executable, "-c", failed], cwd=ROOT, check=True)  # its own process, which held the lock
+    folder = tmp_path / "run"
+    other = Cfg(RunConfig(run_dir=str(tmp_path / "run"), keep_checkpoints=2, report_to=[]), lr=0.2)
+    RunDir(other, other.run)
+    assert "held a run of another config that stopped before its first step; starting over" in capsys.readouterr().out
+    assert "lr: 0.2" in (folder / "config.yaml").read_text()
+    assert sorted(p.name for p in folder.iterdir()) == [".lock", "config.yaml"]
+    # what a rerun could keep makes the folder the run's: a checkpoint, a final model, metrics past step 0
+    for progress in ("checkpoint", "model", "metrics"):
+        path = tmp_path / progress
+        run = RunDir(Cfg(RunConfig(run_dir=str(path), report_to=[])), RunConfig(run_dir=str(path), report_to=[]))
+        if progress == "checkpoint":
+            run.save_checkpoint(1, model_with(1.0), build_tokenizer(2), {"step": 1}, {})
+        elif progress == "model":
+            (path / "model").mkdir()
+        else:
+            run.log(1, {"train/loss": 1.0})
+        other = Cfg(RunConfig(run_dir=str(path), report_to=[]), lr=0.2)
+        with pytest.raises(UserError, match="already holds a run with a different config \\(key 'lr': 0.1 there"):
+            RunDir(other, other.run)
+
+
+def test_resuming_a_checkpoint_whose_metrics_lost_lines_is_refused(tmp_path):
+    run = make_run(tmp_path)
+    for step in (0, 1, 2):
+        run.log(step, {"train/loss": float(step)})
+    run.save_checkpoint(2, model_with(2.0), build_tokenizer(2), {"step": 2}, {})
+    path = run.path / "metrics.jsonl"
+    kept = path.read_text()
+    for lost in ("".join(kept.splitlines(keepends=True)[1:]), None):  # a line deleted by hand, the whole file deleted
+        path.write_text(lost) if lost is not None else path.unlink()
+        with pytest.raises(UserError, match=f"metrics.jsonl holds {2 if lost else 0} of the 3 lines the run logged up "
+                                            "to its checkpoint at step 2 \\(deleted or edited\\); put them back"):
+            run.resume(model_with(0.0))
+    path.write_text(kept)
+    assert make_run(tmp_path).resume(model_with(0.0))["step"] == 2  # with the lines back it resumes
 
 
 def test_a_folder_that_cannot_be_created_is_a_one_line_error(tmp_path):
