@@ -213,6 +213,21 @@ def test_eval_stage_end_to_end(tiny_eval, tiny_base):
         got = next(r for r in rows if r["checkpoint"] == "base" and r["prompt"] == str(i))
         assert float(got["likelihood"]) == pytest.approx(want, rel=1e-4)
     assert all(0 <= int(r["correct"]) <= 16 for r in rows)
+    for name, ckpt in results["checkpoints"].items():
+        mine = sorted((r for r in rows if r["checkpoint"] == name), key=lambda r: int(r["prompt"]))
+        p = np.array([float(r["likelihood"]) for r in mine])
+        correct = np.array([int(r["correct"]) for r in mine])
+        # the split is the base's, for every checkpoint: a post-trained one keeps its base's on/off-support prompts
+        assert [r["split"] for r in mine] == ["offsupport" if a < 0.06 else "onsupport" for a in alpha.tolist()]
+        assert ckpt["likelihood"]["offsupport"] == pytest.approx(p[off.numpy()].mean(), rel=1e-5)
+        assert ckpt["likelihood"]["onsupport"] == pytest.approx(p[~off.numpy()].mean(), rel=1e-5)
+        # pass@k samples come from this checkpoint: 16 draws per prompt hit y* with its likelihood
+        assert abs(correct.sum() - 16 * p.sum()) <= 4 * (16 * (p * (1 - p)).sum()) ** 0.5
+        for split, mask in (("all", np.ones(48, bool)), ("offsupport", off.numpy())):
+            want = [pass_at_k(correct[mask], 16, k).mean() for k in (1, 2, 4, 8, 16)]
+            assert ckpt["pass_at_k"][split] == pytest.approx(want, abs=1e-12)
+    likelihoods = {name: ckpt["likelihood"]["all"] for name, ckpt in results["checkpoints"].items()}
+    assert len(set(likelihoods.values())) == 3  # base (twice), outcome and process: three different models
     with open(tiny_eval / "passk.csv", newline="") as f:
         assert {r["k"] for r in csv.DictReader(f)} == {"1", "2", "4", "8", "16"}
     assert "n_samples: 16" in (tiny_eval / "config.yaml").read_text()

@@ -13,7 +13,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from barrierlab.run import load_dataset_dir
+from barrierlab.policy import target_stats
+from barrierlab.run import load_dataset_dir, load_model_dir, prompt_tensors
 from rewards import RewardConfig, make_reward
 from tests.conftest import ROOT, TINY, metrics, one_line_error, run_stage
 
@@ -40,7 +41,18 @@ def test_smoke_both_rewards_both_models(tmp_path, tiny_base, tiny_linear_base, r
     assert [r["step"] for r in evals] == [0, 4, 8, 12]
     for key in ("eval/onsupport_likelihood", "eval/offsupport_likelihood", "eval/expected_error", "eval/tracked_likelihood"):
         assert key in evals[-1]
-    assert len(evals[-1]["eval/tracked_likelihood"]) == 4
+    # evaluated exactly, on the base's split: the base's α at step 0, the final model's likelihoods at the end
+    eval_set = load_dataset_dir(base / "data" / "eval_prompts", ["prompt_ids", "target_ids", "base_alpha"])
+    alpha = torch.tensor(eval_set["base_alpha"], dtype=torch.float64)
+    tracked = alpha.argsort()[torch.linspace(0, len(alpha) - 1, 4).round().long()]  # lowest α, two quantiles, highest
+    assert evals[0]["eval/tracked_likelihood"] == pytest.approx(alpha[tracked].tolist(), rel=1e-5)
+    model, _, task = load_model_dir(run_dir / "model")
+    prompts, targets = prompt_tensors(eval_set)
+    final = target_stats(model, prompts, targets, task["task"]["k"])[0].double().exp()
+    off = alpha < 0.06
+    assert evals[-1]["eval/offsupport_likelihood"] == pytest.approx(final[off].mean().item(), rel=1e-5)
+    assert evals[-1]["eval/onsupport_likelihood"] == pytest.approx(final[~off].mean().item(), rel=1e-5)
+    assert evals[-1]["eval/tracked_likelihood"] == pytest.approx(final[tracked].tolist(), rel=1e-5)
     for key in ("train/success_rate", "train/entropy", "train/grad_norm", "train/samples"):
         assert key in train[-1]
     assert (run_dir / "model" / "model.safetensors").exists() and (run_dir / "model" / "task.json").exists()
@@ -370,7 +382,6 @@ def test_prompts_drawn_from_a_saved_dataset_keep_their_columns(tiny_base, tmp_pa
 
 
 def test_sgd_clipping_log_every_and_threshold_do_what_they_say(tmp_path, tiny_base):
-    from barrierlab.run import load_dataset_dir
     from posttrain.__main__ import main
 
     run_dir, lr, clip = tmp_path / "r", 0.05, 1e-3
