@@ -47,7 +47,7 @@ def test_mask_excludes_positions_from_means_and_zeroes_them():
 
 
 def test_group_baselines_need_groups():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="baseline 'rloo' needs group_size ≥ 2 dividing the batch \\(4\\)"):
         advantages(R, "rloo", group_size=3)
 
 

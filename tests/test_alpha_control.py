@@ -27,6 +27,9 @@ def test_control_check_flags_misses():
         {"cluster": 1, "coverage": "sequence(0.1)", "designed_alpha": 0.1, "alpha_geomean": 0.02},
         {"cluster": 2, "coverage": "token(0.9)", "designed_alpha": 1e-6, "alpha_geomean": 1e-9},  # below 1e-3: not checked
         {"cluster": 3, "coverage": "sequence(0)", "designed_alpha": 1e-8, "alpha_geomean": 2e-7},
+        {"cluster": 4, "coverage": "sequence(0.05)", "designed_alpha": 0.05, "alpha_geomean": 0.2},  # above, ×4
+        {"cluster": 5, "coverage": "sequence(0.05)", "designed_alpha": 0.05, "alpha_geomean": 0.149},  # within ×3
     ]}
     misses = control_check(summary)
-    assert [m.split(":")[0] for m in misses] == ["cluster 1 sequence(0.1)", "cluster 3 sequence(0)"]
+    assert [m.split(":")[0] for m in misses] == ["cluster 1 sequence(0.1)", "cluster 3 sequence(0)", "cluster 4 sequence(0.05)"]
+    assert misses[2] == "cluster 4 sequence(0.05): measured α 0.2 is not within ×3 of the design 0.05"

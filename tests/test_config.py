@@ -7,7 +7,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,7 @@ from posttrain.bench import BenchConfig
 from posttrain.config import PosttrainConfig
 from posttrain.crosscheck import CrosscheckConfig
 from pretrain.config import PretrainConfig
-from tests.conftest import ROOT, TINY, run_stage
+from tests.conftest import ROOT, TINY, run_stage, wait_for
 
 
 def write(tmp_path: Path, text: str) -> str:
@@ -259,7 +258,9 @@ def test_other_runtime_errors_keep_their_traceback():
 def test_ctrl_c_while_a_stage_imports_is_one_line_and_writes_nothing(tmp_path, stage):
     proc = subprocess.Popen([sys.executable, "-m", stage, "--out_dir" if "." in stage or stage == "eval" else "--run.run_dir",
                              str(tmp_path / "run")], cwd=ROOT, stderr=subprocess.PIPE, text=True)
-    time.sleep(1.0)  # the stage is importing torch by now (it takes seconds), main has not started
+    # once torch's library is mapped, the stage's package has set its handler and is importing (seconds to go)
+    maps = Path(f"/proc/{proc.pid}/maps")
+    assert wait_for(lambda: "libtorch" in maps.read_text(), 60, every=0.01)
     proc.send_signal(signal.SIGINT)
     err = proc.communicate(timeout=60)[1]
     assert proc.returncode == 130 and err == "interrupted while starting, before anything was written\n"
@@ -306,3 +307,14 @@ def test_a_mapping_of_folders_keeps_command_line_values_as_typed(tmp_path):
     cfg = load_config(EvalStageConfig, ["--config", write(tmp_path, "checkpoints: {}\n"), "--checkpoints.run", "2024",
                                         "--checkpoints.old", "007"])
     assert cfg.checkpoints == {"run": "2024", "old": "007"}  # folder names, not the numbers 2024 and 7
+
+
+@pytest.mark.parametrize("folder", ["configs", "configs/gpu"])
+def test_the_pipelines_two_arms_spend_equal_reward_query_budgets(folder):
+    """The barrier is read off at equal reward queries: the outcome and process runs get the same budget."""
+    arms = {reward: load_config(PosttrainConfig, ["--config", str(ROOT / folder / f"posttrain_{reward}.yaml")])
+            for reward in ("outcome", "process")}
+    assert arms["outcome"].reward.name == "outcome" and arms["process"].reward.name == "process"
+    budgets = {reward: cfg.optim.max_queries for reward, cfg in arms.items()}
+    assert budgets["outcome"] == budgets["process"] is not None
+    assert all(cfg.optim.max_steps * cfg.optim.batch_size > budgets[r] for r, cfg in arms.items())  # the budget binds

@@ -53,10 +53,13 @@ def test_crosscheck_table_and_verdict_on_hand_made_runs():
 
 
 def test_make_bench_on_the_tiny_base(tmp_path):
-    make("bench", "CONFIGS=configs/tiny", f"RUNS={tmp_path}")
+    stdout = make("bench", "CONFIGS=configs/tiny", f"RUNS={tmp_path}").stdout
     out = tmp_path / "bench"
     results = json.loads((out / "bench.json").read_text())["results"]
     assert [(r["backend"], r["batch"]) for r in results] == [("native", 8), ("trl", 8)]
+    native, trl = results
+    ratio = native["completions_per_s"] / trl["completions_per_s"]
+    assert f"| native | 8 | {native['completions_per_s']:,.0f} | " in stdout and stdout.count(f"| {ratio:.1f}× |") == 1
     for r in results:
         rows = read_metrics(out / f"{r['backend']}_b{r['batch']}" / "metrics.jsonl")
         steps = [row for row in rows if "train/update_time_s" in row]
@@ -66,6 +69,7 @@ def test_make_bench_on_the_tiny_base(tmp_path):
         # outcome rewards: one reward query per completion, counted by the run itself
         assert [b["train/reward_queries"] - a["train/reward_queries"] for a, b in zip(steps, steps[1:])] == [r["batch"]] * 3
         assert r["queries_per_s"] == pytest.approx(r["completions_per_s"]) and r["peak_memory_mb"] > 0
+        assert r["completions_per_s"] == pytest.approx(r["batch"] / r["seconds_per_update"])
 
 
 @pytest.mark.parametrize("steps, warmup, words", [("3", "3", "must exceed warmup_steps = 3"),

@@ -49,8 +49,10 @@ def test_pass_at_k_known_values_and_large_n():
         assert pass_at_k(counts, 256, k) == pytest.approx(exact, rel=1e-9, abs=1e-15)
     curve = [pass_at_k([3], 256, k)[0] for k in default_ks(256)]
     assert curve == sorted(curve) and not str(pass_at_k([0], 10, 3)[0]).startswith("-")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="k must be in \\[1, n = 4\\], got 5"):
         pass_at_k([1], 4, 5)
+    with pytest.raises(ValueError, match="correct counts must be in \\[0, n = 4\\]"):
+        pass_at_k([5], 4, 1)
 
 
 def test_default_ks():
@@ -390,7 +392,7 @@ def test_an_evaluation_that_fails_late_leaves_the_previous_outputs_whole(tmp_pat
         raise RuntimeError("killed while drawing")
 
     monkeypatch.setattr(stage, "build_report", failing_report)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="killed while drawing"):
         stage.main([*args, "--seed", "7"])
     after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*")
              if p.is_file() and p.name != ".lock" and ".tmp_outputs" not in p.parts}

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -111,8 +112,9 @@ def test_the_base_may_be_named_another_way_and_another_kind_of_run_is_named_as_s
     main([*args, "--base", str(tiny_base)])
     main([*args, "--base", f"{tiny_base}/./"])  # tab completion's trailing slash: the same base, the finished run
     assert "already finished" in capsys.readouterr().out
-    err = one_line_error(main, ["--config", CONFIG, "--base", str(tiny_base), "--run.run_dir", str(tiny_base)], capsys)
-    assert f"{tiny_base} already holds another kind of run (its config.yaml has run, task, profile" in err
+    pretrain_run = shutil.copytree(tiny_base, tmp_path / "pretrain_run")  # a copy: were it not refused, the shared base stays whole
+    err = one_line_error(main, ["--config", CONFIG, "--base", str(tiny_base), "--run.run_dir", str(pretrain_run)], capsys)
+    assert f"{pretrain_run} already holds another kind of run (its config.yaml has run, task, profile" in err
 
 
 @pytest.mark.parametrize("backend", ["native", "trl"])

@@ -39,6 +39,12 @@ def test_noisy_rewards_flip_every_verdict_at_probability_one():
     assert score("noisy_process", flip_prob=1.0, stop_at_first_error=False) == ([[0, 0, 0], [0, 0, 1], [1, 1, 1]], 9)
     # with stop_at_first_error the first (flipped) rejection ends the checks of the first response
     assert score("noisy_process", flip_prob=1.0) == ([[0, 0, 0], [0, 0, 0], [1, 1, 1]], 1 + 1 + 3)
+    # ±1: a flipped rejection is -1, after a false rejection the rest of the response is rejected too
+    assert score("noisy_outcome", signed=True, flip_prob=1.0) == ([[-1, -1, -1], [1, 1, 1], [1, 1, 1]], 3)
+    assert score("noisy_process", signed=True, flip_prob=1.0) == ([[-1, -1, -1], [-1, -1, -1], [1, 1, 1]], 5)
+    assert score("noisy_process", signed=True, flip_prob=1.0, stop_at_first_error=False) == (
+        [[-1, -1, -1], [-1, -1, 1], [1, 1, 1]], 9)
+    assert score("noisy_outcome", signed=True, flip_prob=0.0) == score("outcome", signed=True)
 
 
 def test_noisy_flip_frequency():

@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from barrierlab.models import LinearPolicyConfig, LinearPolicyLM
 from barrierlab.run import RunConfig, RunDir, claim_output_dir, read_metrics, remove_run_folder
 from barrierlab.tokenizer import build_tokenizer, vocab_size
 from pretrain.config import load_pretrain_config
-from tests.conftest import ROOT, TINY
+from tests.conftest import ROOT, TINY, wait_for
 
 
 @dataclass
@@ -161,15 +160,6 @@ def test_output_folders_of_eval_and_the_drivers_are_their_own(tmp_path):
 def alive(pid: int) -> bool:
     stat = Path(f"/proc/{pid}/stat")
     return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
-
-
-def wait_for(condition, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")

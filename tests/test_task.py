@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from barrierlab.tasks import TaskConfig, build_task
+from barrierlab.tokenizer import ANSWER0, BIT0, prompt_ids
 from pretrain.data import build_corpus
 from pretrain.profile import ClusterProfile, designed_alpha, pretraining_responses
 
@@ -94,3 +95,17 @@ def test_corpus_respects_weights_and_absent_clusters():
     assert abs((clusters == 0).double().mean().item() - 0.75) < 0.03
     ids = torch.tensor(corpus["input_ids"])
     assert ids.shape == (4000, 6 + 2 + 3)
+    # [BOS] bits [SEP] y: the exact cluster's responses are y*, the sequence(0.5) cluster's are y* at 0.5 + 0.5/27
+    bits, responses = ids[:, 1:7] - BIT0, ids[:, 8:] - ANSWER0
+    assert torch.equal(ids[:, :8], prompt_ids(bits))
+    hit = (responses == task.targets(bits, clusters)).all(-1)
+    assert hit[clusters == 0].all()
+    n, alpha = int((clusters == 1).sum()), 0.5 + 0.5 / 27
+    assert abs(hit[clusters == 1].double().mean().item() - alpha) <= 4 * (alpha * (1 - alpha) / n) ** 0.5
+
+
+def test_each_cluster_has_its_own_rule():
+    task = build_task(TaskConfig(d=16, k=8, N=4, per_cluster_rule=True), num_clusters=2)
+    bits, _ = task.sample_prompts(200, torch.Generator().manual_seed(1))
+    differ = (task.targets(bits, torch.zeros(200, dtype=torch.long)) != task.targets(bits, torch.ones(200, dtype=torch.long)))
+    assert differ.any(-1).double().mean() > 0.5  # the same bits, another cluster's rule: mostly another answer

@@ -102,6 +102,13 @@ def test_trl_backend_writes_the_standard_outputs(tmp_path, tiny_base, reward, ex
     assert len(evals[-1]["eval/tracked_likelihood"]) == 4 and "eval/offsupport_likelihood" in evals[-1]
     done = {"step": 3, "done/stop_reason": "max_steps", "done/steps": 3, "done/reward_queries": queries[-1]}
     assert done.items() <= rows[-1].items()
+    # the native engine's run of the same config logs the same metric names, row kind by row kind
+    from posttrain.__main__ import main
+
+    main(["--config", str(TINY / "posttrain_outcome.yaml"), "--base", str(tiny_base), "--run.run_dir",
+          str(tmp_path / "native"), *SMALL, "--reward.name", reward, *extra])
+    kinds = lambda rows: sorted({tuple(sorted(r)) for r in rows})  # noqa: E731
+    assert kinds(metrics(tmp_path / "native")) == kinds(rows)
 
     ckpts = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     assert ckpts == ["step_0000002", "step_0000003"]
