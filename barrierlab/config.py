@@ -286,8 +286,8 @@ def _is_mapping(tp) -> bool:
     return typing.get_origin(tp) is dict or tp is dict
 
 
-def parse_overrides(argv: list[str]) -> tuple[str | None, list[tuple[str, str]], bool]:
-    """Split argv into (config path, [(dotted key, raw value)], wants_help)."""
+def parse_overrides(argv: list[str]) -> tuple[str | None, list[tuple[str, str | None]], bool]:
+    """Split argv into (config path, [(dotted key, raw value, None where the flag has none)], wants_help)."""
     config_path, overrides, wants_help = None, [], False
     i = 0
     while i < len(argv):
@@ -301,9 +301,12 @@ def parse_overrides(argv: list[str]) -> tuple[str | None, list[tuple[str, str]],
         key, eq, value = arg[2:].partition("=")
         if not eq:
             if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
-                raise UserError(f"command line: {arg} needs a value (--key value or --key=value)")
-            value = argv[i + 1]
-            i += 1
+                if key == "config":
+                    raise UserError(f"command line: {arg} needs a value (--key value or --key=value)")
+                value = None  # load_config says so, once it knows whether the key exists
+            else:
+                value = argv[i + 1]
+                i += 1
         i += 1
         if key == "config":
             config_path = value
@@ -312,19 +315,28 @@ def parse_overrides(argv: list[str]) -> tuple[str | None, list[tuple[str, str]],
     return config_path, overrides, wants_help
 
 
-def help_text(cls: type, prefix: str = "") -> str:
+def _field_default(f: dataclasses.Field, within: Any = None) -> Any:
+    """A field's default; inside a section, the section's own (PosttrainConfig's run has other defaults than
+    RunConfig's); ``dataclasses.MISSING`` for a required one."""
+    if within is not None:
+        return getattr(within, f.name)
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING
+
+
+def help_text(cls: type, prefix: str = "", within: Any = None) -> str:
     lines = []
     docs = field_docs(cls)
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        tp = hints[f.name]
+        tp, default = hints[f.name], _field_default(f, within)
         if dataclasses.is_dataclass(tp):
             lines.append(f"\n[{prefix}{f.name}] {docs.get(f.name, '')}")
-            lines.append(help_text(tp, prefix + f.name + "."))
+            lines.append(help_text(tp, prefix + f.name + ".", None if default is dataclasses.MISSING else default))
             continue
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else "required")
-        lines.append(f"  --{prefix}{f.name} ({_describe(tp)}; default {default!r})\n      {docs.get(f.name, '')}")
+        shown = "required" if default is dataclasses.MISSING else repr(default)
+        lines.append(f"  --{prefix}{f.name} ({_describe(tp)}; default {shown})\n      {docs.get(f.name, '')}")
     return "\n".join(lines)
 
 
@@ -332,7 +344,9 @@ def load_config(cls: type, argv: list[str], default_config: str | None = None, p
     """Parse ``--config FILE`` and overrides into a validated ``cls``; ``UserError`` on any problem."""
     config_path, overrides, wants_help = parse_overrides(argv)
     if wants_help:
-        print(f"usage: python -m {prog} --config FILE [--section.key value ...]\n" + help_text(cls))
+        config = f"a YAML config (default {default_config})" if default_config else "a YAML config"
+        print(f"usage: python -m {prog} [--config FILE] [--section.key value ...]\n  --config FILE\n      {config}: its "
+              "values replace the defaults below, and --section.key values replace both\n" + help_text(cls))
         raise SystemExit(0)
     config_path = config_path or default_config
     data: dict = {}
@@ -357,6 +371,9 @@ def load_config(cls: type, argv: list[str], default_config: str | None = None, p
             raise UserError(f"{config_path}: the top level must be a mapping of keys to values")
         where = config_path
     for key, raw in overrides:
+        if raw is None:  # a flag without a value: a misspelt or unknown key is the likelier mistake, so it goes first
+            _set_path({}, cls, key.split("."), "", f"--{key}")
+            raise UserError(f"command line: --{key} needs a value (--key value or --key=value)")
         _set_path(data, cls, key.split("."), raw, f"--{key}")
     try:
         return build(cls, data)

@@ -494,9 +494,11 @@ def load_model_dir(path: Path):
 
     path = Path(path)
     if not (path / "config.json").exists() or not (path / "task.json").exists():
-        raise UserError(f"no barrierlab checkpoint at '{path}' (config.json and task.json expected); check the path, or "
-                        f"finish the run in '{path.parent}' first (rerun the make pretrain / make posttrain command that "
-                        "started it: a killed run resumes)")
+        what = f"no barrierlab checkpoint at '{path}' (config.json and task.json expected)"
+        if (path.parent / "config.yaml").exists():  # the model/ of a run that has not finished
+            raise UserError(f"{what}; check the path, or finish the run in '{path.parent}' first (rerun the make "
+                            "pretrain / make posttrain command that started it: a killed run resumes)")
+        raise UserError(f"{what}; pass a run folder, its model/ or one of its checkpoints/step_N")
     try:
         task_info = json.loads((path / "task.json").read_text())
         model = AutoModelForCausalLM.from_pretrained(str(path))

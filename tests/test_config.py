@@ -181,6 +181,10 @@ def test_numbers_are_finite_and_integers_decimal(tmp_path, text, argv, words):
     ("optim: {lr: 0.01, lr: 0.02}\n", [], "not valid YAML at line 1 (key 'lr' given twice)"),
     ("optim: {lr: 0.01}\n", ["--optim.lr", "--optim.batch_size", "8"], "--optim.lr needs a value"),
     ("optim: {lr: 0.01}\n", ["--algo.temperature"], "--algo.temperature needs a value"),
+    # a flag without a value that is no key at all: the unknown key is the mistake to report
+    ("optim: {lr: 0.01}\n", ["--verbose"], "command line: --verbose: unknown key; allowed keys: backend, base, run"),
+    ("optim: {lr: 0.01}\n", ["--optim.lrr", "--optim.batch_size", "8"], "--optim.lrr: unknown key (did you mean 'lr'?)"),
+    ("optim: {lr: 0.01}\n", ["--config"], "--config needs a value"),
 ])
 def test_duplicate_keys_and_flags_without_values(tmp_path, text, argv, words):
     assert words in error_of(tmp_path, text, PosttrainConfig, argv)
@@ -202,9 +206,14 @@ def test_a_bad_list_item_from_the_command_line_is_blamed_on_it(tmp_path):
 
 def test_help_lists_every_field_with_its_type_default_and_doc(capsys):
     with pytest.raises(SystemExit) as info:
-        load_config(PosttrainConfig, ["--help"], prog="posttrain")
+        load_config(PosttrainConfig, ["--help"], default_config="configs/posttrain_outcome.yaml", prog="posttrain")
     out = capsys.readouterr().out
-    assert info.value.code == 0 and out.startswith("usage: python -m posttrain --config FILE")
+    assert info.value.code == 0 and out.startswith("usage: python -m posttrain [--config FILE] [--section.key value ...]\n"
+                                                    "  --config FILE\n      a YAML config (default "
+                                                    "configs/posttrain_outcome.yaml): its values replace the defaults")
+    # a section's defaults are its own: post-training's run folder and checkpoint interval, not RunConfig's
+    assert "  --run.run_dir (a string; default 'runs/posttrain')" in out
+    assert "  --run.checkpoint_every (an integer; default 100)" in out
     assert "  --optim.grad_clip (a number; default 0.0)\n      Clip the gradient norm to this value" in out
     assert "  --reward.params (a mapping; default {})" in out and "\n[algo] Behaviour policy, advantages" in out
 

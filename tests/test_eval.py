@@ -22,7 +22,7 @@ from eval.config import EvalStageConfig
 from eval.evaluate import summarise
 from eval.passk import default_ks, pass_at_k
 from eval.report import build_report
-from tests.conftest import TINY, one_line_error, run_stage
+from tests.conftest import ROOT, TINY, one_line_error, run_stage
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -362,6 +362,10 @@ def test_eval_rejects_bad_paths_in_one_line(tmp_path, tiny_base, capsys):
     # an unfinished run (no model/ yet) as a checkpoint: the advice names that run's folder
     err = one_line_error(main, [*args, "--out_dir", str(tmp_path / "e"), "--checkpoints.x", str(run_like)], capsys)
     assert f"no barrierlab checkpoint at '{run_like / 'model'}'" in err and f"finish the run in '{run_like}' first" in err
+    # a folder that is no run and holds no model: what to pass instead, not a run to finish
+    err = one_line_error(main, [*args, "--out_dir", str(tmp_path / "e"), "--checkpoints.x", str(ROOT / "configs")], capsys)
+    assert err.endswith(f"no barrierlab checkpoint at '{ROOT / 'configs'}' (config.json and task.json expected); pass a "
+                        "run folder, its model/ or one of its checkpoints/step_N\n")
 
 
 @pytest.mark.parametrize("span, minor_labels", [((128, 710), True), ((27_000, 300_000), False)])
