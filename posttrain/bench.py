@@ -18,6 +18,7 @@ completions/s, reward queries/s, seconds per update, peak memory, native/TRL rat
 from __future__ import annotations
 
 import json
+import os
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,6 +118,18 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def busy_warning(results: list[dict], cpus: int) -> str | None:
+    """A warning when other processes ran beside the measurements. A measured run keeps every core busy by itself
+    (a load average up to ``cpus``); more means someone else's work, which slows TRL's many small operations far
+    more than the native engine's (10-50× against none, seen here), so the ratio would overstate the native lead."""
+    busiest = max(r["load_average"] for r in results)
+    if busiest <= cpus + 0.5:
+        return None
+    return (f"warning: the machine was busy (1-minute load average up to {busiest:.1f} on {cpus} CPUs, more than the "
+            "bench's own runs): other processes slow TRL far more than the native engine, so the ratio overstates the "
+            "native engine's lead; rerun on an idle machine")
+
+
 @cli_entry
 def main(argv):
     cfg = load_config(BenchConfig, argv, default_config="configs/bench.yaml", prog="posttrain.bench")
@@ -130,10 +143,16 @@ def main(argv):
     out = claim_output_dir(cfg.out_dir, "out_dir", "make bench", ("bench.json", "native_b*", "trl_b*"))
     base = out / "base"
     ensure_base(cfg.pretrain_config, base, *cfg.pretrain_args)
-    results = [measure(cfg, base, backend, batch) for backend, batch in runs(cfg)]
+    results = []
+    for backend, batch in runs(cfg):
+        results.append({**measure(cfg, base, backend, batch), "load_average": round(os.getloadavg()[0], 2)})
     text = table(results)
-    atomic_write_text(out / "bench.json", json.dumps({"device": device_name(), "results": results}, indent=2))
+    atomic_write_text(out / "bench.json", json.dumps({"device": device_name(), "cpus": os.cpu_count(), "results": results},
+                                                    indent=2))
     print(f"device: {device_name()}\n{text}\nwritten: {out / 'bench.json'}")
+    warning = busy_warning(results, os.cpu_count())
+    if warning:
+        print(warning)
 
 
 if __name__ == "__main__":

@@ -69,7 +69,15 @@ def test_make_bench_on_the_tiny_base(tmp_path):
         # outcome rewards: one reward query per completion, counted by the run itself
         assert [b["train/reward_queries"] - a["train/reward_queries"] for a, b in zip(steps, steps[1:])] == [r["batch"]] * 3
         assert r["queries_per_s"] == pytest.approx(r["completions_per_s"]) and r["peak_memory_mb"] > 0
-        assert r["completions_per_s"] == pytest.approx(r["batch"] / r["seconds_per_update"])
+        assert r["completions_per_s"] == pytest.approx(r["batch"] / r["seconds_per_update"]) and r["load_average"] >= 0
+
+
+def test_bench_warns_when_other_processes_ran_beside_it():
+    from posttrain.bench import busy_warning
+
+    assert busy_warning([{"load_average": 1.9}, {"load_average": 2.4}], cpus=2) is None  # its own two threads
+    warning = busy_warning([{"load_average": 1.9}, {"load_average": 3.96}], cpus=2)
+    assert warning.startswith("warning: the machine was busy (1-minute load average up to 4.0 on 2 CPUs")
 
 
 @pytest.mark.parametrize("steps, warmup, words", [("3", "3", "must exceed warmup_steps = 3"),
