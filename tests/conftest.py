@@ -22,6 +22,16 @@ ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "configs" / "tiny"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _from_the_repository_root():
+    """Tests name configs as a user at the repository root does ("configs/tiny/scaling.yaml"), so they run from
+    there wherever pytest was started."""
+    before = os.getcwd()
+    os.chdir(ROOT)
+    yield
+    os.chdir(before)
+
+
 MEASURED = ("train/update_time_s", "done/wall_time_s", "done/peak_memory_mb")  # of the machine, not of the run
 
 
