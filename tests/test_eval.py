@@ -8,7 +8,9 @@ import json
 import math
 import shutil
 from fractions import Fraction
+from pathlib import Path
 
+import matplotlib
 import numpy as np
 import pytest
 import torch
@@ -125,9 +127,18 @@ def test_barrier_series_against_steps_and_queries():
     assert queries.tolist() == [1000, 2000, 3000, 4000, 5000]
 
 
-def test_figure_functions_write_non_empty_pngs(tmp_path):
+def test_figure_functions_write_non_empty_pngs(tmp_path, monkeypatch):
     from eval import figures
 
+    drawn = {}  # file name → [(x label, y label, x scale, y scale, line colours)] of each axes with a label
+
+    def record(fig, path, save=figures._save):
+        drawn[Path(path).name] = [(ax.get_xlabel(), ax.get_ylabel(), ax.get_xscale(), ax.get_yscale(),
+                                   [matplotlib.colors.to_hex(line.get_color()) for line in ax.get_lines()])
+                                  for ax in fig.get_axes() if ax.get_xlabel()]
+        return save(fig, path)
+
+    monkeypatch.setattr(figures, "_save", record)
     arms = {"outcome": _metrics(1e-12, 0), "process": _metrics(0.9, 1)}
     alpha = [1e-8, 1e-4, 0.1, 0.9]
     paths = [
@@ -147,6 +158,21 @@ def test_figure_functions_write_non_empty_pngs(tmp_path):
     for path in paths:
         data = path.read_bytes()
         assert data.startswith(PNG) and len(data) > 5000, path
+    # the axes are named in science.md's terms, reward queries and likelihoods on log scales
+    barrier = drawn["barrier.png"]
+    assert [(x, y) for x, y, *_ in barrier[:4]] == [
+        ("PG steps", "mean likelihood of y* on off-support prompts"), ("PG steps", "expected error err(p)"),
+        ("reward queries", "mean likelihood of y* on off-support prompts"), ("reward queries", "expected error err(p)")]
+    assert barrier[2][2:4] == ("log", "log")
+    for x, _, xscale, yscale, lines in barrier[4:]:  # one panel per arm: the tracked prompts, coloured by base α
+        assert (x, xscale, yscale) == ("reward queries", "log", "log") and len(set(lines)) == len(alpha)
+    assert barrier[4][1] == "likelihood p(y*(x) | x)"
+    assert [x for x, *_ in drawn["coverage.png"]] == ["log10 likelihood of y*(x)  (base model: log10 α(x))",
+                                                       "ε (fraction of worst prompts excluded)"]
+    assert drawn["passk.png"][0][:3] == ("k (samples drawn per prompt)", "unbiased pass@k", "log")
+    assert drawn["scaling.png"][0][:2] == ("response length N", "reward queries to reach the target")
+    assert drawn["alpha.png"][0][:3] == ("base likelihood α of the cluster (geometric mean over its eval prompts)",
+                                         "reward queries to reach the target", "log")
 
 
 def test_scaling_fits_recover_the_generating_shapes():
