@@ -61,6 +61,10 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+class DifferentConfig(UserError):
+    """A run folder holds a run of the same stage with another config."""
+
+
 def check_same_config(path: Path, cfg, fix: str = "pass a new --run.run_dir, or delete the folder to start over") -> None:
     """Refuse, in one line ending in ``fix``, a run folder ``path`` whose config.yaml holds a config other than
     ``cfg``: resuming or reusing it would mix two experiments. Where the folder is (it may have been moved) and how
@@ -83,8 +87,35 @@ def check_same_config(path: Path, cfg, fix: str = "pass a new --run.run_dir, or 
     diff = _first_difference(old, new, ignore={"run.run_dir", "run.progress", "run.report_to"})
     if diff:
         key, was, now = diff
-        raise UserError(f"{path} already holds a run with a different config (key '{key}': {_short(was)} there, "
-                        f"{_short(now)} now); {fix}")
+        raise DifferentConfig(f"{path} already holds a run with a different config (key '{key}': {_short(was)} there, "
+                              f"{_short(now)} now); {fix}")
+
+
+RUN_OUTPUTS = {"config.yaml", "metrics.jsonl", "tb", "data", "checkpoints"}  # what a run writes before its first step
+
+
+def failed_at_start(path: Path, cfg) -> bool:
+    """Whether ``path`` holds only a run of the same stage with another config that never got past step 0: a run
+    folder of nothing but what a run writes (no user's files), no checkpoint, no final model, no metrics after step
+    0, e.g. a run out of memory at its first batch. It holds nothing a rerun could keep, so the corrected command
+    may take its place."""
+    try:
+        check_same_config(path, cfg)
+        return False
+    except DifferentConfig:
+        pass
+    except UserError:  # damaged, or another stage's: leave it for the user to look at
+        return False
+    entries = {p.name for p in path.iterdir() if not p.name.startswith(".")}
+    ckpts = path / "checkpoints"
+    if not _is_run_folder(path) or not entries <= RUN_OUTPUTS or \
+            (ckpts.is_dir() and any(not p.name.startswith(".") for p in ckpts.iterdir())):
+        return False
+    metrics = path / "metrics.jsonl"
+    try:
+        return all(row["step"] <= 0 for row in (read_metrics(metrics) if metrics.exists() else []))
+    except UserError:  # damaged metrics: leave them for the user to look at
+        return False
 
 
 def _short(value) -> str:
@@ -109,12 +140,19 @@ def _lock(path: Path) -> int:
     return fd
 
 
+def _held_by_me(path: Path) -> tuple[int, int] | None:
+    """The key in ``_held_locks`` of ``path/.lock`` if this process holds it (by its inode: the folder may have been
+    moved since), else None."""
+    lock = path / ".lock"
+    st = os.stat(lock) if lock.exists() else None
+    return (st.st_dev, st.st_ino) if st is not None and (st.st_dev, st.st_ino) in _held_locks else None
+
+
 def lock_run_folder(path: Path) -> None:
     """Hold ``path/.lock`` for the rest of this process (the kernel lets go when it exits, however it exits), or
     fail in one line: two processes appending to one metrics.jsonl and checkpointing into one folder (a run
     started twice, a driver's orphaned stage still running) would interleave two runs."""
-    st = os.stat(path / ".lock") if (path / ".lock").exists() else None
-    if st is not None and (st.st_dev, st.st_ino) in _held_locks:  # by its inode: the folder may have been moved since
+    if _held_by_me(path):
         return
     fd = _lock(path)
     st = os.fstat(fd)
@@ -146,7 +184,7 @@ class RunDir:
     """One run folder: refuses to mix runs of different configs, resumes a run of the same config, and is written
     by one process at a time."""
 
-    def __init__(self, cfg, run: RunConfig, is_main: bool = True):
+    def __init__(self, cfg, run: RunConfig, is_main: bool = True, wait_for_main=None):
         self.path = output_dir(run.run_dir, "run.run_dir", create=False)
         self.is_main = is_main
         self.ckpt_dir = self.path / "checkpoints"
@@ -154,10 +192,13 @@ class RunDir:
         if (self.path / OUTPUT_MARKER).exists():
             raise UserError(f"run.run_dir: '{self.path}' holds the output of "
                             f"{(self.path / OUTPUT_MARKER).read_text().strip()}, not a run; pass another run.run_dir")
+        if is_main:
+            check_run_dir_place(self.path)
+            if self.path.is_dir() and remove_run_folder(self.path, only_if=lambda: failed_at_start(self.path, cfg)):
+                print(f"{self.path} held a run of another config that stopped before its first step; started over there")
+        if wait_for_main is not None:  # the other processes look at the folder once the main one has cleared it
+            wait_for_main()
         check_run_dir_place(self.path)
-        if is_main and self._replaceable(cfg):
-            print(f"{self.path} held a run of another config that stopped before its first step; starting over there")
-            remove_run_folder(self.path)
         check_same_config(self.path, cfg)
         if is_main:
             make_dir(self.path, "run.run_dir")
@@ -170,23 +211,6 @@ class RunDir:
         self._tb_purge_step = None  # set by resume: TensorBoard hides the events of work lost in a kill
         self._report_to = run.report_to
         self._lines = 0  # metric lines in metrics.jsonl (this process writes them all): checkpoints record it
-
-    def _replaceable(self, cfg) -> bool:
-        """Whether this folder holds a run of another config that never got past step 0 (no checkpoint, no final
-        model, no metrics after step 0): a run that failed at its start, e.g. out of memory at its first batch. It
-        holds nothing a rerun could keep, so the corrected command may take its place."""
-        try:
-            check_same_config(self.path, cfg)
-            return False
-        except UserError:
-            pass
-        metrics = self.path / "metrics.jsonl"
-        try:
-            rows = read_metrics(metrics) if metrics.exists() else []
-        except UserError:  # damaged metrics: leave the folder for the user to look at
-            return False
-        return (self.latest_checkpoint() is None and not (self.path / "model").exists()
-                and all(row["step"] <= 0 for row in rows))
 
     # ------------------------------------------------------------------ metrics
     def truncate_metrics(self, after_step: int, logged: int | None = None) -> None:
@@ -365,11 +389,16 @@ def read_metrics(path) -> list[dict]:
     rows = []
     for i, line in enumerate(lines):
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError:
             if i + 1 < len(lines):
                 raise UserError(f"'{path}' line {i + 1} is not JSON; the file is damaged: delete the run folder to start "
                                 "over") from None
+            continue
+        if not isinstance(row, dict) or type(row.get("step")) is not int:
+            raise UserError(f"'{path}' line {i + 1} is not a metrics row (a JSON object with an integer step); the file "
+                            "was edited or damaged: restore it, or delete the run folder to start over")
+        rows.append(row)
     return rows
 
 
@@ -426,15 +455,24 @@ def claim_output_dir(path, key: str, kind: str, signatures: tuple[str, ...]) -> 
     return path
 
 
-def remove_run_folder(path: Path) -> None:
-    """Delete a run folder to redo it, or fail in one line if a process still holds it (see ``lock_run_folder``)."""
+def remove_run_folder(path: Path, only_if=None) -> bool:
+    """Delete a run folder to redo it, or fail in one line if a process still holds it (see ``lock_run_folder``).
+    ``only_if()``: checked once the lock is held (the run cannot move on meanwhile); False keeps the folder.
+    Returns whether it was deleted."""
     if not path.is_dir():
-        return
-    fd = _lock(path)
+        return False
+    held = _held_by_me(path)  # a run this process started before (stages called in-process, as tests do)
+    fd = None if held else _lock(path)
     try:
+        if only_if is not None and not only_if():
+            return False
+        if held:
+            os.close(_held_locks.pop(held))
         shutil.rmtree(path, ignore_errors=True)
+        return True
     finally:
-        os.close(fd)
+        if fd is not None:
+            os.close(fd)
 
 
 def _first_line(err: Exception) -> str:
@@ -486,8 +524,12 @@ def prompt_tensors(dataset, device=None) -> tuple[torch.Tensor, torch.Tensor]:
     return column_tensor(dataset, "prompt_ids").to(device), (column_tensor(dataset, "target_ids") - ANSWER0).to(device)
 
 
-def load_model_dir(path: Path):
-    """Load a checkpoint folder written by a stage (model, tokenizer, task.json) with the Auto classes."""
+BASE_EXPECTED = "a pretraining run folder as base (make pretrain writes runs/base)"
+
+
+def load_model_dir(path: Path, expected: str = "a run folder, its model/ or one of its checkpoints/step_N"):
+    """Load a checkpoint folder written by a stage (model, tokenizer, task.json) with the Auto classes; where there is
+    none, the one-line error says to pass ``expected`` (or to finish the run whose model/ it is)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import barrierlab.models  # noqa: F401  (registers the linear policy with the Auto classes)
@@ -498,7 +540,7 @@ def load_model_dir(path: Path):
         if (path.parent / "config.yaml").exists():  # the model/ of a run that has not finished
             raise UserError(f"{what}; check the path, or finish the run in '{path.parent}' first (rerun the make "
                             "pretrain / make posttrain command that started it: a killed run resumes)")
-        raise UserError(f"{what}; pass a run folder, its model/ or one of its checkpoints/step_N")
+        raise UserError(f"{what}; pass {expected}")
     try:
         task_info = json.loads((path / "task.json").read_text())
         model = AutoModelForCausalLM.from_pretrained(str(path))

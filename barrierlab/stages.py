@@ -10,7 +10,7 @@ from pathlib import Path
 
 from barrierlab.config import load_config, parse_overrides
 from barrierlab.errors import PARENT_PID_ENV, UserError
-from barrierlab.run import check_same_config
+from barrierlab.run import check_same_config, failed_at_start
 from pretrain.config import load_pretrain_config
 
 DRIVER_KEYS = ("base", "run.run_dir")  # where a driver's stage reads and writes: the driver sets them for each run
@@ -57,9 +57,12 @@ def run_stage(stage: str, *args: str) -> None:
 
 def reuse_or_run(stage: str, saved_config, run_dir: Path, finished: bool, *args: str) -> None:
     """Run ``python -m <stage> args`` (writing ``run_dir``) unless the run there is ``finished``: a driver rerun
-    reuses what it has (an unfinished run resumes), but never a run of other settings, which is refused.
+    reuses what it has (an unfinished run resumes), but never a run of other settings, which is refused (unless it
+    stopped before its first step: the stage then starts over there, see ``failed_at_start``).
     ``saved_config(args)``: the config the stage would run and save for ``args``."""
-    check_same_config(run_dir, saved_config(list(args)), fix="pass a new --out_dir, or delete that folder to rerun it")
+    cfg = saved_config(list(args))
+    if not failed_at_start(run_dir, cfg):  # such a run gives way to the stage (it says so)
+        check_same_config(run_dir, cfg, fix="pass a new --out_dir, or delete that folder to rerun it")
     if not finished:
         run_stage(stage, *args)
 

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from barrierlab.errors import UserError, cli_entry
 from barrierlab.policy import ResponseLogits
 from barrierlab.run import (
+    BASE_EXPECTED,
     RunDir,
     check_same_base,
     column_tensor,
@@ -92,7 +93,7 @@ def main(argv):
     reward = run_reward(cfg, acc.process_index)
     check_pairing(cfg, reward)
     base_dir = Path(cfg.base)
-    model, tokenizer, task_info = load_model_dir(base_dir / "model")
+    model, tokenizer, task_info = load_model_dir(base_dir / "model", BASE_EXPECTED)
     eval_set = load_dataset_dir(base_dir / "data" / "eval_prompts", ["prompt_ids", "target_ids", "base_alpha"])
     probe_reward(reward, eval_set)
     task = task_from_info(task_info)
@@ -118,7 +119,8 @@ def main(argv):
     prompt_gen = torch.Generator().manual_seed(cfg.run.seed * 7919 + rank)
     sample_gen = torch.Generator(device=acc.device).manual_seed(cfg.run.seed * 104729 + rank)
     prompts_source = PromptSource(task, prompt_gen, cfg.prompts.clusters, cfg.prompts.dataset)
-    run = RunDir(cfg, cfg.run, is_main=acc.is_main_process)  # validation is done: only now write anything
+    # validation is done: only now write anything
+    run = RunDir(cfg, cfg.run, is_main=acc.is_main_process, wait_for_main=acc.wait_for_everyone)
     done = last_row(run.path, "done/steps")
     if done is not None:
         acc.print(f"{run.path} already finished ({done['done/stop_reason']} after {done['done/steps']} steps, "

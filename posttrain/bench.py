@@ -147,10 +147,10 @@ def main(argv):
     for backend, batch in runs(cfg):
         results.append({**measure(cfg, base, backend, batch), "load_average": round(os.getloadavg()[0], 2)})
     text = table(results)
-    atomic_write_text(out / "bench.json", json.dumps({"device": device_name(), "cpus": os.cpu_count(), "results": results},
+    atomic_write_text(out / "bench.json", json.dumps({"device": device_name(), "cpus": len(os.sched_getaffinity(0)), "results": results},
                                                     indent=2))
     print(f"device: {device_name()}\n{text}\nwritten: {out / 'bench.json'}")
-    warning = busy_warning(results, os.cpu_count())
+    warning = busy_warning(results, len(os.sched_getaffinity(0)))  # the CPUs this process may use (a container's)
     if warning:
         print(warning)
 

@@ -82,7 +82,7 @@ def cluster_log10_alpha(model, eval_set, k: int, device) -> tuple[torch.Tensor, 
 def main(argv):
     cfg = load_pretrain_config(argv)
     acc = make_accelerator(cfg.run)
-    run = RunDir(cfg, cfg.run, is_main=acc.is_main_process)
+    run = RunDir(cfg, cfg.run, is_main=acc.is_main_process, wait_for_main=acc.wait_for_everyone)
     final = run.latest_checkpoint()  # finish() writes support.json, then the checkpoint of the last step
     if (run.path / "support.json").exists() and final is not None and final.name == f"step_{cfg.train.steps:07d}":
         acc.print(f"{run.path} already finished ({cfg.train.steps} steps; the base model is {run.path / 'model'}); "

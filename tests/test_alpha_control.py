@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from pretrain.config import load_pretrain_config
 from pretrain.support import control_check
 from tests.conftest import ROOT, run_stage
 
@@ -18,6 +19,8 @@ def test_measured_alpha_matches_the_design(tmp_path, config):
     run_stage("pretrain", "--config", str(ROOT / "configs" / config), "--run.run_dir", str(tmp_path / "base"),
               "--run.progress", "false")
     summary = json.loads((tmp_path / "base" / "support.json").read_text())
+    profile = load_pretrain_config(["--config", str(ROOT / "configs" / config)]).profile
+    assert [row["coverage"] for row in summary["clusters"]] == [c.label() for c in profile]  # every cluster measured
     assert control_check(summary) == []
 
 

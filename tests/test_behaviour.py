@@ -140,7 +140,7 @@ def test_token_best_of_m_success_means_y_star_even_when_a_noisy_verifier_accepts
     assert (accepted_to_the_end & ~exact).sum() > 100  # the noise let wrong tokens through: these are not successes
     assert torch.equal(rollout.success, accepted_to_the_end & exact)
 
-def counting(k, first, B, N, d=4):
+def counting(k, first, d=4):
     """A linear model that answers ``first`` and then ``prev + 1 mod k`` at every step, almost surely."""
     model = linear(d, k)
     follow = torch.tensor([(j + 1) % k for j in range(k)] + [first])  # column k is the start
@@ -155,7 +155,7 @@ def steered(B, k, N, reward, m, d=4):
     bits = torch.randint(0, 2, (B, d), generator=torch.Generator().manual_seed(0))
     target = (torch.arange(N) % k).expand(B, N).clone()
     counted = Counting(make_reward(RewardConfig(name=reward)))
-    sampler = Sampler(counting(k, 1, B, N, d), counting(k, 0, B, N, d), counted, k, N, 1.0, 0.5, m,
+    sampler = Sampler(counting(k, 1, d), counting(k, 0, d), counted, k, N, 1.0, 0.5, m,
                       torch.Generator().manual_seed(1))
     return sampler, prompt_ids(bits), {"target": target}, counted
 

@@ -263,6 +263,7 @@ def test_other_runtime_errors_keep_their_traceback():
         stage([])
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/<pid>/maps")
 @pytest.mark.parametrize("stage", ["pretrain", "posttrain", "eval", "posttrain.bench"])
 def test_ctrl_c_while_a_stage_imports_is_one_line_and_writes_nothing(tmp_path, stage):
     proc = subprocess.Popen([sys.executable, "-m", stage, "--out_dir" if "." in stage or stage == "eval" else "--run.run_dir",

@@ -69,7 +69,8 @@ def test_make_bench_on_the_tiny_base(tmp_path):
         # outcome rewards: one reward query per completion, counted by the run itself
         assert [b["train/reward_queries"] - a["train/reward_queries"] for a, b in zip(steps, steps[1:])] == [r["batch"]] * 3
         assert r["queries_per_s"] == pytest.approx(r["completions_per_s"]) and r["peak_memory_mb"] > 0
-        assert r["completions_per_s"] == pytest.approx(r["batch"] / r["seconds_per_update"]) and r["load_average"] >= 0
+        assert r["completions_per_s"] == pytest.approx(r["batch"] / r["seconds_per_update"])
+        assert isinstance(r["load_average"], float)
 
 
 def test_bench_warns_when_other_processes_ran_beside_it():

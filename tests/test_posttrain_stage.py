@@ -191,7 +191,9 @@ def test_user_reward_by_import_path(tmp_path, tiny_base):
     [
         (["--reward.name", "outcom"], "unknown reward 'outcom'; available: outcome, process"),
         (["--reward.name", "nowhere.mod:R"], "cannot import module 'nowhere.mod'"),
-        (["--base", "runs/does_not_exist"], "no barrierlab checkpoint at 'runs/does_not_exist/model'"),
+        (["--base", "runs/does_not_exist"], "no barrierlab checkpoint at 'runs/does_not_exist/model' (config.json and "
+                                            "task.json expected); pass a pretraining run folder as base (make pretrain "
+                                            "writes runs/base)"),
         (["--algo.behaviour", "token_best_of_m"], "needs a process reward"),
         (["--algo.behaviour", "best_of_m", "--reward.name", "process"], "is a process reward: use token_best_of_m"),
         (["--reward.name", "noisy_process", "--reward.params", "{stop_at_first_error: fasle}"], "must be true or false"),

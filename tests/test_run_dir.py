@@ -66,6 +66,22 @@ def test_a_damaged_checkpoint_or_metrics_line_is_a_one_line_error(tmp_path):
     path.write_text(json.dumps({"step": 1}) + "\n{oops\n" + json.dumps({"step": 2}) + "\n")
     with pytest.raises(UserError, match="line 2 is not JSON"):
         read_metrics(path)
+    for row in ("{}", "5", '{"step": "1"}'):  # JSON, but no metrics row
+        path.write_text(json.dumps({"step": 1}) + f"\n{row}\n")
+        with pytest.raises(UserError, match="line 2 is not a metrics row \\(a JSON object with an integer step\\)"):
+            read_metrics(path)
+
+
+def test_a_drivers_run_that_failed_at_its_start_gives_way_too(tmp_path):
+    from barrierlab.stages import reuse_or_run
+
+    args = ("--config", str(TINY / "pretrain.yaml"), "--run.run_dir", str(tmp_path / "base"))
+    failed = load_pretrain_config([*args, "--train.steps", "7"])
+    RunDir(failed, failed.run)  # started with another step count, stopped before its first step
+    reuse_or_run("pretrain", load_pretrain_config, tmp_path / "base", True, *args)  # not refused (finished: not run)
+    RunDir(failed, failed.run).log(5, {"train/loss": 1.0})  # one that got somewhere is refused
+    with pytest.raises(UserError, match="already holds a run with a different config \\(key 'train.steps': 7 there"):
+        reuse_or_run("pretrain", load_pretrain_config, tmp_path / "base", True, *args)
 
 
 def test_a_run_folder_refuses_another_config(tmp_path):
@@ -93,22 +109,36 @@ def test_a_run_that_stopped_before_its_first_step_gives_way_to_another_config(tm
     folder = tmp_path / "run"
     other = Cfg(RunConfig(run_dir=str(tmp_path / "run"), keep_checkpoints=2, report_to=[]), lr=0.2)
     RunDir(other, other.run)
-    assert "held a run of another config that stopped before its first step; starting over" in capsys.readouterr().out
+    assert capsys.readouterr().out == f"{folder} held a run of another config that stopped before its first step; started over there\n"
     assert "lr: 0.2" in (folder / "config.yaml").read_text()
     assert sorted(p.name for p in folder.iterdir()) == [".lock", "config.yaml"]
-    # what a rerun could keep makes the folder the run's: a checkpoint, a final model, metrics past step 0
-    for progress in ("checkpoint", "model", "metrics"):
+    # the same in one process (stages called in-process): its own lock does not stand in the way
+    third = Cfg(RunConfig(run_dir=str(folder), keep_checkpoints=2, report_to=[]), lr=0.3)
+    RunDir(third, third.run)
+    assert "lr: 0.3" in (folder / "config.yaml").read_text()
+    # what a rerun could keep makes the folder the run's (a checkpoint, a final model, metrics past step 0), and so
+    # do a user's files or a config.yaml that no run wrote: refused, nothing deleted
+    for progress in ("checkpoint", "model", "metrics", "user_file", "damaged_config"):
         path = tmp_path / progress
         run = RunDir(Cfg(RunConfig(run_dir=str(path), report_to=[])), RunConfig(run_dir=str(path), report_to=[]))
+        run.log(0, {"eval/likelihood": 0.5})
         if progress == "checkpoint":
             run.save_checkpoint(1, model_with(1.0), build_tokenizer(2), {"step": 1}, {})
         elif progress == "model":
             (path / "model").mkdir()
-        else:
+        elif progress == "metrics":
             run.log(1, {"train/loss": 1.0})
+        elif progress == "user_file":
+            (path / "notes.md").write_text("my notes")
+        else:
+            (path / "config.yaml").write_text("run: [\n")
+        before = sorted(p.name for p in path.iterdir())
         other = Cfg(RunConfig(run_dir=str(path), report_to=[]), lr=0.2)
-        with pytest.raises(UserError, match="already holds a run with a different config \\(key 'lr': 0.1 there"):
+        words = "is not a saved config" if progress == "damaged_config" else \
+            "already holds a run with a different config \\(key 'lr': 0.1 there"
+        with pytest.raises(UserError, match=words):
             RunDir(other, other.run)
+        assert sorted(p.name for p in path.iterdir()) == before, progress
 
 
 def test_resuming_a_checkpoint_whose_metrics_lost_lines_is_refused(tmp_path):
