@@ -301,14 +301,14 @@ def parse_overrides(argv: list[str]) -> tuple[str | None, list[tuple[str, str | 
         key, eq, value = arg[2:].partition("=")
         if not eq:
             if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
-                if key == "config":
-                    raise UserError(f"command line: {arg} needs a value (--key value or --key=value)")
                 value = None  # load_config says so, once it knows whether the key exists
             else:
                 value = argv[i + 1]
                 i += 1
         i += 1
         if key == "config":
+            if not value:  # none, or "--config=", which would fall back to the default config without a word
+                raise UserError("command line: --config needs a value (--config FILE)")
             config_path = value
         else:
             overrides.append((key, value))
@@ -325,6 +325,13 @@ def _field_default(f: dataclasses.Field, within: Any = None) -> Any:
     return f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING
 
 
+def _as_yaml(value: Any) -> str:
+    """A default as it would be written in a config file or on the command line (true, null, [a, b], {k: v})."""
+    plain = [to_dict(v) if dataclasses.is_dataclass(v) else v for v in value] if isinstance(value, list) else value
+    text = yaml.safe_dump(plain, default_flow_style=True, sort_keys=False, allow_unicode=True, width=10**6)
+    return text.removesuffix("\n").removesuffix("\n...")
+
+
 def help_text(cls: type, prefix: str = "", within: Any = None) -> str:
     lines = []
     docs = field_docs(cls)
@@ -335,7 +342,7 @@ def help_text(cls: type, prefix: str = "", within: Any = None) -> str:
             lines.append(f"\n[{prefix}{f.name}] {docs.get(f.name, '')}")
             lines.append(help_text(tp, prefix + f.name + ".", None if default is dataclasses.MISSING else default))
             continue
-        shown = "required" if default is dataclasses.MISSING else repr(default)
+        shown = "required" if default is dataclasses.MISSING else _as_yaml(default)
         lines.append(f"  --{prefix}{f.name} ({_describe(tp)}; default {shown})\n      {docs.get(f.name, '')}")
     return "\n".join(lines)
 

@@ -185,6 +185,7 @@ def test_numbers_are_finite_and_integers_decimal(tmp_path, text, argv, words):
     ("optim: {lr: 0.01}\n", ["--verbose"], "command line: --verbose: unknown key; allowed keys: backend, base, run"),
     ("optim: {lr: 0.01}\n", ["--optim.lrr", "--optim.batch_size", "8"], "--optim.lrr: unknown key (did you mean 'lr'?)"),
     ("optim: {lr: 0.01}\n", ["--config"], "--config needs a value"),
+    ("optim: {lr: 0.01}\n", ["--config="], "--config needs a value"),
 ])
 def test_duplicate_keys_and_flags_without_values(tmp_path, text, argv, words):
     assert words in error_of(tmp_path, text, PosttrainConfig, argv)
@@ -212,8 +213,10 @@ def test_help_lists_every_field_with_its_type_default_and_doc(capsys):
                                                     "  --config FILE\n      a YAML config (default "
                                                     "configs/posttrain_outcome.yaml): its values replace the defaults")
     # a section's defaults are its own: post-training's run folder and checkpoint interval, not RunConfig's
-    assert "  --run.run_dir (a string; default 'runs/posttrain')" in out
+    assert "  --run.run_dir (a string; default runs/posttrain)" in out
     assert "  --run.checkpoint_every (an integer; default 100)" in out
+    # defaults as a config file or the command line writes them
+    assert "  --run.progress (true or false; default true)" in out and "  --optim.lr (a number or null; default null)" in out
     assert "  --optim.grad_clip (a number; default 0.0)\n      Clip the gradient norm to this value" in out
     assert "  --reward.params (a mapping; default {})" in out and "\n[algo] Behaviour policy, advantages" in out
 
