@@ -192,13 +192,13 @@ class RunDir:
         if (self.path / OUTPUT_MARKER).exists():
             raise UserError(f"run.run_dir: '{self.path}' holds the output of "
                             f"{(self.path / OUTPUT_MARKER).read_text().strip()}, not a run; pass another run.run_dir")
-        if is_main:
-            check_run_dir_place(self.path)
-            if self.path.is_dir() and remove_run_folder(self.path, only_if=lambda: failed_at_start(self.path, cfg)):
-                print(f"{self.path} held a run of another config that stopped before its first step; started over there")
-        if wait_for_main is not None:  # the other processes look at the folder once the main one has cleared it
+        check_run_dir_place(self.path)  # every process: each refuses in its own one line
+        replaced = is_main and failed_at_start(self.path, cfg) and \
+            remove_run_folder(self.path, only_if=lambda: failed_at_start(self.path, cfg))  # again, under the lock
+        if replaced:
+            print(f"{self.path} held a run of another config that stopped before its first step; started over there")
+        if wait_for_main is not None:  # the other processes compare configs once the main one has cleared the folder
             wait_for_main()
-        check_run_dir_place(self.path)
         check_same_config(self.path, cfg)
         if is_main:
             make_dir(self.path, "run.run_dir")

@@ -335,6 +335,17 @@ def test_data_parallel_on_two_cpu_processes(tmp_path, tiny_base, stage):
         assert proc.returncode != 0 and "optim.batch_size 36 must be a multiple of algo.group_size × processes " \
             "= 4 × 2 = 8" in proc.stderr and "Traceback" not in proc.stderr.split("error: ")[0]
         assert not (tmp_path / "uneven").exists()
+        # a folder refused by its place: each process says so in its own line (none waits for the other in vain)
+        proc = torchrun(run_dir / "inside")
+        assert proc.returncode != 0 and proc.stderr.count(f"is inside the run folder '{run_dir}'") == 2
+        # a run that stopped before its first step gives way; the second process waits until the first has cleared it
+        failed = tmp_path / "failed"
+        failed.mkdir()
+        shutil.copy(run_dir / "config.yaml", failed / "config.yaml")
+        (failed / "metrics.jsonl").write_text((run_dir / "metrics.jsonl").read_text().splitlines(keepends=True)[0])
+        proc = torchrun(failed, "--optim.batch_size", "64", "--optim.max_steps", "2")
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert proc.stdout.count("started over there") == 1 and metrics(failed)[-1]["done/steps"] == 2
         assert sum("done/steps" in r for r in rows) == 1
         assert [r for r in rows if "train/samples" in r][-1]["train/samples"] == 12 * 32  # the global batch
         state = torch.load(run_dir / "checkpoints" / "step_0000012" / "trainer_state.pt", weights_only=False)
