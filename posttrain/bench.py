@@ -143,14 +143,14 @@ def main(argv):
     out = claim_output_dir(cfg.out_dir, "out_dir", "make bench", ("bench.json", "native_b*", "trl_b*"))
     base = out / "base"
     ensure_base(cfg.pretrain_config, base, *cfg.pretrain_args)
-    results = []
-    for backend, batch in runs(cfg):
-        results.append({**measure(cfg, base, backend, batch), "load_average": round(os.getloadavg()[0], 2)})
+    # the load after each measurement tells whether other processes ran beside it
+    results = [{**measure(cfg, base, backend, batch), "load_average": round(os.getloadavg()[0], 2)}
+               for backend, batch in runs(cfg)]
+    cpus = len(os.sched_getaffinity(0))  # the CPUs this process may use (a container's, not the host's)
     text = table(results)
-    atomic_write_text(out / "bench.json", json.dumps({"device": device_name(), "cpus": len(os.sched_getaffinity(0)), "results": results},
-                                                    indent=2))
+    atomic_write_text(out / "bench.json", json.dumps({"device": device_name(), "cpus": cpus, "results": results}, indent=2))
     print(f"device: {device_name()}\n{text}\nwritten: {out / 'bench.json'}")
-    warning = busy_warning(results, len(os.sched_getaffinity(0)))  # the CPUs this process may use (a container's)
+    warning = busy_warning(results, cpus)
     if warning:
         print(warning)
 
