@@ -8,16 +8,7 @@
 # trl and datasets; TRL 1.16 wants a newer transformers than the image's; pytest and xxhash come with the image).
 # The step limits add up to 510 s, inside one 600 s device command. Each step's results land in $OUT as
 # soon as it ends, so a step cut short by its timeout loses only itself.
-set -uo pipefail
-: "${OUT:?set OUT to the folder that receives the results}"
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 TOKENIZERS_PARALLELISM=false
-exec > >(tee -a "$OUT/gpu.log") 2>&1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-pipq() { python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$@"; }
-pipq /tmp/site .whl/datasets-* .whl/dill-* .whl/multiprocess-* .whl/trl-* || exit 1
-pipq /tmp/site_tf .whl/transformers-* || exit 1
-export PYTHONPATH=/tmp/site:$PWD
-python3 -c "import torch, transformers, accelerate, datasets, pyarrow, pytest; print('torch', torch.__version__, 'transformers', transformers.__version__, 'accelerate', accelerate.__version__, 'datasets', datasets.__version__, 'pyarrow', pyarrow.__version__, 'pytest', pytest.__version__)"
+source docs/gpu_env.sh gpu.log
 S=$(date +%s)
 timeout 60 python3 -m pytest -q -p no:cacheprovider -o addopts="" tests/test_fastllama.py
 echo "fastllama tests took $(( $(date +%s) - S )) s"
