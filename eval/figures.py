@@ -172,7 +172,10 @@ def passk_figure(passk: dict[str, dict[str, list[float] | None]], ks: list[int],
         ax.set_ylim(-0.02, 1.02)
         ax.set_xlabel("k (samples drawn per prompt)")
         ax.set_title(f"pass@k on {SPLIT_TITLES[split]}")
-        ax.legend(fontsize=8)
+        if ax.get_lines():
+            ax.legend(fontsize=8)
+        else:  # e.g. a base without on-support prompts: say so rather than leave a blank panel
+            ax.text(0.5, 0.5, f"no {SPLIT_TITLES[split]} in this evaluation", transform=ax.transAxes, ha="center")
     np.atleast_1d(axes)[0].set_ylabel("unbiased pass@k")
     return _save(fig, path)
 

@@ -7,6 +7,7 @@ import itertools
 import json
 import math
 import shutil
+import warnings
 from fractions import Fraction
 from pathlib import Path
 
@@ -130,11 +131,12 @@ def test_barrier_series_against_steps_and_queries():
 def test_figure_functions_write_non_empty_pngs(tmp_path, monkeypatch):
     from eval import figures
 
-    drawn = {}  # file name → [(x label, y label, x scale, y scale, line colours)] of each axes with a label
+    drawn = {}  # file name → [(x label, y label, x scale, y scale, line colours, texts)] of each axes with a label
 
     def record(fig, path, save=figures._save):
         drawn[Path(path).name] = [(ax.get_xlabel(), ax.get_ylabel(), ax.get_xscale(), ax.get_yscale(),
-                                   [matplotlib.colors.to_hex(line.get_color()) for line in ax.get_lines()])
+                                   [matplotlib.colors.to_hex(line.get_color()) for line in ax.get_lines()],
+                                   [text.get_text() for text in ax.texts])
                                   for ax in fig.get_axes() if ax.get_xlabel()]
         return save(fig, path)
 
@@ -164,12 +166,18 @@ def test_figure_functions_write_non_empty_pngs(tmp_path, monkeypatch):
         ("PG steps", "mean likelihood of y* on off-support prompts"), ("PG steps", "expected error err(p)"),
         ("reward queries", "mean likelihood of y* on off-support prompts"), ("reward queries", "expected error err(p)")]
     assert barrier[2][2:4] == ("log", "log")
-    for x, _, xscale, yscale, lines in barrier[4:]:  # one panel per arm: the tracked prompts, coloured by base α
+    for x, _, xscale, yscale, lines, _ in barrier[4:]:  # one panel per arm: the tracked prompts, coloured by base α
         assert (x, xscale, yscale) == ("reward queries", "log", "log") and len(set(lines)) == len(alpha)
     assert barrier[4][1] == "likelihood p(y*(x) | x)"
     assert [x for x, *_ in drawn["coverage.png"]] == ["log10 likelihood of y*(x)  (base model: log10 α(x))",
                                                        "ε (fraction of worst prompts excluded)"]
     assert drawn["passk.png"][0][:3] == ("k (samples drawn per prompt)", "unbiased pass@k", "log")
+    with warnings.catch_warnings():  # a split no model has: a note in the panel, no empty-legend warning
+        warnings.simplefilter("error")
+        figures.passk_figure({"base": {"onsupport": None, "offsupport": [0.0, 0.1]}}, [1, 2], tmp_path / "p.png")
+    (*_, on_lines, on_texts), (*_, off_lines, off_texts) = drawn["p.png"]
+    assert (on_lines, on_texts) == ([], ["no on-support prompts in this evaluation"])
+    assert len(off_lines) == 1 and off_texts == []
     assert drawn["scaling.png"][0][:2] == ("response length N", "reward queries to reach the target")
     assert drawn["alpha.png"][0][:3] == ("base likelihood α of the cluster (geometric mean over its eval prompts)",
                                          "reward queries to reach the target", "log")
