@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from barrierlab.tasks import TaskConfig, build_task
@@ -27,7 +28,8 @@ def test_target_rule_matches_hand_computation():
 
 
 def test_hand_example_with_fixed_weights():
-    task = build_task(TaskConfig(d=2, k=2, N=3, flip_prob=0.0, per_cluster_rule=False), num_clusters=1)
+    with pytest.warns(UserWarning, match=r"clusters \[0\] could not be well placed"):  # d = 2 bits is too few, as warned
+        task = build_task(TaskConfig(d=2, k=2, N=3, flip_prob=0.0, per_cluster_rule=False), num_clusters=1)
     task.W1 = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]], dtype=torch.float64)
     task.W2 = torch.tensor([[[0.0, 5.0], [5.0, 0.0]]], dtype=torch.float64)  # after symbol j, the other wins
     bits = torch.tensor([[1, 0]])  # s = (+1, -1): W1 s = (1, -1) -> y1 = 0, then alternate
