@@ -38,12 +38,13 @@ def test_pretrain_writes_a_loadable_base_run(tiny_base):
 def test_batches_walk_one_seeded_shuffle_per_epoch():
     """Corpus of 10 rows, batches of 4: step 2 takes the last 2 rows of epoch 0's order and the first 2 of epoch 1's;
     every epoch visits each row once, and the order depends on (seed, epoch) only, so a resumed run repeats it."""
-    order = [torch.randperm(10, generator=torch.Generator().manual_seed(7 * 1_000_003 + e)).tolist() for e in (0, 1)]
+    order = [torch.randperm(10, generator=torch.Generator().manual_seed(7 * 1_000_003 + e)).tolist() for e in (0, 1, 2)]
     assert order[0] != order[1]
     steps = [batch_rows(step, 4, 10, seed=7).tolist() for step in range(5)]
     assert steps == [order[0][:4], order[0][4:8], order[0][8:] + order[1][:2], order[1][2:6], order[1][6:]]
     assert batch_rows(2, 4, 10, seed=7).tolist() == steps[2]  # asked again, out of order: the same rows
     assert batch_rows(0, 4, 10, seed=8).tolist() != steps[0]
+    assert batch_rows(0, 25, 10, seed=7).tolist() == order[0] + order[1] + order[2][:5]  # a batch over three epochs
 
 
 def test_support_json_summarises_the_eval_set(tiny_base):
