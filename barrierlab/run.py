@@ -95,17 +95,20 @@ RUN_OUTPUTS = {"config.yaml", "metrics.jsonl", "tb", "data", "checkpoints"}  # w
 
 
 def failed_at_start(path: Path, cfg) -> bool:
-    """Whether ``path`` holds only a run of the same stage with another config that never got past step 0: a run
-    folder of nothing but what a run writes (no user's files), no checkpoint, no final model, no metrics after step
-    0, e.g. a run out of memory at its first batch. It holds nothing a rerun could keep, so the corrected command
-    may take its place."""
+    """Whether ``path`` holds a run of the same stage with another config that ``stopped_before_first_step``: it
+    holds nothing a rerun could keep, so the corrected command may take its place."""
     try:
         check_same_config(path, cfg)
-        return False
     except DifferentConfig:
-        pass
+        return stopped_before_first_step(path)
     except UserError:  # damaged, or another stage's: leave it for the user to look at
-        return False
+        pass
+    return False
+
+
+def stopped_before_first_step(path: Path) -> bool:
+    """Whether the run folder ``path`` holds nothing but what a run writes (no user's files), no checkpoint, no final
+    model and no metrics after step 0, e.g. a run out of memory at its first batch."""
     entries = {p.name for p in path.iterdir() if not p.name.startswith(".")}
     ckpts = path / "checkpoints"
     if not _is_run_folder(path) or not entries <= RUN_OUTPUTS or \
@@ -596,7 +599,8 @@ def stop_if_diverged(step: int, lr_key: str, model=None, **values: float) -> Non
     finite, a learning rate too high, usually: every later step would train NaN weights, and the run would end
     'successfully' with nan likelihoods (or, under TRL, fail deep in its sampling)."""
     bad = [f"{name} is {value}" for name, value in values.items() if not math.isfinite(value)]
-    if not bad and model is not None and not all(bool(p.isfinite().all()) for p in model.parameters()):
+    # one device sync for all weights (TRL checks every step), not one per tensor
+    if not bad and model is not None and not bool(torch.stack([p.isfinite().all() for p in model.parameters()]).all()):
         bad = ["the weights are no longer finite"]
     if bad:
         raise UserError(f"training diverged: {bad[0]} at step {step}; lower {lr_key} and rerun in a new run_dir")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from barrierlab.config import load_config, parse_overrides
 from barrierlab.errors import PARENT_PID_ENV, UserError
-from barrierlab.run import check_same_config, failed_at_start
+from barrierlab.run import DifferentConfig, check_same_config, stopped_before_first_step
 from pretrain.config import load_pretrain_config
 
 DRIVER_KEYS = ("base", "run.run_dir")  # where a driver's stage reads and writes: the driver sets them for each run
@@ -58,11 +58,14 @@ def run_stage(stage: str, *args: str) -> None:
 def reuse_or_run(stage: str, saved_config, run_dir: Path, finished: bool, *args: str) -> None:
     """Run ``python -m <stage> args`` (writing ``run_dir``) unless the run there is ``finished``: a driver rerun
     reuses what it has (an unfinished run resumes), but never a run of other settings, which is refused (unless it
-    stopped before its first step: the stage then starts over there, see ``failed_at_start``).
+    stopped before its first step: the stage then starts over there, see ``run.failed_at_start``).
     ``saved_config(args)``: the config the stage would run and save for ``args``."""
     cfg = saved_config(list(args))
-    if not failed_at_start(run_dir, cfg):  # such a run gives way to the stage (it says so)
+    try:
         check_same_config(run_dir, cfg, fix="pass a new --out_dir, or delete that folder to rerun it")
+    except DifferentConfig:
+        if not stopped_before_first_step(run_dir):
+            raise  # else it gives way to the stage (which says so)
     if not finished:
         run_stage(stage, *args)
 
