@@ -43,6 +43,7 @@ from barrierlab.tokenizer import answer_ids
 from posttrain.advantages import advantages
 from posttrain.behaviour import Sampler, collect
 from posttrain.config import PosttrainConfig, load_posttrain_config
+from posttrain.discovery import Discovery
 from posttrain.evaluation import ExactEval, due_for_eval, log_finish, stop_reason, support_postfix, train_metrics
 from posttrain.loss import adaptive_gradient, policy_gradient_loss
 from posttrain.prompts import PromptSource
@@ -84,6 +85,28 @@ def make_optimizer(cfg: PosttrainConfig, model):
     if o.optimizer == "adagrad":
         return torch.optim.Adagrad(model.parameters(), lr=o.lr)
     return torch.optim.SGD(model.parameters(), lr=o.lr)  # sgd, and the adaptive step (its η is in the gradient)
+
+
+def has_signal(acc, adv: torch.Tensor, kl_coef: float) -> bool:
+    """Whether this step has anything to learn on any process: a non-zero advantage, or a KL term."""
+    local = torch.tensor(float(kl_coef > 0 or bool((adv != 0).any())), device=adv.device)
+    return bool(acc.reduce(local, "sum") > 0) if acc.num_processes > 1 else bool(local)
+
+
+def zero_gradients(module: torch.nn.Module) -> None:
+    """A step without signal: every advantage is 0, so the loss Σ A_i log p has gradient exactly 0 (and clipping a zero
+    gradient leaves it 0). Setting the gradients to 0 and letting the optimiser step is then the full step, bit for
+    bit, for every optimiser (Adam's and Adagrad's moments and step counts advance as they would; an ``adaptive``
+    or SGD step adds 0), without the forward and backward that would compute those zeros."""
+    for p in module.parameters():
+        p.grad = torch.zeros_like(p)
+
+
+def reduce_min(t: torch.Tensor, device) -> torch.Tensor:
+    """Elementwise minimum of ``t`` over processes."""
+    t = t.to(device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
+    return t.cpu()
 
 
 @cli_entry
@@ -135,6 +158,7 @@ def main(argv):
     evaluator = ExactEval(eval_set, threshold, cfg.eval.num_tracked, k, acc.device, cfg.prompts.clusters)
 
     step, queries, samples, wall_before, stop = 0, 0, 0, 0.0, None
+    discovery = Discovery(N)
     started = time.time()
 
     def same_run(state: dict) -> None:  # the same base; each process resumes its own prompt, sampling and noise streams
@@ -153,6 +177,7 @@ def main(argv):
         sample_gen.set_state(state["sample_gen"][rank])
         rewards = state["reward"]  # one per process; a checkpoint of an earlier version holds its one process's dict
         reward.load_state_dict(rewards[rank] if isinstance(rewards, list) else rewards)
+        discovery.load_state_dict(state["discovery"])
         acc.print(f"resuming {run.path} from step {step} ({queries} reward queries spent)")
     learner, optimizer = acc.prepare(ResponseLogits(model, answer_ids(k)), optimizer)
     policy = acc.unwrap_model(learner).model
@@ -164,7 +189,7 @@ def main(argv):
         return {"step": step, "queries": queries, "samples": samples, "optimizer": optimizer.state_dict(), "base_fingerprint": base_id,
                 "wall_time_s": wall_before + time.time() - started,
                 "prompt_gen": gather(prompt_gen.get_state()), "sample_gen": gather(sample_gen.get_state()),
-                "reward": gather(reward.state_dict()), "stop_reason": stop}
+                "reward": gather(reward.state_dict()), "discovery": discovery.state_dict(), "stop_reason": stop}
 
     def evaluate() -> dict:
         policy.eval()
@@ -193,8 +218,14 @@ def main(argv):
         policy.eval()
         rollout = collect(cfg.algo.behaviour, sampler, prompts, columns)
         policy.train()
-        adv = advantages(rollout.rewards, cfg.algo.baseline, G, cfg.algo.scale_std, rollout.mask)
-        if cfg.optim.optimizer == "adaptive":
+        step_queries = int(acc.reduce(torch.tensor(rollout.queries, device=acc.device), "sum"))
+        discovery.update(rollout.responses, columns["target"], rollout.mask, queries, step_queries,
+                         rollout.one_per_row and world == 1)
+        adv = advantages(rollout.rewards, cfg.algo.baseline, G, cfg.algo.scale_std, rollout.mask, acc.reduce)
+        if not has_signal(acc, adv, cfg.algo.kl_coef):
+            zero_gradients(learner)  # then the optimiser's own step, as the full step would take it
+            loss, stats, grad_norm = torch.zeros((), device=acc.device), {"entropy": None}, 0.0
+        elif cfg.optim.optimizer == "adaptive":
             grad_norm = adaptive_gradient(learner, rollout, adv)
             with torch.no_grad():  # the logged loss and entropy, as for the other optimisers; the step is the adaptive one
                 loss, stats = policy_gradient_loss(learner, rollout, adv, k, base, cfg.algo.kl_coef)
@@ -209,7 +240,6 @@ def main(argv):
         update_time = time.perf_counter() - tick  # sampling, rewards and the update; not evaluation
 
         stop_if_diverged(step + 1, "optim.lr", **{"train/grad_norm": float(grad_norm)})  # a nan loss has a nan gradient
-        step_queries = int(acc.reduce(torch.tensor(rollout.queries, device=acc.device), "sum"))
         queries += step_queries
         samples += per_rank * world
         step += 1
@@ -220,7 +250,11 @@ def main(argv):
             run.log(step, train_metrics(queries=queries, samples=samples, reward_mean=mean(reward_mean),
                                         success_rate=mean(rollout.success.float().mean()), loss=mean(loss),
                                         grad_norm=float(grad_norm), update_time_s=update_time,
-                                        **{name: mean(v) for name, v in stats.items()}))
+                                        **{name: None if v is None else mean(v) for name, v in stats.items()}))
+        if world > 1 and discovery.success is None:
+            discovery.sync(lambda t: reduce_min(t, acc.device))
+        if discovery.new:
+            run.log(step, discovery.pop_new())
         if due_for_eval(cfg, step, queries):
             last = evaluate()
             bar.set_postfix(step=step, **support_postfix(last))
@@ -235,7 +269,7 @@ def main(argv):
         save_model_dir(run.path / "model", policy, tokenizer, files)
         run.save_checkpoint(step, policy, tokenizer, state, files)
         log_finish(run, step=step, reason=stop or "max_steps", queries=queries, wall_time_s=wall_before + time.time() - started,
-                   device=acc.device, processes=world, last=last)
+                   device=acc.device, processes=world, last=last, discovery=discovery)
     run.close()
     learner = optimizer = None  # the DDP wrapper goes before the process group does (see leave_process_group)
     leave_process_group(acc)

@@ -42,6 +42,8 @@ class Rollout:
     """(B,) the response is exactly y*."""
     queries: int
     """Reward queries spent to produce this rollout (all tries included)."""
+    one_per_row: bool = False
+    """Row r was the (r+1)-th reward query: one outcome verdict per row, nothing else charged (single draws)."""
 
 
 @dataclass
@@ -115,7 +117,8 @@ def collect(behaviour: Behaviour, s: Sampler, prompts: torch.Tensor, columns: di
     if behaviour == "best_of_m":
         responses, rewards, queries = _best_of_m(s, prompts, columns, responses, rewards, queries)
     success = (responses == columns["target"]).all(-1)
-    return Rollout(prompts, responses, rewards, torch.ones_like(rewards), success, queries)
+    one_per_row = behaviour != "best_of_m" and s.reward.granularity == "outcome" and queries == B
+    return Rollout(prompts, responses, rewards, torch.ones_like(rewards), success, queries, one_per_row)
 
 
 def _chunk(searching: int, remaining: int) -> int:

@@ -95,12 +95,12 @@ def support_postfix(last: dict) -> dict[str, str]:
 
 
 def log_finish(run, *, step: int, reason: str, queries: int, wall_time_s: float, device, processes: int,
-               last: dict) -> None:
+               last: dict, discovery) -> None:
     """A finished post-training run's closing ``done/`` metrics and printed summary, on either backend (the process
     count shows whether a launcher really started several)."""
     run.log(step, {"done/stop_reason": reason, "done/steps": step, "done/reward_queries": queries,
                    "done/wall_time_s": round(wall_time_s, 2), "done/peak_memory_mb": round(peak_memory_mb(device), 1),
-                   "done/processes": processes})
+                   "done/processes": processes, **discovery.done_metrics()})
     print(f"stopped ({reason}) after {step} steps on {processes} process{'es' * (processes > 1)}, {queries} reward "
           "queries: on-support likelihood "
           f"{fmt_value(last['eval/onsupport_likelihood'], 4)}, off-support likelihood "

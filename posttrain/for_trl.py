@@ -30,6 +30,7 @@ from barrierlab.models import MASKED_LOGIT
 from barrierlab.run import BASE_EXPECTED, load_model_dir, save_model_dir
 from barrierlab.tasks import task_from_info
 from barrierlab.tokenizer import ANSWER0, BIT0, answer_ids, prompt_text
+from posttrain.discovery import Discovery
 from posttrain.prompts import PromptSource
 
 
@@ -103,7 +104,7 @@ def prompt_dataset(prompts_source: PromptSource, steps: int, per_step: int):
 
 
 class RewardFunction:
-    """A project ``RewardModel`` as a TRL reward function; counts queries and samples, keeps the last batch.
+    """A project ``RewardModel`` as a TRL reward function; counts queries, samples and discoveries, keeps the last batch.
 
     TRL passes every dataset column by keyword, one entry per completion (prompts repeated G times in a row); the
     reward model gets ``target`` and ``cluster``, as in the native engine.
@@ -115,6 +116,7 @@ class RewardFunction:
         self.reward, self.tokenizer, self.N = reward, tokenizer, N
         self.queries = self.samples = 0
         self.values = self.success = None
+        self.discovery = Discovery(N)
 
     def __call__(self, prompts, completions, completion_ids, **kwargs) -> list[float]:
         if any(len(ids) != self.N for ids in completion_ids):
@@ -126,6 +128,8 @@ class RewardFunction:
         prompt_ids = torch.tensor(self.tokenizer(prompts, add_special_tokens=False)["input_ids"])
         columns = {key: torch.tensor(kwargs[key]) for key in ("target", "cluster") if key in kwargs}
         out = self.reward(prompt_ids, responses, columns)
+        one_per_row = self.reward.granularity == "outcome" and out.queries == len(completion_ids)
+        self.discovery.update(responses, columns["target"], None, self.queries, int(out.queries), one_per_row)
         self.queries += int(out.queries)
         self.samples += len(completion_ids)
         self.values = out.values.float()  # (B, N) per-prefix rewards, for the per-token advantages and the logs

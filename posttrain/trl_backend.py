@@ -274,6 +274,7 @@ def run_trl(cfg, *, model, tokenizer, reward, task, files, base_id, eval_set, th
     if resumed is not None:
         reward.load_state_dict(resumed["reward"])
         reward_fn.queries, reward_fn.samples = resumed["queries"], resumed["samples"]
+        reward_fn.discovery.load_state_dict(resumed["discovery"])
         print(f"resuming {run.path} from step {first_step} ({reward_fn.queries} reward queries spent)")
     # a run killed after its last step (or after it decided to stop) has nothing left to train: no Trainer then
     remaining = cfg.optim.max_steps - first_step if resumed is None or resumed.get("stop_reason") is None else 0
@@ -318,7 +319,7 @@ def run_trl(cfg, *, model, tokenizer, reward, task, files, base_id, eval_set, th
 
         def checkpoint(self, optimizer):
             state = {"backend": "trl", "base_fingerprint": base_id, "step": self.step, "queries": reward_fn.queries,
-                     "samples": reward_fn.samples,
+                     "samples": reward_fn.samples, "discovery": reward_fn.discovery.state_dict(),
                      "optimizer": optimizer.state_dict(), "reward": reward.state_dict(),
                      "wall_time_s": time.time() - started, "torch_rng": torch.get_rng_state(),
                      "stop_reason": self.stop_reason}
@@ -344,6 +345,8 @@ def run_trl(cfg, *, model, tokenizer, reward, task, files, base_id, eval_set, th
                                             reward_mean=reward_fn.values.mean().item(),
                                             success_rate=reward_fn.success.float().mean().item(), loss=logs["loss"],
                                             grad_norm=logs["grad_norm"], update_time_s=update_time, **stats))
+            if reward_fn.discovery.new:
+                run.log(step, reward_fn.discovery.pop_new())
             if due_for_eval(cfg, step, reward_fn.queries):
                 self.evaluate()
             self.stop_reason = stop_reason(cfg, step, reward_fn.queries, self.last, evaluator)  # kept by the checkpoint
@@ -370,6 +373,6 @@ def run_trl(cfg, *, model, tokenizer, reward, task, files, base_id, eval_set, th
     if trainer is not None:  # else nothing trained since the checkpoint it resumed from
         logger.checkpoint(trainer.optimizer)
     log_finish(run, step=step, reason=logger.stop_reason or "max_steps", queries=queries, wall_time_s=time.time() - started,
-               device=device, processes=1, last=logger.last)
+               device=device, processes=1, last=logger.last, discovery=reward_fn.discovery)
     run.close()
     shutil.rmtree(scratch, ignore_errors=True)

@@ -1,0 +1,107 @@
+"""Discovery bookkeeping (first-success queries) and the step without signal, which must equal the full step."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from barrierlab.models import ModelConfig, build_model
+from barrierlab.policy import ResponseLogits
+from barrierlab.tokenizer import answer_ids, prompt_ids
+from posttrain.__main__ import zero_gradients
+from posttrain.discovery import Discovery
+from posttrain.loss import policy_gradient_loss
+from tests.conftest import metrics, run_stage
+
+TARGET = torch.tensor([[2, 0, 1]] * 4)
+
+
+def test_first_success_on_a_hand_built_run():
+    d = Discovery(3)
+    # batch 1 (queries 0..4): row 1 gets y*_1 right, row 3 y*_1:2; nothing fully right
+    d.update(torch.tensor([[0, 0, 0], [2, 1, 1], [1, 1, 1], [2, 0, 2]]), TARGET, None, before=0, spent=4,
+             one_per_row=True)
+    assert (d.success, d.prefix) == (None, [2, 4, None])
+    assert d.pop_new() == {"train/first_prefix_queries": [2, 4, None]} and d.pop_new() == {}
+    # batch 2 (queries 4..8), charged to the step (a search): y* in row 2, a longer prefix than before in row 0
+    d.update(torch.tensor([[2, 0, 0], [0, 0, 0], [2, 0, 1], [2, 0, 1]]), TARGET, None, before=4, spent=4,
+             one_per_row=False)
+    assert (d.success, d.prefix) == (8, [2, 4, 8])  # earlier discoveries are kept
+    assert d.pop_new() == {"train/first_prefix_queries": [2, 4, 8], "train/first_success_queries": 8}
+    # once y* is found, later batches change nothing
+    d.update(TARGET.clone(), TARGET, None, before=8, spent=4, one_per_row=True)
+    assert d.success == 8 and d.pop_new() == {}
+    assert d.done_metrics() == {"done/first_success_queries": 8, "done/first_prefix_queries": [2, 4, 8]}
+    again = Discovery(3)
+    again.load_state_dict(d.state_dict())
+    assert (again.success, again.prefix) == (8, [2, 4, 8])
+
+
+def test_a_masked_position_is_not_a_discovery():
+    """A token-wise search that stopped before position 2 left a placeholder there, right by chance: not sampled."""
+    d = Discovery(3)
+    mask = torch.tensor([[1.0, 1.0, 0.0]] * 4)
+    d.update(TARGET.clone(), TARGET, mask, before=10, spent=6, one_per_row=False)
+    assert (d.success, d.prefix) == (None, [16, 16, None])
+
+
+def test_sync_takes_the_earliest_process():
+    d = Discovery(2)
+    d.update(torch.tensor([[1, 0]]), torch.tensor([[1, 1]]), None, before=0, spent=9, one_per_row=False)
+    d.pop_new()
+    d.sync(lambda t: torch.minimum(t, torch.tensor([4.0, 7.0])))  # another process found both earlier
+    assert (d.success, d.prefix) == (7, [4, 7])
+    assert d.pop_new() == {"train/first_prefix_queries": [4, 7], "train/first_success_queries": 7}
+
+
+K, N, D, B = 4, 3, 6, 8
+
+
+def _step(model, optimizer, rollout, adv, skip: bool):
+    learner = ResponseLogits(model, answer_ids(K))
+    if skip:
+        zero_gradients(learner)
+    else:
+        loss, _ = policy_gradient_loss(learner, rollout, adv, K)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(learner.parameters(), 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+@pytest.mark.parametrize("name", ["adam", "adagrad", "sgd_momentum"])
+def test_a_step_without_signal_equals_the_full_step(name):
+    """Weights and optimiser state after a no-signal step are bitwise those of the full step, also after a real step
+    has given Adam non-zero moments (its zero-gradient step still moves the weights: skipping the step would not)."""
+    g = torch.Generator().manual_seed(0)
+    bits = torch.randint(0, 2, (B, D), generator=g)
+    rollout = type("R", (), {"prompts": prompt_ids(bits), "responses": torch.randint(0, K, (B, N), generator=g),
+                             "mask": torch.ones(B, N)})()
+    signal, none = torch.randn(B, N, generator=g), torch.zeros(B, N)
+    states = []
+    for skip in (False, True):
+        model = build_model(ModelConfig(layers=1, width=16, heads=2, context=16), d=D, k=K, seed=0)
+        make = {"adam": lambda p: torch.optim.Adam(p, lr=0.01), "adagrad": lambda p: torch.optim.Adagrad(p, lr=0.1),
+                "sgd_momentum": lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9)}[name]
+        optimizer = make(model.parameters())
+        _step(model, optimizer, rollout, signal, skip=False)  # a real step first: non-zero moments
+        for _ in range(3):
+            _step(model, optimizer, rollout, none, skip=skip)
+        states.append(([p.detach().clone() for p in model.parameters()], optimizer.state_dict()["state"]))
+    (w_full, s_full), (w_skip, s_skip) = states
+    assert all(torch.equal(a, b) for a, b in zip(w_full, w_skip))
+    for i in s_full:
+        for key, value in s_full[i].items():
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(s_skip[i][key])), (i, key)
+
+
+def test_a_run_logs_its_discovery(tiny_base, tmp_path):
+    """posttrain records the first success in metrics.jsonl, at its step and in the done/ line."""
+    run_stage("posttrain", "--config", "configs/tiny/posttrain_outcome.yaml", "--base", str(tiny_base),
+              "--run.run_dir", str(tmp_path / "run"), "--optim.max_steps", "6", "--run.progress", "false")
+    rows = metrics(tmp_path / "run")
+    found = [r for r in rows if "train/first_success_queries" in r]
+    done = rows[-1]
+    assert len(found) <= 1 and done["done/first_success_queries"] == (found[0]["train/first_success_queries"]
+                                                                       if found else None)
+    assert len(done["done/first_prefix_queries"]) == 3
