@@ -12,10 +12,15 @@ policy-gradient loss ``-Σ_i A_i log p(y_i | x, y_<i)`` covers both cases. Basel
 
 Rows ``[g*G, (g+1)*G)`` hold the G responses of prompt g. ``mask`` (B, N) marks positions that exist
 (best-of-m process exploration can stop early); masked positions get advantage 0 and are left out of means.
+
+Under data parallelism each process holds a slice of the batch (whole groups). ``reduce`` sums or averages a tensor
+over the processes (``Accelerator.reduce`` averages): with it, ``batch_mean`` and ``position_mean`` are means over the
+whole batch, as on one process, so they do not change with the number of processes; the group baselines need none.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -29,15 +34,17 @@ def advantages(
     group_size: int = 1,
     scale_std: bool = False,
     mask: torch.Tensor | None = None,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     mask = torch.ones_like(rewards) if mask is None else mask.to(rewards.dtype)
     r = rewards * mask
     if baseline == "none":
         adv = r
-    elif baseline == "batch_mean":
-        adv = r - r.sum() / mask.sum().clamp_min(1)
-    elif baseline == "position_mean":
-        adv = r - r.sum(0, keepdim=True) / mask.sum(0, keepdim=True).clamp_min(1)
+    elif baseline in ("batch_mean", "position_mean"):
+        dims = (0, 1) if baseline == "batch_mean" else 0
+        sums = torch.stack([r.sum(dims, keepdim=True), mask.sum(dims, keepdim=True)])  # one collective for both
+        total, count = reduce(sums) if reduce is not None else sums  # a ratio: the same whether summed or averaged
+        adv = r - torch.where(count > 0, total / count, 0.0)
     else:
         B, N = r.shape
         if group_size < 2 or B % group_size:

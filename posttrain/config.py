@@ -22,13 +22,16 @@ class AlgoConfig:
     m: int = 64
     """Tries per failure (best_of_m) or candidates per position (token_best_of_m)."""
     baseline: Baseline = "none"
-    """Subtracted from the rewards: none, batch_mean, position_mean, group_mean (GRPO), rloo."""
+    """Subtracted from the rewards: none, batch_mean, position_mean, group_mean (GRPO), rloo. batch_mean and
+    position_mean average over the whole batch, across processes under data parallelism."""
     group_size: int = 1
     """Responses sampled per prompt (G); group_mean and rloo need G ≥ 2."""
     scale_std: bool = False
     """group_mean only: divide by the group's reward standard deviation (GRPO)."""
     kl_coef: float = 0.0
-    """Weight of the exact KL(p_t || q0) penalty along the sampled responses (the theory has none)."""
+    """Weight of a KL penalty to q0 (the theory has none): the sum of the exact next-token KL(p_t || q0) at each
+    position of the trained responses. Its expectation is the sequence KL(p_t || q0) only when p_t samples
+    (on_policy); under another behaviour it penalises the per-token KL at the prefixes that behaviour visits."""
     temperature: float = 1.0
     """Sampling temperature of the on-policy samples."""
 
@@ -51,10 +54,12 @@ class AlgoConfig:
 @dataclass
 class OptimConfig:
     optimizer: Literal["adam", "adagrad", "sgd", "adaptive"] = "adam"
-    """adam, adagrad, sgd, or the theory's adaptive step η = lr / (4 + 2‖∇ log p(y|x)‖²) per response."""
+    """adam, adagrad, sgd, or the theory's adaptive step: each response y of the batch moves the weights by
+    η Σ_i A_i ∇ log p(y_i | x, y_<i) with its own η = lr / (4 + 2‖∇ log p(y|x)‖²); all are taken at the same weights
+    and summed into one update (one process only), so at batch_size 1 it is the theory's update exactly."""
     lr: float | None = None
     """Learning rate; null: the optimiser's default (adam and sgd 1e-3, adagrad 0.1 as in the authors' runs,
-    adaptive 1: its multiplier of the theory's step, so the default is the theory's η exactly)."""
+    adaptive 1: its multiplier of the theory's per-response step, so the default is the theory's η exactly)."""
     batch_size: int = 256
     """Responses per step (summed over processes); a multiple of group_size × the number of processes."""
     grad_clip: float = 0.0

@@ -14,8 +14,13 @@ def _entropy(logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def policy_gradient_loss(learner, rollout, adv, k, base=None, kl_coef=0.0):
-    """``-Σ_i A_i log p(y_i | x, y_<i)`` averaged over responses, plus the exact KL to q0 if asked.
+    """``-Σ_i A_i log p(y_i | x, y_<i)`` averaged over responses, plus ``kl_coef`` × the KL term if asked.
     ``learner`` is the (possibly DDP-wrapped) ``ResponseLogits`` of the policy over the k answers.
+
+    The KL term is ``Σ_i KL(p(·|x, y_<i) ‖ q0(·|x, y_<i))``, exact at each position of the sampled responses, averaged
+    over them: by the chain rule its expectation is the sequence KL(p‖q0) when p itself samples (on_policy); under
+    another behaviour it weighs the prefixes that behaviour visits instead. Its gradient holds the sampled prefixes
+    fixed (the usual per-token penalty), so even on-policy it lacks the score term ``Σ_i KL_i ∇ log p(y_<i)`` of ∇KL.
 
     A response whose advantages are all zero adds nothing to the loss or its gradient (outcome PG with 0/1
     rewards: every failure), so without a KL term only the others go through the graph; the logged entropy
@@ -46,13 +51,14 @@ def policy_gradient_loss(learner, rollout, adv, k, base=None, kl_coef=0.0):
 
 
 def adaptive_gradient(learner, rollout, adv) -> float:
-    """Set ``.grad`` to ``-mean_b η_b ∇ Σ_i A_bi log p(y_bi)`` with the theory's ``η_b = 1/(4 + 2‖∇ log p(y_b|x_b)‖²)``.
+    """Set ``.grad`` to ``-Σ_b η_b ∇ Σ_i A_bi log p(y_bi)`` with the theory's ``η_b = 1/(4 + 2‖∇ log p(y_b|x_b)‖²)``.
 
-    One backward pair per response (per-sample gradient norms): meant for the linear model and small batches.
+    Summed, not averaged: each response gets the theory's own step, as if it were its own step of batch 1, but all are
+    computed at the same parameters and applied at once (not one after another). One backward pair per response
+    (per-sample gradient norms): meant for the linear model and small batches.
     """
     params = [p for p in learner.parameters() if p.requires_grad]
     total = [torch.zeros_like(p) for p in params]
-    B = rollout.responses.shape[0]
     for b in (adv != 0).any(-1).nonzero().flatten().tolist():  # a response without signal adds η_b · 0
         lp = learner(rollout.prompts[b : b + 1], rollout.responses[b : b + 1]).log_softmax(-1)
         lp = lp.gather(-1, rollout.responses[b : b + 1].unsqueeze(-1)).squeeze(-1)[0] * rollout.mask[b]
@@ -62,7 +68,7 @@ def adaptive_gradient(learner, rollout, adv) -> float:
         eta = 1.0 / (4.0 + 2.0 * sq)
         for t, g in zip(total, grad_adv):
             if g is not None:
-                t.add_(g, alpha=eta / B)
+                t.add_(g, alpha=eta)
     for p, t in zip(params, total):
         p.grad = -t
     return sum(float(t.pow(2).sum()) for t in total) ** 0.5
