@@ -41,7 +41,7 @@ from barrierlab.run import (
 from barrierlab.tasks import task_from_info
 from barrierlab.tokenizer import answer_ids
 from posttrain.advantages import advantages
-from posttrain.behaviour import Sampler, collect
+from posttrain.behaviour import Sampler, StepBatches, collect
 from posttrain.config import PosttrainConfig, load_posttrain_config
 from posttrain.discovery import Discovery
 from posttrain.evaluation import ExactEval, due_for_eval, log_finish, stop_reason, support_postfix, train_metrics
@@ -157,7 +157,7 @@ def main(argv):
     optimizer = make_optimizer(cfg, model)
     evaluator = ExactEval(eval_set, threshold, cfg.eval.num_tracked, k, acc.device, cfg.prompts.clusters)
 
-    step, queries, samples, wall_before, stop = 0, 0, 0, 0.0, None
+    step, queries, samples, wall_before, stop, at_rest = 0, 0, 0, 0.0, None, True
     discovery = Discovery(N)
     started = time.time()
 
@@ -178,10 +178,16 @@ def main(argv):
         rewards = state["reward"]  # one per process; a checkpoint of an earlier version holds its one process's dict
         reward.load_state_dict(rewards[rank] if isinstance(rewards, list) else rewards)
         discovery.load_state_dict(state["discovery"])
+        at_rest = state["at_rest"]
         acc.print(f"resuming {run.path} from step {step} ({queries} reward queries spent)")
     learner, optimizer = acc.prepare(ResponseLogits(model, answer_ids(k)), optimizer)
     policy = acc.unwrap_model(learner).model
     sampler = Sampler(policy, base, reward, k, N, cfg.algo.temperature, cfg.algo.mixture_weight, cfg.algo.m, sample_gen)
+    per_rank = cfg.optim.batch_size // world
+    batches = StepBatches(cfg.algo.behaviour, sampler, prompts_source, per_rank // G, G, acc.device,
+                          ahead=max(1, cfg.algo.sample_ahead // per_rank))
+    if state is not None:
+        batches.load_state_dict(state["batches"][rank])
 
     def checkpoint_state():
         # every process's generator states (a collective: all processes must call this)
@@ -189,7 +195,8 @@ def main(argv):
         return {"step": step, "queries": queries, "samples": samples, "optimizer": optimizer.state_dict(), "base_fingerprint": base_id,
                 "wall_time_s": wall_before + time.time() - started,
                 "prompt_gen": gather(prompt_gen.get_state()), "sample_gen": gather(sample_gen.get_state()),
-                "reward": gather(reward.state_dict()), "discovery": discovery.state_dict(), "stop_reason": stop}
+                "reward": gather(reward.state_dict()), "discovery": discovery.state_dict(), "at_rest": at_rest,
+                "batches": gather(batches.state_dict()), "stop_reason": stop}
 
     def evaluate() -> dict:
         policy.eval()
@@ -199,7 +206,6 @@ def main(argv):
         policy.train()
         return metrics
 
-    per_rank = cfg.optim.batch_size // world
     # with a query budget the bar counts reward queries (the resource that ends the run), else steps
     by_queries = cfg.optim.max_queries is not None
     bar = tqdm(total=cfg.optim.max_queries if by_queries else cfg.optim.max_steps, initial=queries if by_queries else step,
@@ -212,17 +218,17 @@ def main(argv):
     model.train()
     while stop is None and step < cfg.optim.max_steps:
         tick = time.perf_counter()
-        prompts, columns = prompts_source.draw(per_rank // G)
-        prompts = prompts.repeat_interleave(G, 0).to(acc.device)
-        columns = {key: v.repeat_interleave(G, 0).to(acc.device) for key, v in columns.items()}
         policy.eval()
-        rollout = collect(cfg.algo.behaviour, sampler, prompts, columns)
+        prompts, columns, responses = batches.next(at_rest)
+        rollout = collect(cfg.algo.behaviour, sampler, prompts, columns, responses)
         policy.train()
         step_queries = int(acc.reduce(torch.tensor(rollout.queries, device=acc.device), "sum"))
         discovery.update(rollout.responses, columns["target"], rollout.mask, queries, step_queries,
                          rollout.one_per_row and world == 1)
         adv = advantages(rollout.rewards, cfg.algo.baseline, G, cfg.algo.scale_std, rollout.mask, acc.reduce)
-        if not has_signal(acc, adv, cfg.algo.kl_coef):
+        signal = has_signal(acc, adv, cfg.algo.kl_coef)
+        at_rest = at_rest and not signal
+        if not signal:
             zero_gradients(learner)  # then the optimiser's own step, as the full step would take it
             loss, stats, grad_norm = torch.zeros((), device=acc.device), {"entropy": None}, 0.0
         elif cfg.optim.optimizer == "adaptive":

@@ -98,27 +98,73 @@ def first_accepted(candidates: torch.Tensor, verify) -> tuple[torch.Tensor, torc
     return found, first, queries
 
 
-def collect(behaviour: Behaviour, s: Sampler, prompts: torch.Tensor, columns: dict) -> Rollout:
-    B, device = prompts.shape[0], prompts.device
+class StepBatches:
+    """Each step's prompts (G rows each) and, under on-policy sampling, their responses.
+
+    While the policy is at rest (no step has had a learning signal yet, so every optimiser's state is still zero and a
+    zero-gradient step leaves the weights as they are), ``ahead`` steps' responses are sampled in one batched call:
+    the policy cannot change before the first signal, so they are distributed exactly as step-by-step sampling would
+    draw them, and a large batch samples several times faster than a small one. Steps left over when the signal
+    arrives are dropped: never scored, so never charged."""
+
+    def __init__(self, behaviour: Behaviour, sampler: Sampler, source, prompts_per_step: int, G: int, device,
+                 ahead: int):
+        self.behaviour, self.sampler, self.source = behaviour, sampler, source
+        self.rows, self.G, self.device = prompts_per_step * G, G, device
+        self.ahead = ahead if behaviour == "on_policy" else 1  # the others' samples are drawn by collect
+        self.pool: dict[str, torch.Tensor] = {}  # prompts, responses and columns of the steps drawn ahead
+
+    def next(self, at_rest: bool) -> tuple[torch.Tensor, dict, torch.Tensor | None]:
+        """(prompts, columns, responses or None) of the next step; ``at_rest``: no step has had signal yet."""
+        if not at_rest:
+            self.pool = {}  # any left were drawn from a policy that has moved since
+        if not self.pool:
+            prompts, columns = self.source.draw((self.ahead if at_rest else 1) * self.rows // self.G)
+            self.pool = {key: v.repeat_interleave(self.G, 0).to(self.device)
+                         for key, v in {"prompts": prompts, **columns}.items()}
+            if self.behaviour == "on_policy":
+                s = self.sampler
+                self.pool["responses"] = sample(s.policy, self.pool["prompts"], s.N, s.k, temperature=s.temperature,
+                                                generator=s.generator)
+        step = {key: v[: self.rows] for key, v in self.pool.items()}
+        self.pool = {key: v[self.rows :] for key, v in self.pool.items()} if self.pool["prompts"].shape[0] > self.rows else {}
+        prompts, responses = step.pop("prompts"), step.pop("responses", None)
+        return prompts, step, responses
+
+    def state_dict(self) -> dict:
+        return {key: v.cpu() for key, v in self.pool.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.pool = {key: v.to(self.device) for key, v in state.items()}
+
+
+def collect(behaviour: Behaviour, s: Sampler, prompts: torch.Tensor, columns: dict,
+            responses: torch.Tensor | None = None) -> Rollout:
+    """Sample (unless on-policy ``responses`` come drawn already), score and, for the searches, explore."""
     if behaviour == "token_best_of_m":
         return _token_best_of_m(s, prompts, columns)
-    if behaviour == "on_policy" or behaviour == "best_of_m":
-        responses = sample(s.policy, prompts, s.N, s.k, temperature=s.temperature, generator=s.generator)
-    elif behaviour == "uniform":
-        responses = s.uniform(B, device)
-    elif behaviour == "mixture":
-        responses = s.mixture(prompts)
-    elif behaviour == "teacher_forcing":
-        responses = columns["target"].clone()
-    else:
-        raise ValueError(f"unknown behaviour '{behaviour}'")
+    if responses is None:
+        responses = _draw(behaviour, s, prompts, columns)
     out = s.reward(prompts, responses, columns)
     rewards, queries = out.values, out.queries
     if behaviour == "best_of_m":
         responses, rewards, queries = _best_of_m(s, prompts, columns, responses, rewards, queries)
     success = (responses == columns["target"]).all(-1)
-    one_per_row = behaviour != "best_of_m" and s.reward.granularity == "outcome" and queries == B
+    one_per_row = behaviour != "best_of_m" and s.reward.granularity == "outcome" and queries == prompts.shape[0]
     return Rollout(prompts, responses, rewards, torch.ones_like(rewards), success, queries, one_per_row)
+
+
+def _draw(behaviour: Behaviour, s: Sampler, prompts: torch.Tensor, columns: dict) -> torch.Tensor:
+    """One response per prompt from the behaviour policy (the searches' first draw)."""
+    if behaviour == "on_policy" or behaviour == "best_of_m":
+        return sample(s.policy, prompts, s.N, s.k, temperature=s.temperature, generator=s.generator)
+    if behaviour == "uniform":
+        return s.uniform(prompts.shape[0], prompts.device)
+    if behaviour == "mixture":
+        return s.mixture(prompts)
+    if behaviour == "teacher_forcing":
+        return columns["target"].clone()
+    raise ValueError(f"unknown behaviour '{behaviour}'")
 
 
 def _chunk(searching: int, remaining: int) -> int:

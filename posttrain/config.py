@@ -34,6 +34,10 @@ class AlgoConfig:
     (on_policy); under another behaviour it penalises the per-token KL at the prefixes that behaviour visits."""
     temperature: float = 1.0
     """Sampling temperature of the on-policy samples."""
+    sample_ahead: int = 4096
+    """on_policy only: responses sampled in one call while no step has had a learning signal yet (the policy cannot
+    move before then, so this changes no distribution, only speed: large batches sample faster); unused ones are
+    dropped unscored when the signal arrives. 1 or the batch size: sample step by step."""
 
     def check(self):
         require(0.0 <= self.mixture_weight <= 1.0, "mixture_weight", "must be in [0, 1]")
@@ -43,6 +47,7 @@ class AlgoConfig:
                 f"baseline '{self.baseline}' needs group_size ≥ 2")
         require(self.kl_coef >= 0, "kl_coef", "must be ≥ 0")
         require(self.temperature > 0, "temperature", "must be > 0")
+        require(self.sample_ahead >= 1, "sample_ahead", "must be ≥ 1")
         require(not self.scale_std or self.baseline == "group_mean", "scale_std",
                 f"divides group_mean advantages by the group's std; with baseline '{self.baseline}' it would do nothing: "
                 "set baseline group_mean or scale_std false")

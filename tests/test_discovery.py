@@ -105,3 +105,40 @@ def test_a_run_logs_its_discovery(tiny_base, tmp_path):
     assert len(found) <= 1 and done["done/first_success_queries"] == (found[0]["train/first_success_queries"]
                                                                        if found else None)
     assert len(done["done/first_prefix_queries"]) == 3
+
+
+class CountingSource:
+    """Prompts numbered in draw order (bit patterns of the row index), so a test can see which draw a row came from."""
+
+    def __init__(self):
+        self.draws = []
+
+    def draw(self, n):
+        start = sum(self.draws)
+        self.draws.append(n)
+        rows = torch.arange(start, start + n)
+        bits = (rows[:, None] >> torch.arange(D)) & 1
+        return prompt_ids(bits), {"target": torch.zeros(n, N, dtype=torch.long), "cluster": rows}
+
+
+def test_steps_are_sampled_ahead_only_while_the_policy_is_at_rest():
+    from posttrain.behaviour import Sampler, StepBatches
+
+    model = build_model(ModelConfig(layers=1, width=16, heads=2, context=16), d=D, k=K, seed=0).eval()
+    sampler = Sampler(model, None, None, K, N, 1.0, 0.5, 4, torch.Generator().manual_seed(0))
+    source = CountingSource()
+    batches = StepBatches("on_policy", sampler, source, prompts_per_step=2, G=2, device="cpu", ahead=3)
+    first = batches.next(at_rest=True)
+    assert source.draws == [6] and first[0].shape == (4, D + 2) and first[2].shape == (4, N)
+    assert first[1]["cluster"].tolist() == [0, 0, 1, 1]  # G copies of each prompt, in draw order
+    saved = batches.state_dict()
+    second = batches.next(at_rest=True)
+    assert source.draws == [6] and second[1]["cluster"].tolist() == [2, 2, 3, 3]  # from the pool, no new draw
+    again = StepBatches("on_policy", sampler, CountingSource(), prompts_per_step=2, G=2, device="cpu", ahead=3)
+    again.load_state_dict(saved)  # a resumed run continues the same pool
+    assert torch.equal(again.next(at_rest=True)[2], second[2])
+    moved = batches.next(at_rest=False)  # the policy has learnt: the pool's last step is dropped, one step drawn
+    assert source.draws == [6, 2] and moved[1]["cluster"].tolist() == [6, 6, 7, 7]
+    assert batches.pool == {}
+    others = StepBatches("mixture", sampler, source, prompts_per_step=2, G=2, device="cpu", ahead=3)
+    assert others.next(at_rest=True)[2] is None and source.draws == [6, 2, 2]  # collect draws them, step by step
