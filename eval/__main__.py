@@ -4,9 +4,10 @@
 
 Per checkpoint: the exact likelihood of y* and the smallest next-token probability along it for every
 prompt; the expected error overall and on the on-/off-support splits of the *base* α; the LQ Q(ε) and
-token-level LQ Q^TL(ε) curves; unbiased pass@k from n samples per prompt, per split. Writes
-``eval.json``, ``per_prompt.csv``, ``passk.csv``, ``config.yaml``, ``figures/`` and ``report.md`` into
-``out_dir``.
+token-level LQ Q^TL(ε) curves; unbiased pass@k from n samples per prompt, per split; the exact pass@k
+``1 − (1 − p(y*|x))^k`` for k from 1 to 1e12, per split and per cluster, and the k at which the base overtakes
+each other checkpoint. Writes ``eval.json``, ``per_prompt.csv``, ``passk.csv``, ``passk_exact.csv``,
+``config.yaml``, ``figures/`` and ``report.md`` into ``out_dir``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from barrierlab.config import dump_yaml, load_config
@@ -35,10 +37,11 @@ from barrierlab.run import (
 )
 from eval.config import EvalStageConfig
 from eval.evaluate import PromptSet, evaluate_checkpoint
-from eval.passk import default_ks
+from eval.passk import crossing_k, default_ks, fmt_k, log_grid, mean_exact
 from eval.report import build_report, load_experiment
 
-OUTPUTS = ("config.yaml", "eval.json", "per_prompt.csv", "passk.csv", "report.md")  # and figures/
+OUTPUTS = ("config.yaml", "eval.json", "per_prompt.csv", "passk.csv", "passk_exact.csv", "report.md")  # and figures/
+SPLITS = ("all", "onsupport", "offsupport")
 
 
 def model_folder(path: str) -> Path:
@@ -69,6 +72,28 @@ def load_prompt_set(base: Path, threshold: float, device) -> tuple[PromptSet, di
     prompt_set = PromptSet(*prompt_tensors(eval_set, device), masks)
     split = ["offsupport" if off else "onsupport" for off in masks["offsupport"].tolist()]
     return prompt_set, {"cluster": eval_set["cluster"], "split": split, "base_alpha": eval_set["base_alpha"]}
+
+
+def exact_outputs(log_p: dict[str, np.ndarray], columns: dict, ks: list[int]) -> tuple[dict, list[list], dict]:
+    """Exact pass@k of every checkpoint (name → per-prompt log p(y*|x)) on the grid ``ks``: ``(curves, rows,
+    crossings)``, the mean per split (name → split → curve), the rows of passk_exact.csv (per split and per
+    cluster), and the k at which the base overtakes each other checkpoint (``{"split": …, "cluster": …}``)."""
+    split, cluster = np.array(columns["split"]), np.array(columns["cluster"])
+    subsets = {(s, "all"): np.ones(len(split), bool) if s == "all" else split == s for s in SPLITS}
+    subsets |= {("all", str(c)): cluster == c for c in sorted(set(cluster.tolist()))}
+    curves, rows = {name: {} for name in log_p}, []
+    for name, lp in log_p.items():
+        for (s, c), mask in subsets.items():
+            curve = mean_exact(lp, mask, ks)
+            if c == "all":
+                curves[name][s] = curve
+            rows += [[name, s, c, int(mask.sum()), k, value] for k, value in zip(ks, curve or [], strict=False)]
+    crossings = {"split": {}, "cluster": {}}
+    if "base" in log_p:
+        for (s, c), mask in subsets.items():
+            at = {name: crossing_k(log_p["base"], lp, mask, ks) for name, lp in log_p.items() if name != "base"}
+            crossings["split" if c == "all" else "cluster"][s if c == "all" else c] = at
+    return curves, rows, crossings
 
 
 def csv_text(header: list[str], rows: list[list]) -> str:
@@ -106,7 +131,7 @@ def main(argv):
         "n_samples": cfg.n_samples, "temperature": cfg.temperature, "seed": cfg.seed, "pass_k": ks,
         "eps": cfg.eps_grid, "prompts": {s: int(m.sum()) for s, m in prompt_set.masks.items()}, "checkpoints": {},
     }
-    prompt_rows, passk_rows = [], []
+    prompt_rows, passk_rows, log_p = [], [], {}
     for name, (model, folder) in models.items():
         start = time.perf_counter()
         # one generator per checkpoint, seeded alike: every model's samples are reproducible on their own
@@ -115,6 +140,7 @@ def main(argv):
             model.to(device).eval(), prompt_set, k, n=cfg.n_samples, ks=ks, eps_grid=cfg.eps_grid,
             batch_size=cfg.batch_size, temperature=cfg.temperature, generator=generator, progress=cfg.progress)
         results["checkpoints"][name] = {"path": str(folder), "seconds": time.perf_counter() - start, **summary}
+        log_p[name] = np.array(per_prompt["log10_likelihood"]) * np.log(10)  # the likelihood underflows, its log does not
         for i, row in enumerate(zip(*columns.values(), *per_prompt.values(), strict=True)):
             prompt_rows.append([name, i, *row, cfg.n_samples])
         for split, curve in summary["pass_at_k"].items():  # an empty split has no curve (null)
@@ -122,6 +148,15 @@ def main(argv):
         like = summary["likelihood"]
         print(f"{name}: likelihood of y* on-support {fmt_value(like['onsupport'])}, off-support {fmt_value(like['offsupport'])}; "
               f"pass@1 {fmt_value(summary['pass_at_k']['all'][0])}, pass@{ks[-1]} {fmt_value(summary['pass_at_k']['all'][-1])}")
+
+    exact_ks = log_grid(cfg.exact_pass_k_max, cfg.exact_pass_k_per_decade)
+    curves, exact_rows, crossings = exact_outputs(log_p, columns, exact_ks)
+    for name, by_split in curves.items():
+        results["checkpoints"][name]["exact_pass_at_k"] = by_split
+    results |= {"exact_pass_k": exact_ks, "crossing_k": crossings}
+    for name, at in crossings["split"].get("offsupport", {}).items():
+        if at is not None:
+            print(f"exact pass@k on off-support prompts: the base overtakes {name} at k = {fmt_k(at)}")
 
     # written once everything is evaluated, into a staging folder whose files then replace the previous ones: an
     # evaluation that fails or is killed leaves the previous outputs whole, not mixed with some of its own
@@ -133,6 +168,8 @@ def main(argv):
     atomic_write_text(staging / "per_prompt.csv", csv_text(["checkpoint", "prompt", *columns, *per_prompt, "n_samples"],
                                                            prompt_rows))
     atomic_write_text(staging / "passk.csv", csv_text(["checkpoint", "split", "k", "pass_at_k"], passk_rows))
+    atomic_write_text(staging / "passk_exact.csv", csv_text(["checkpoint", "split", "cluster", "prompts", "k", "pass_at_k"],
+                                                            exact_rows))
     build_report(staging, scaling=cfg.scaling_results, alpha=cfg.alpha_results, shown_as=out)
     replace_dir(staging / "figures", out / "figures")
     for name in OUTPUTS:

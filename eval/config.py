@@ -18,13 +18,17 @@ class EvalStageConfig:
     include_base: bool = True
     """Also evaluate the base model q0 itself, as checkpoint 'base'."""
     out_dir: str = "runs/eval"
-    """Where eval.json, per_prompt.csv, passk.csv, the figures and report.md are written."""
+    """Where eval.json, per_prompt.csv, passk.csv, passk_exact.csv, the figures and report.md are written."""
     n_samples: int = 256
     """Responses sampled per prompt for pass@k (n)."""
     pass_k: list[int] | None = None
     """k values of pass@k (each ≤ n_samples); null: 1, 2, 4, … n_samples."""
     temperature: float = 1.0
     """Sampling temperature of the pass@k samples (1: the policy itself)."""
+    exact_pass_k_max: float = 1e12
+    """Largest k of the exact pass@k 1 − (1 − p(y*|x))^k, computed from the exact likelihoods (no sampling)."""
+    exact_pass_k_per_decade: int = 10
+    """Points per decade of the exact pass@k's log grid of k, from 1 to exact_pass_k_max."""
     eps_grid: list[float] = field(default_factory=lambda: [0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9])
     """ε values of the likelihood quantile Q(ε) and the token-level quantile Q^TL(ε)."""
     offsupport_threshold: float | None = None
@@ -54,6 +58,8 @@ class EvalStageConfig:
         require(all(1 <= k <= self.n_samples for k in self.pass_k or []), "pass_k",
                 f"every k must be in [1, n_samples = {self.n_samples}]")
         require(self.temperature > 0, "temperature", "must be > 0")
+        require(1 <= self.exact_pass_k_max <= 1e30, "exact_pass_k_max", "must be in [1, 1e30], e.g. 1e12")
+        require(self.exact_pass_k_per_decade >= 1, "exact_pass_k_per_decade", "must be ≥ 1")
         require(len(self.eps_grid) > 0, "eps_grid", "must list at least one ε")
         require(all(0 <= e < 1 for e in self.eps_grid), "eps_grid", "every ε must be in [0, 1)")
         require(self.offsupport_threshold is None or 0 < self.offsupport_threshold < 1, "offsupport_threshold",

@@ -22,6 +22,7 @@ from barrierlab.run import atomic_write_text, read_metrics
 from eval import figures
 from eval.analysis import eval_rows, queries_to_reach
 from eval.experiments import alpha_verdict, scaling_verdict
+from eval.passk import fmt_k
 from posttrain.evaluation import tracked_indices
 from rewards import granularity_of
 
@@ -106,6 +107,71 @@ def _passk_sentences(results: dict) -> list[str]:
     return lines
 
 
+def _design(base: Path) -> dict[int, dict]:
+    """Cluster → its design (coverage mode, designed α) from the base run's support.json; empty without one."""
+    support = base / "support.json"
+    return {c["cluster"]: c for c in json.loads(support.read_text())["clusters"]} if support.exists() else {}
+
+
+def _exact_at(run_dir: Path) -> dict[tuple[str, str, str], list[float]]:
+    """passk_exact.csv as (checkpoint, split, cluster) → exact pass@k along eval.json's ``exact_pass_k``."""
+    curves: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+    with open(run_dir / "passk_exact.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            curves[row["checkpoint"], row["split"], row["cluster"]].append(float(row["pass_at_k"]))
+    return curves
+
+
+def _overtakes(k_cross: float | None, base: list[float], other: list[float], k_max: int) -> str:
+    """Where the base's exact pass@k overtakes another model's, in words: the k, or why there is none."""
+    if k_cross is not None:
+        return f"k = {fmt_k(k_cross)}"
+    return "ahead from k = 1" if base[0] > other[0] else f"not by k = {fmt_k(k_max)}"
+
+
+def _inverse_alpha(prompts: dict, split: str | None = None, cluster: int | None = None) -> tuple[float, float] | None:
+    """``(ᾱ, 1/ᾱ)``: the mean base α over a split's or a cluster's prompts, and the k near which the base's pass@k
+    rises (pass@k ≈ kᾱ while kα ≪ 1); None for no prompts."""
+    alphas = [a for a, s, c in zip(prompts["base_alpha"], prompts["split"], prompts["cluster"], strict=True)
+              if split in (None, s) and cluster in (None, c)]
+    mean = sum(alphas) / len(alphas) if alphas else 0.0
+    return (mean, 1 / mean) if mean > 0 else None
+
+
+def _exact_sentences(results: dict, exact: dict, prompts: dict) -> list[str]:
+    """The exact pass@k on each split: where the base overtakes each other checkpoint (Yue et al.'s crossing)."""
+    ks, crossings, lines = results["exact_pass_k"], results["crossing_k"]["split"], []
+    for split in ("onsupport", "offsupport"):
+        at = {n: exact[n, split, "all"] for n in results["checkpoints"] if (n, split, "all") in exact}
+        alpha = _inverse_alpha(prompts, split)
+        if "base" not in at or alpha is None:
+            continue
+        where = "; ".join(f"{n}: {_overtakes(crossings[split][n], at['base'], v, ks[-1])}" for n, v in at.items() if n != "base")
+        values = ", ".join(f"{n} {fmt_value(v[0])} → {fmt_value(v[-1])}" for n, v in at.items())
+        lines.append(f"Exact pass@k on {figures.SPLIT_TITLES[split]} (mean base α ᾱ = {fmt_value(alpha[0])}, "
+                     f"1/ᾱ = {fmt_k(alpha[1])}), k = 1 → {fmt_k(ks[-1])}: {values}." + (f" The base overtakes {where}." if where else ""))
+    return lines
+
+
+def _exact_cluster_table(results: dict, exact: dict, prompts: dict, base: Path) -> list[str]:
+    """Per cluster: its designed and mean base α, 1/ᾱ, and the k at which the base overtakes each other checkpoint
+    (the crossing of the split's curves is a mixture of these)."""
+    others = [n for n in results["checkpoints"] if n != "base"]
+    if "base" not in results["checkpoints"] or not others:
+        return []
+    design = _design(base)
+    ks, crossings = results["exact_pass_k"], results["crossing_k"]["cluster"]
+    lines = ["| cluster | coverage | designed α | mean base α ᾱ | 1/ᾱ | " + " | ".join(f"base overtakes {n} at" for n in others)
+             + " |", "|---" * (5 + len(others)) + "|"]
+    for cluster in sorted(set(prompts["cluster"])):
+        alpha, d, c = _inverse_alpha(prompts, cluster=cluster), design.get(cluster, {}), str(cluster)
+        cells = [_overtakes(crossings[c][n], exact["base", "all", c], exact[n, "all", c], ks[-1]) for n in others]
+        mean = "n/a | n/a" if alpha is None else f"{fmt_value(alpha[0])} | {fmt_k(alpha[1])}"
+        lines.append(f"| {cluster} | {d.get('coverage', 'n/a')} | {fmt_value(d.get('designed_alpha'))} | {mean} | "
+                     + " | ".join(cells) + " |")
+    return lines
+
+
 def _coverage_sentence(results: dict) -> str:
     eps = results["eps"]
     j = eps.index(0.1) if 0.1 in eps else len(eps) // 2
@@ -131,8 +197,7 @@ def _per_prompt(run_dir: Path) -> dict[str, dict[str, list]]:
 def _cluster_table(per_prompt: dict, base: Path) -> list[str]:
     """Mean likelihood of y* per cluster and checkpoint, and in brackets over the cluster's off-support prompts:
     where each split's mean comes from (a few outliers of an on-support cluster can set the off-support mean)."""
-    support = base / "support.json"
-    design = {c["cluster"]: c for c in json.loads(support.read_text())["clusters"]} if support.exists() else {}
+    design = _design(base)
     names = list(per_prompt)
     first = per_prompt[names[0]]  # cluster and split are the same columns for every checkpoint
     lines = ["| cluster | coverage | designed α | prompts (off-support) | " + " | ".join(names) + " |",
@@ -204,15 +269,16 @@ def _config_block(title: str, path: Path, shown: Path | None = None) -> str:
     return f"<details><summary>{title}: <code>{shown or path}</code></summary>\n\n```yaml\n{text}```\n</details>\n"
 
 
-def _make_figures(fig_dir: Path, results: dict, per_prompt: dict, arms: list[_Arm], scaling: dict | None,
-                  alpha: dict | None) -> dict[str, str]:
+def _make_figures(fig_dir: Path, results: dict, per_prompt: dict, arms: list[_Arm], left_out: dict[str, str],
+                  scaling: dict | None, alpha: dict | None) -> dict[str, str]:
     """Draw every figure the inputs allow; title → file name."""
     made = {}
+    prompts = next(iter(per_prompt.values()))  # base α, split and cluster: the same columns for every checkpoint
     if arms:
-        base_alpha = next(iter(per_prompt.values()))["base_alpha"]  # the same column for every checkpoint
-        tracked = {a.name: _tracked_alpha(a, base_alpha) for a in arms}
+        tracked = {a.name: _tracked_alpha(a, prompts["base_alpha"]) for a in arms}
         figures.barrier_figure({a.name: a.rows for a in arms}, fig_dir / "barrier.png",
-                               {n: t for n, t in tracked.items() if t is not None})
+                               {n: t for n, t in tracked.items() if t is not None},
+                               threshold=results["offsupport_threshold"], left_out=left_out)
         made["Barrier: off-support likelihood and expected error against reward queries"] = "barrier.png"
     ckpts = results["checkpoints"]
     figures.coverage_figure(
@@ -223,6 +289,12 @@ def _make_figures(fig_dir: Path, results: dict, per_prompt: dict, arms: list[_Ar
     made["Coverage: CDF of log10 likelihood, Q(ε) and Q^TL(ε)"] = "coverage.png"
     figures.passk_figure({n: c["pass_at_k"] for n, c in ckpts.items()}, results["pass_k"], fig_dir / "passk.png")
     made["pass@k, on- and off-support"] = "passk.png"
+    figures.exact_passk_figure(
+        {n: c["exact_pass_at_k"] for n, c in ckpts.items()}, results["exact_pass_k"], fig_dir / "passk_exact.png",
+        sampled={n: c["pass_at_k"] for n, c in ckpts.items()}, sampled_ks=results["pass_k"],
+        crossings=results["crossing_k"]["split"],
+        inverse_alpha={s: (_inverse_alpha(prompts, s) or (None, None))[1] for s in ("onsupport", "offsupport")})
+    made["Exact pass@k to k = 1e12: where the base overtakes"] = "passk_exact.png"
     if scaling:
         figures.scaling_figure(scaling["runs"], fig_dir / "scaling.png", k=scaling.get("k", results["k"]),
                                target=scaling.get("target_likelihood"))
@@ -271,25 +343,35 @@ def build_report(run_dir, *, scaling=None, alpha=None, shown_as=None) -> Path:
     results = json.loads((run_dir / "eval.json").read_text())
     base = Path(results["base"])
     per_prompt = _per_prompt(run_dir)
-    prompts = next(iter(per_prompt.values()))  # base α and split: the same columns for every checkpoint
+    prompts = next(iter(per_prompt.values()))  # base α, split and cluster: the same columns for every checkpoint
+    exact = _exact_at(run_dir)
+    runs = {n: run for n, run in _arm_runs(results).items() if n != "base"}  # the base is every run's step 0
+    # checkpoint → why the barrier figure has no curves of it (named in the figure and here)
+    left_out = {n: "no metrics.jsonl beside it: not a run's final model/" for n in results["checkpoints"]
+                if n != "base" and n not in runs}
     arms, elsewhere = [], []
-    for arm in (_Arm(name, run) for name, run in _arm_runs(results).items()):
+    for arm in (_Arm(name, run) for name, run in runs.items()):
         if not arm.last:  # a pretraining run: no reward-query evaluations to draw
-            continue
-        if _measured_elsewhere(arm, prompts["base_alpha"], prompts["split"]):
+            left_out[arm.name] = "a pretraining run: no reward-query evaluations"
+        elif _measured_elsewhere(arm, prompts["base_alpha"], prompts["split"]):
             elsewhere.append(arm.name)
+            left_out[arm.name] = "its run evaluated other prompts or another split"
         else:
             arms.append(arm)
     scaling_data = load_experiment(scaling, "scaling") if scaling else None
     alpha_data = load_experiment(alpha, "alpha") if alpha else None
-    made = _make_figures(run_dir / "figures", results, per_prompt, arms, scaling_data, alpha_data)
+    made = _make_figures(run_dir / "figures", results, per_prompt, arms, left_out, scaling_data, alpha_data)
 
     observed = [a.sentence() for a in arms] + _barrier_sentences(arms) + [_coverage_sentence(results)]
     if elsewhere:
         observed.append(f"Training curves left out: {', '.join(elsewhere)}. Their runs' own evaluations of the base "
                         "model do not match this evaluation's prompts or its on/off-support split (another base, or "
                         "another off-support threshold); their checkpoints are evaluated below like the others.")
-    observed += _passk_sentences(results)
+    if other := [n for n in left_out if n not in elsewhere]:
+        observed.append("No training curves for: " + "; ".join(f"{n} ({left_out[n]}, e.g. a TRL script's model folder "
+                        "or a mid-run checkpoint)" if n not in runs else f"{n} ({left_out[n]})" for n in other)
+                        + "; evaluated below like the others.")
+    observed += _passk_sentences(results) + _exact_sentences(results, exact, prompts)
     observed += scaling_verdict(scaling_data) if scaling_data else []
     observed += [alpha_verdict(alpha_data)] if alpha_data else []
 
@@ -304,7 +386,12 @@ def build_report(run_dir, *, scaling=None, alpha=None, shown_as=None) -> Path:
     lines += ["", "## Checkpoints on the eval prompts", "", *_checkpoint_table(results)]
     lines += ["", "## By cluster", "", "Mean likelihood of y* over each cluster's eval prompts; in brackets, over those "
               f"of them that are off-support (base α < {results['offsupport_threshold']:g}).", "",
-              *_cluster_table(per_prompt, base), "", "## Figures", ""]
+              *_cluster_table(per_prompt, base), ""]
+    if crossing_table := _exact_cluster_table(results, exact, prompts, base):
+        lines += ["## Exact pass@k by cluster", "", "Where the base's exact pass@k 1 − (1 − p(y*|x))^k, averaged over a "
+                  "cluster's prompts, overtakes each checkpoint's (the smallest k on the grid, refined by bisection in "
+                  "log k); all curves, per split and per cluster, are in `passk_exact.csv`.", "", *crossing_table, ""]
+    lines += ["## Figures", ""]
     for title, file in made.items():
         lines += [f"### {title}", "", f"![{title}](figures/{file})", ""]
     if not scaling_data:

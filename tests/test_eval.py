@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import csv
-import itertools
 import json
 import math
 import shutil
 import warnings
-from fractions import Fraction
+from collections import defaultdict
 from pathlib import Path
 
 import matplotlib
@@ -23,44 +22,12 @@ from barrierlab.run import load_dataset_dir, load_model_dir, prompt_tensors, rea
 from barrierlab.tokenizer import ANSWER0
 from eval.config import EvalStageConfig
 from eval.evaluate import summarise
-from eval.passk import default_ks, pass_at_k
+from eval.passk import crossing_k, exact_pass_at_k, fmt_k, log_grid, pass_at_k
 from eval.report import build_report
 from tests.conftest import ROOT, TINY, one_line_error, run_stage
+from tests.test_passk import sampled_interval
 
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-# ----------------------------------------------------------------------------- pass@k
-
-
-@pytest.mark.parametrize("n", range(1, 8))
-def test_pass_at_k_matches_brute_force_over_all_k_subsets(n):
-    for c, k in itertools.product(range(n + 1), range(1, n + 1)):
-        samples = [1] * c + [0] * (n - c)
-        subsets = list(itertools.combinations(samples, k))
-        expected = sum(any(s) for s in subsets) / len(subsets)
-        assert pass_at_k([c], n, k)[0] == pytest.approx(expected, abs=1e-12), (n, c, k)
-
-
-def test_pass_at_k_known_values_and_large_n():
-    assert pass_at_k([2], 5, 2)[0] == pytest.approx(0.7)  # 1 − C(3,2)/C(5,2) = 1 − 3/10
-    assert pass_at_k([0, 3, 256], 256, 1).tolist() == pytest.approx([0.0, 3 / 256, 1.0])
-    assert pass_at_k([250], 256, 7)[0] == 1.0  # fewer than k wrong samples: every k-subset holds a correct one
-    counts = np.array([0, 1, 5, 40, 128, 255])
-    for k in (1, 2, 16, 100, 256):  # n = 256: the binomials are huge, the product form is not
-        exact = [float(1 - Fraction(math.comb(256 - c, k), math.comb(256, k))) for c in counts]
-        assert pass_at_k(counts, 256, k) == pytest.approx(exact, rel=1e-9, abs=1e-15)
-    curve = [pass_at_k([3], 256, k)[0] for k in default_ks(256)]
-    assert curve == sorted(curve) and not str(pass_at_k([0], 10, 3)[0]).startswith("-")
-    with pytest.raises(ValueError, match="k must be in \\[1, n = 4\\], got 5"):
-        pass_at_k([1], 4, 5)
-    with pytest.raises(ValueError, match="correct counts must be in \\[0, n = 4\\]"):
-        pass_at_k([5], 4, 1)
-
-
-def test_default_ks():
-    assert default_ks(256) == [1, 2, 4, 8, 16, 32, 64, 128, 256]
-    assert default_ks(12) == [1, 2, 4, 8, 12] and default_ks(1) == [1]
 
 
 # ----------------------------------------------------------------------------- quantiles and splits
@@ -103,6 +70,12 @@ def test_checkpoints_config_and_command_line_flags():
     assert cfg.n_samples == 8 and cfg.named_checkpoints() == {"outcome": "runs/a", "p": "runs/b"}
     with pytest.raises(ConfigValueError, match="n_samples"):
         build(EvalStageConfig, {"n_samples": 4, "pass_k": [8]})
+    with pytest.raises(ConfigValueError, match="must be in \\[1, 1e30\\], e.g. 1e12") as info:
+        build(EvalStageConfig, {"exact_pass_k_max": 0.5})
+    assert info.value.key == "exact_pass_k_max"
+    with pytest.raises(ConfigValueError, match="must be ≥ 1") as info:
+        build(EvalStageConfig, {"exact_pass_k_per_decade": 0})
+    assert info.value.key == "exact_pass_k_per_decade"
     with pytest.raises(ConfigValueError, match="'base' names the base model's own row"):
         build(EvalStageConfig, {"checkpoints": {"base": "runs/outcome"}})  # it would be reported as the base
 
@@ -124,33 +97,60 @@ def test_barrier_series_against_steps_and_queries():
     rows = _metrics(1e-12, 0) + [{"step": 3, "train/loss": 0.1, "train/reward_queries": 3000}]  # a train/ row: no point
     steps, err = _series(rows, "eval/expected_error", "step")
     assert steps.tolist() == [0, 1, 2, 3, 4, 5] and err.tolist() == pytest.approx([0.7, 0.65, 0.6, 0.55, 0.5, 0.45])
-    queries, _ = _series(rows, "eval/expected_error")  # a log axis: the base (0 queries) is the dotted line instead
-    assert queries.tolist() == [1000, 2000, 3000, 4000, 5000]
+    queries, _ = _series(rows, "eval/expected_error")  # the base model (0 queries) too: a symlog axis keeps it
+    assert queries.tolist() == [0, 1000, 2000, 3000, 4000, 5000]
+
+
+def _labelled_ticks(ax, which: str) -> list[str]:
+    """The tick labels (major and minor) that show within the view of ``ax``'s ``which`` axis, once drawn."""
+    lo, hi = sorted(getattr(ax, f"get_{which}lim")())
+    return [t.get_text() for minor in (False, True) for t in getattr(ax, f"get_{which}ticklabels")(minor=minor)
+            if t.get_text() and t.get_visible() and lo <= t.get_position()[which == "y"] <= hi]
+
+
+def _reads_its_own_labels(ax, which: str) -> bool:
+    """Whether ``ax`` shows its own ``which`` tick labels: not an inner panel that shares them with its neighbour."""
+    shared = len(getattr(ax, f"get_shared_{which}_axes")().get_siblings(ax)) > 1
+    return not shared or any(t.get_visible() for t in getattr(ax, f"get_{which}ticklabels")())
 
 
 def test_figure_functions_write_non_empty_pngs(tmp_path, monkeypatch):
     from eval import figures
 
     drawn = {}  # file name → [(x label, y label, x scale, y scale, line colours, texts)] of each axes with a label
+    titles, log_labels, fig_texts = {}, {}, {}
 
     def record(fig, path, save=figures._save):
-        drawn[Path(path).name] = [(ax.get_xlabel(), ax.get_ylabel(), ax.get_xscale(), ax.get_yscale(),
-                                   [matplotlib.colors.to_hex(line.get_color()) for line in ax.get_lines()],
-                                   [text.get_text() for text in ax.texts])
-                                  for ax in fig.get_axes() if ax.get_xlabel()]
+        fig.canvas.draw()
+        name = Path(path).name
+        panels = [ax for ax in fig.get_axes() if ax.get_xlabel()]
+        drawn[name] = [(ax.get_xlabel(), ax.get_ylabel(), ax.get_xscale(), ax.get_yscale(),
+                        [matplotlib.colors.to_hex(line.get_color()) for line in ax.get_lines()],
+                        [text.get_text() for text in ax.texts]) for ax in panels]
+        titles[name] = [ax.get_title() for ax in panels]
+        log_labels[name] = [_labelled_ticks(ax, w) for ax in fig.get_axes() for w in "xy"
+                            if getattr(ax, f"get_{w}scale")() in ("log", "symlog") and _reads_its_own_labels(ax, w)]
+        fig_texts[name] = [t.get_text() for f in (fig, *fig.subfigs) for t in f.texts]
         return save(fig, path)
 
     monkeypatch.setattr(figures, "_save", record)
     arms = {"outcome": _metrics(1e-12, 0), "process": _metrics(0.9, 1)}
     alpha = [1e-8, 1e-4, 0.1, 0.9]
+    exact_ks = [1, 10, 100, 10**3, 10**4]
     paths = [
-        figures.barrier_figure(arms, tmp_path / "barrier.png", {"outcome": alpha, "process": alpha}),
+        figures.barrier_figure(arms, tmp_path / "barrier.png", {"outcome": alpha, "process": alpha}, threshold=1e-5,
+                               left_out={"trl": "no metrics.jsonl beside it"}),
         figures.coverage_figure({"base": {"log10_likelihood": [-8, -3, -1, 0], "LQ": [1e-8, 1e-3], "token_LQ": [0.1, 0.5]},
                                  "process": {"log10_likelihood": [-1, -0.5, 0, 0], "LQ": [0.1, 0.9], "token_LQ": [0.5, 1]}},
                                 [0.1, 0.5], tmp_path / "coverage.png", k=3, N=4, threshold=1e-5),
         figures.passk_figure({"base": {"onsupport": [0.2, 0.4, 0.6], "offsupport": [0.0, 0.0, 0.01]},
                               "outcome": {"onsupport": [0.8, 0.8, 0.8], "offsupport": None}}, [1, 2, 4],
                              tmp_path / "passk.png"),
+        figures.exact_passk_figure({"base": {"onsupport": [0.3, 0.9, 1, 1, 1], "offsupport": [1e-3, 0.01, 0.1, 0.6, 1]},
+                                    "outcome": {"onsupport": [0.9, 1, 1, 1, 1], "offsupport": [0.05] * 5}}, exact_ks,
+                                   tmp_path / "passk_exact.png", sampled={"base": {"onsupport": [0.3, 0.9], "offsupport": [0, 0]}},
+                                   sampled_ks=[1, 10], crossings={"offsupport": {"outcome": 52.0}},
+                                   inverse_alpha={"onsupport": 3.0, "offsupport": 1e3}),
         figures.scaling_figure([{"arm": "outcome", "reward": "outcome", "N": n, "queries": 30 * 4**n, "censored": n == 5} for n in (2, 3, 4, 5)]
                                + [{"arm": "process", "reward": "process", "N": n, "queries": 200 * n, "censored": False} for n in (2, 3, 4, 5)],
                                tmp_path / "scaling.png", k=4, target=0.5),
@@ -161,17 +161,28 @@ def test_figure_functions_write_non_empty_pngs(tmp_path, monkeypatch):
         data = path.read_bytes()
         assert data.startswith(PNG) and len(data) > 5000, path
     # the axes are named in science.md's terms, reward queries and likelihoods on log scales
+    queries = "reward queries (0: the base model q0; log scale from 1000)"
     barrier = drawn["barrier.png"]
     assert [(x, y) for x, y, *_ in barrier[:4]] == [
         ("PG steps", "mean likelihood of y* on off-support prompts"), ("PG steps", "expected error err(p)"),
-        ("reward queries", "mean likelihood of y* on off-support prompts"), ("reward queries", "expected error err(p)")]
-    assert barrier[2][2:4] == ("log", "log")
+        (queries, "mean likelihood of y* on off-support prompts"), (queries, "expected error err(p)")]
+    assert barrier[2][2:4] == ("symlog", "log")  # symlog: the base model's point at 0 queries stays on the axis
     for x, _, xscale, yscale, lines, _ in barrier[4:]:  # one panel per arm: the tracked prompts, coloured by base α
-        assert (x, xscale, yscale) == ("reward queries", "log", "log") and len(set(lines)) == len(alpha)
+        assert (x, xscale, yscale) == (queries, "symlog", "log") and len(set(lines)) == len(alpha)
     assert barrier[4][1] == "likelihood p(y*(x) | x)"
+    # at a glance: every panel titled, every log axis numbered at two ticks or more, the left-out checkpoint named
+    for name in ("barrier.png", "coverage.png", "passk.png", "passk_exact.png"):
+        assert all(titles[name]), (name, titles[name])
+        assert log_labels[name] and all(len(labels) >= 2 for labels in log_labels[name]), (name, log_labels[name])
+    assert "$\\mathdefault{0}$" in log_labels["barrier.png"][1]  # the base model's tick on the query axis
+    assert fig_texts["barrier.png"] == ["No training curves for: trl (no metrics.jsonl beside it)"]
     assert [x for x, *_ in drawn["coverage.png"]] == ["log10 likelihood of y*(x)  (base model: log10 α(x))",
                                                        "ε (fraction of worst prompts excluded)"]
     assert drawn["passk.png"][0][:3] == ("k (samples drawn per prompt)", "unbiased pass@k", "log")
+    (x, y, xscale, _, on_lines, on_texts), (*_, off_lines, off_texts) = drawn["passk_exact.png"]
+    assert (x, xscale) == ("k (samples drawn per prompt)", "log") and y.startswith("pass@k = 1 − (1 − p(y*|x))^k")
+    assert len(on_lines) == 4 and off_texts == ["base overtakes outcome\nat k = 52"] and on_texts == []
+    assert len(off_lines) == 6  # 2 exact curves, 1 sampled, the crossing (line and point) and 1/ᾱ
     with warnings.catch_warnings():  # a split no model has: a note in the panel, no empty-legend warning
         warnings.simplefilter("error")
         figures.passk_figure({"base": {"onsupport": None, "offsupport": [0.0, 0.1]}}, [1, 2], tmp_path / "p.png")
@@ -181,6 +192,18 @@ def test_figure_functions_write_non_empty_pngs(tmp_path, monkeypatch):
     assert drawn["scaling.png"][0][:2] == ("response length N", "reward queries to reach the target")
     assert drawn["alpha.png"][0][:3] == ("base likelihood α of the cluster (geometric mean over its eval prompts)",
                                          "reward queries to reach the target", "log")
+
+
+def test_the_tracked_prompts_colour_bar_marks_the_offsupport_threshold(tmp_path, monkeypatch):
+    from eval import figures
+
+    bars = []
+    monkeypatch.setattr(figures, "_save", lambda fig, path: bars.extend(ax for ax in fig.get_axes() if not ax.get_xlabel()))
+    figures.barrier_figure({"outcome": _metrics(1e-12, 0)}, tmp_path / "b.png", {"outcome": [1e-8, 1e-4, 0.1, 0.9]},
+                           threshold=1e-5)
+    (bar,) = bars
+    assert bar.get_yscale() == "log" and bar.get_ylim() == pytest.approx((1e-8, 1))  # α on a log colour scale
+    assert [line.get_ydata()[0] for line in bar.get_lines()] == [1e-5] and "off-support threshold 1e-05" in bar.get_ylabel()
 
 
 def test_scaling_fits_recover_the_generating_shapes():
@@ -269,9 +292,49 @@ def test_eval_stage_end_to_end(tiny_eval, tiny_base):
     assert "n_samples: 16" in (tiny_eval / "config.yaml").read_text()
 
 
+def test_exact_pass_at_k_of_the_stage_and_its_sampled_check(tiny_eval):
+    results = json.loads((tiny_eval / "eval.json").read_text())
+    ks, names = results["exact_pass_k"], list(results["checkpoints"])
+    assert ks == log_grid(1e12, 10) and ks[-1] == 10**12
+    with open(tiny_eval / "per_prompt.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    with open(tiny_eval / "passk_exact.csv", newline="") as f:
+        exact = list(csv.DictReader(f))
+    assert list(exact[0]) == ["checkpoint", "split", "cluster", "prompts", "k", "pass_at_k"]
+    assert len(exact) == len(names) * (3 + 3) * len(ks)  # per split (all, on, off) and per cluster (3)
+    table = defaultdict(list)
+    for r in exact:
+        table[r["checkpoint"], r["split"], r["cluster"]].append(float(r["pass_at_k"]))
+    log_p, subsets, checks = {}, {}, len(names) * 3 * len(results["pass_k"])
+    for name in names:
+        mine = sorted((r for r in rows if r["checkpoint"] == name), key=lambda r: int(r["prompt"]))
+        log_p[name] = np.array([float(r["log10_likelihood"]) for r in mine]) * math.log(10)
+        split, cluster = np.array([r["split"] for r in mine]), np.array([r["cluster"] for r in mine])
+        subsets = {("all", "all"): np.ones(48, bool), ("onsupport", "all"): split == "onsupport",
+                   ("offsupport", "all"): split == "offsupport"} | {("all", c): cluster == c for c in "012"}
+        for (s, c), mask in subsets.items():
+            want = exact_pass_at_k(log_p[name][mask], ks).mean(1)
+            assert table[name, s, c] == pytest.approx(want, rel=1e-12), (name, s, c)
+            if c == "all":
+                assert results["checkpoints"][name]["exact_pass_at_k"][s] == table[name, s, c]
+                # exact pass@1 is the mean likelihood; the sampled pass@k lies in its binomial interval of the exact one
+                assert table[name, s, c][0] == pytest.approx(results["checkpoints"][name]["likelihood"][s], rel=1e-6)
+                p = np.exp(log_p[name][mask])
+                for k, sampled in zip(results["pass_k"], results["checkpoints"][name]["pass_at_k"][s], strict=True):
+                    exact_mean, lo, hi = sampled_interval(p, 16, k, 0.99, checks)
+                    assert exact_mean == pytest.approx(table[name, s, c][ks.index(k)], rel=1e-9)
+                    assert lo <= sampled <= hi, (name, s, k)
+    # the k where the base overtakes each checkpoint, per split and per cluster; never the base model itself again
+    for (s, c), mask in subsets.items():
+        at = results["crossing_k"]["split"][s] if c == "all" else results["crossing_k"]["cluster"][c]
+        assert list(at) == ["outcome", "process", "base_again"] and at["base_again"] is None
+        for name in ("outcome", "process"):
+            assert at[name] == crossing_k(log_p["base"], log_p[name], mask, ks)
+
+
 def test_report_on_tiny_finished_runs(tiny_eval, tiny_base, tmp_path):
     report = (tiny_eval / "report.md").read_text()
-    for name in ("barrier.png", "coverage.png", "passk.png"):
+    for name in ("barrier.png", "coverage.png", "passk.png", "passk_exact.png"):
         assert f"(figures/{name})" in report and (tiny_eval / "figures" / name).read_bytes().startswith(PNG)
     assert "## What was observed" in report and "Outcome PG (outcome) left the mean off-support likelihood" in report
     assert "| outcome | outcome reward, on_policy behaviour | 384 | 12 | max_steps |" in report
@@ -291,6 +354,19 @@ def test_report_on_tiny_finished_runs(tiny_eval, tiny_base, tmp_path):
         assert float(mean) == pytest.approx(sum(mine) / len(mine), rel=2e-3)
         assert (float(bracket.rstrip(")")) == pytest.approx(sum(off) / len(off), rel=2e-3)) if off else bracket == ""
     assert "reward:" in report and "profile:" in report
+    # exact pass@k: where the base overtakes, per split in words and per cluster in a table
+    results = json.loads((tiny_eval / "eval.json").read_text())
+    for split in ("on-support", "off-support"):  # the words themselves: test_exact_pass_at_k_sentences
+        sentence = next(x for x in report.splitlines() if x.startswith(f"- Exact pass@k on {split} prompts (mean base α"))
+        assert "The base overtakes outcome: " in sentence and sentence.endswith("base_again: not by k = 1.0e12.")
+    assert "| cluster | coverage | designed α | mean base α ᾱ | 1/ᾱ | base overtakes outcome at | base overtakes process at " \
+           "| base overtakes base_again at |" in report
+    for cluster, at in results["crossing_k"]["cluster"].items():
+        line = [x for x in report.splitlines() if x.startswith(f"| {cluster} | {design[int(cluster)]['coverage']} |")][-1]
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[5:] == [f"k = {fmt_k(at[n])}" if at[n] else cells[5 + i] for i, n in enumerate(at)]
+        assert all(c.startswith(("k = ", "ahead from k = 1", "not by k = 1.0e12")) for c in cells[5:])
+    assert "No training curves for: base_again (a pretraining run: no reward-query evaluations)" in report
     scaling = tmp_path / "scaling.json"
     scaling.write_text(json.dumps({"k": 3, "target_likelihood": 0.5, "runs": [
         {"arm": arm, "reward": arm, "N": n, "queries": q, "censored": False}
@@ -307,7 +383,17 @@ def test_report_on_tiny_finished_runs(tiny_eval, tiny_base, tmp_path):
     assert "**process**: queries ∝ N^1.00" in report and "fitted log-log slope **-1.00**" in report
 
 
-def test_report_leaves_out_curves_measured_on_other_prompts_or_splits(tiny_eval, tmp_path):
+def test_report_leaves_out_curves_measured_on_other_prompts_or_splits(tiny_eval, tmp_path, monkeypatch):
+    from eval import figures
+
+    drawn = {}  # what the barrier figure was asked to draw, and to name as left out
+
+    def barrier(arms, path, tracked, **kw):
+        drawn.update(arms=list(arms), **kw)
+        return draw(arms, path, tracked, **kw)
+
+    draw = figures.barrier_figure
+    monkeypatch.setattr(figures, "barrier_figure", barrier)
     out = tmp_path / "eval"
     shutil.copytree(tiny_eval, out)
     other = tmp_path / "outcome"  # the outcome run, as if trained from another base: its own step-0 numbers differ
@@ -322,6 +408,9 @@ def test_report_leaves_out_curves_measured_on_other_prompts_or_splits(tiny_eval,
     assert "Training curves left out: outcome. Their runs' own evaluations of the base model do not match" in report
     assert "| process | process reward" in report and "| outcome | outcome reward" not in report  # runs table
     assert "(figures/barrier.png)" in report  # process's curves still drawn
+    assert drawn == {"arms": ["process"], "threshold": 0.06, "left_out": {
+        "base_again": "a pretraining run: no reward-query evaluations",
+        "outcome": "its run evaluated other prompts or another split"}}  # named in the figure itself too
     # an evaluation that splits at base α < 0.2 (the runs split at 0.06): no curves at all, and no stale figure
     with open(out / "per_prompt.csv", newline="") as f:
         table = list(csv.DictReader(f))
@@ -344,6 +433,22 @@ def test_pass_at_k_sentences_name_every_checkpoint_tied_at_the_best():
     assert _passk_sentences(results)[0].endswith("best at k = 1: outcome, at k = 16: base and process (tied).")
 
 
+def test_exact_pass_at_k_sentences():
+    from eval.report import _exact_sentences
+
+    ks = [1, 10, 10**12]
+    curves = {"base": [1e-7, 1e-6, 1.0], "outcome": [0.05, 0.05, 0.05], "process": [0.6, 0.9, 1.0]}
+    results = {"exact_pass_k": ks, "checkpoints": dict.fromkeys(curves),
+               "crossing_k": {"split": {"offsupport": {"outcome": 512933.0, "process": None}}}}
+    prompts = {"base_alpha": [1e-7, 1e-7, 0.5], "split": ["offsupport", "offsupport", "onsupport"], "cluster": [0, 0, 1]}
+    exact = {(n, "offsupport", "all"): v for n, v in curves.items()}
+    assert _exact_sentences(results, exact, prompts) == [
+        "Exact pass@k on off-support prompts (mean base α ᾱ = 1e-07, 1/ᾱ = 1.0e7), k = 1 → 1.0e12: base 1e-07 → 1, "
+        "outcome 0.05 → 0.05, process 0.6 → 1. The base overtakes outcome: k = 5.1e5; process: not by k = 1.0e12."]
+    exact["base", "offsupport", "all"] = [0.7, 0.8, 1.0]  # ahead of both at k = 1: nothing to overtake
+    assert _exact_sentences(results, exact, prompts)[0].endswith("outcome: k = 5.1e5; process: ahead from k = 1.")
+
+
 def test_a_mid_run_checkpoint_is_a_model_folder_eval_reads(tiny_eval, tiny_base, tmp_path):
     from eval.__main__ import main
 
@@ -355,7 +460,11 @@ def test_a_mid_run_checkpoint_is_a_model_folder_eval_reads(tiny_eval, tiny_base,
     model, _, info = load_model_dir(step)  # the step-10 weights, not the final model's
     eval_set = load_dataset_dir(tiny_base / "data" / "eval_prompts", ["prompt_ids", "target_ids"])
     log_p, _ = target_stats(model, *prompt_tensors(eval_set), info["task"]["k"])
-    assert mid == pytest.approx(log_p.exp().mean().item(), rel=1e-5) and mid != pytest.approx(final, rel=1e-3)
+    assert mid == pytest.approx(log_p.exp().mean().item(), rel=1e-6) and mid != pytest.approx(final, rel=1e-5)
+    report = (tmp_path / "e" / "report.md").read_text()  # no training curves of its own: the report says so
+    assert "No training curves for: mid (no metrics.jsonl beside it: not a run's final model/, e.g. a TRL script's " \
+           "model folder or a mid-run checkpoint); evaluated below like the others." in report
+    assert "(figures/passk_exact.png)" in report and "## Exact pass@k by cluster" not in report  # no base to compare
 
 
 def test_eval_rejects_bad_paths_in_one_line(tmp_path, tiny_base, capsys):
@@ -384,6 +493,8 @@ def test_eval_rejects_bad_paths_in_one_line(tmp_path, tiny_base, capsys):
     err = one_line_error(main, [*args, "--out_dir", str(tmp_path / "e"), "--checkpoints.other", str(other)], capsys)
     assert f"checkpoint 'other' ({other}) was trained on a different task than the base run" in err
     assert not (tmp_path / "e").exists()
+    err = one_line_error(main, [*args, "--out_dir", str(tmp_path / "e"), "--exact_pass_k_max", "1e40"], capsys)
+    assert "exact_pass_k_max" in err and "must be in [1, 1e30]" in err and not (tmp_path / "e").exists()
     (tmp_path / "file").write_text("")
     err = one_line_error(main, [*args, "--out_dir", str(tmp_path / "file")], capsys)
     assert "out_dir: '" in err and "is a file, not a folder" in err
@@ -402,17 +513,26 @@ def test_eval_rejects_bad_paths_in_one_line(tmp_path, tiny_base, capsys):
                         "run folder, its model/ or one of its checkpoints/step_N\n")
 
 
-@pytest.mark.parametrize("span, minor_labels", [((128, 710), True), ((27_000, 300_000), False)])
-def test_reward_query_axes_carry_numbers_on_short_runs(span, minor_labels):
+@pytest.mark.parametrize("span, labels", [((128, 710), ["$\\mathdefault{2\\times10^{2}}$", "$\\mathdefault{5\\times10^{2}}$"]),
+                                          ((27_000, 300_000), ["$\\mathdefault{10^{5}}$", "$\\mathdefault{5\\times10^{4}}$",
+                                                               "$\\mathdefault{2\\times10^{5}}$"]),
+                                          ((1e-9, 0.5), ["$\\mathdefault{10^{-8}}$", "$\\mathdefault{10^{-6}}$",
+                                                         "$\\mathdefault{10^{-4}}$", "$\\mathdefault{10^{-2}}$",
+                                                         "$\\mathdefault{10^{0}}$"])])
+def test_log_axes_carry_two_numbers_or_more_and_query_axes_keep_the_base(span, labels):
     import matplotlib.pyplot as plt
 
-    from eval.figures import _log_queries_axis
+    from eval.figures import _log_axis, _queries_axis
 
-    fig, ax = plt.subplots()
-    ax.plot(span, [0, 1])
-    _log_queries_axis(ax)
+    fig, (ax, ax_q) = plt.subplots(1, 2)
+    ax.plot(span, [1, 2])
+    _log_axis(ax, "x")  # a short run, less than one decade with one or no decade tick in it, or many decades
+    ax_q.plot([0, 300, 300_000], [1, 2, 3])
+    _queries_axis(ax_q, [0, 300, 300_000])  # linear up to 100, the first evaluation's decade
     fig.canvas.draw()
-    assert any(t.get_text() for t in ax.get_xticklabels(minor=True)) == minor_labels  # no decade inside 128..710
+    assert _labelled_ticks(ax, "x") == labels
+    assert _labelled_ticks(ax_q, "x") == [f"$\\mathdefault{{{t}}}$" for t in ("0", "10^{2}", "10^{3}", "10^{4}", "10^{5}")]
+    assert ax_q.get_xlim()[0] == 0 and ax_q.get_xlabel() == "reward queries (0: the base model q0; log scale from 100)"
     plt.close(fig)
 
 
