@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
-import subprocess
 import sys
+import tempfile
+import traceback
 from pathlib import Path
 
 from barrierlab.config import load_config, parse_overrides
@@ -46,13 +48,44 @@ def check_stage_args(stage_config: type, config: str, args: list[str], *, user_a
 
 
 def run_stage(stage: str, *args: str) -> None:
-    """``python -m <stage> args``, which dies with this process; a failure becomes a UserError carrying the stage's
-    own last line."""
-    env = {**os.environ, PARENT_PID_ENV: str(os.getpid())}
-    proc = subprocess.run([sys.executable, "-m", stage, *args], capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise UserError(f"{stage} {' '.join(args[:4])} ... failed: {tail}")
+    """``python -m <stage> args`` in a forked child that dies with this process; a failure becomes a UserError
+    carrying the stage's own last line.
+
+    A fork, not a new interpreter: the stage's imports (torch, transformers: seconds each time) are done once here and
+    inherited, so a sweep of a hundred short runs does not spend most of its time importing. The child is still its
+    own process (its own memory, seeds, accelerator state, exit code), as ``python -m`` would give. This process
+    itself computes nothing with torch, so the child inherits no thread pool."""
+    main = importlib.import_module(f"{stage}.__main__").main  # imported in the parent once, then inherited
+    sys.stdout.flush()
+    sys.stderr.flush()
+    with tempfile.TemporaryFile("w+") as log:
+        pid = os.fork()
+        if pid == 0:  # the child: the stage's main with its output in the log, then exit without the parent's cleanup
+            code = 1
+            try:
+                os.dup2(log.fileno(), 1)
+                os.dup2(log.fileno(), 2)
+                os.environ[PARENT_PID_ENV] = str(os.getppid())
+                main(list(args))
+                code = 0
+            except SystemExit as done:
+                code = done.code if isinstance(done.code, int) else 1
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        try:
+            _, status = os.waitpid(pid, 0)
+        except KeyboardInterrupt:  # the child got the same Ctrl-C: let it close its run folder first
+            os.waitpid(pid, 0)
+            raise
+        code = os.waitstatus_to_exitcode(status)
+        if code != 0:
+            log.seek(0)
+            tail = (log.read().strip().splitlines() or ["(no output)"])[-1]
+            raise UserError(f"{stage} {' '.join(args[:4])} ... failed: {tail}")
 
 
 def reuse_or_run(stage: str, saved_config, run_dir: Path, finished: bool, *args: str) -> None:

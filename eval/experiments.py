@@ -16,7 +16,6 @@ are reused (only if of the same config), unfinished ones resume from their check
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -27,8 +26,9 @@ from barrierlab.config import dump_yaml, load_config, require, require_distinct,
 from barrierlab.errors import UserError, cli_entry
 from barrierlab.run import atomic_write_text, claim_output_dir, last_row, read_metrics
 from barrierlab.stages import check_stage_args, ensure_base, reuse_or_run
-from eval import figures
-from eval.analysis import alpha_fit, fittable, queries_to_reach, scaling_fit
+from eval import rate_figures
+from eval.analysis import eval_rows, queries_to_reach
+from eval.rates import METHOD, alpha_analysis, alpha_verdict, scaling_analysis, scaling_verdict
 from posttrain.config import PosttrainConfig, load_posttrain_config
 from pretrain.config import PretrainConfig
 from pretrain.profile import designed_alpha
@@ -112,15 +112,22 @@ def check_overrides(cfg: ExperimentConfig) -> None:
 
 def posttrain_to_target(cfg: ExperimentConfig, arm: str, base: Path, run_dir: Path, seed: int,
                         clusters: list[int]) -> dict:
-    """The run's reward granularity (which picks the shape its queries are fitted to, ``eval.analysis.scaling_fit``)
-    and the queries this arm spent to reach the target on ``clusters`` (or the budget, censored)."""
+    """One run of ``arm`` on ``clusters`` (reused if finished) and what the analysis needs of it: its reward granularity
+    and behaviour (as run, overrides included), the base's mean α of the trained prompts (its step-0 evaluation), the
+    queries to reach the target and the discovery queries (the first y* sampled), each with its censoring flag."""
     reuse_or_run("posttrain", load_posttrain_config, run_dir, last_row(run_dir, "done/steps") is not None,
                  "--config", cfg.posttrain_configs[arm], "--base", str(base), "--run.run_dir", str(run_dir),
                  *posttrain_overrides(cfg, seed, clusters))
-    queries, censored = queries_to_reach(read_metrics(run_dir / "metrics.jsonl"), "eval/trained_likelihood",
-                                         cfg.target_likelihood)
-    reward = granularity_of(yaml.safe_load((run_dir / "config.yaml").read_text()))  # as run, overrides included
-    return {"reward": reward, "queries": queries, "censored": censored}
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    queries, censored = queries_to_reach(rows, "eval/trained_likelihood", cfg.target_likelihood)
+    done = rows[-1]
+    if censored:  # the budget it spent: its evaluations may have paused while the policy was at rest
+        queries = done["done/reward_queries"]
+    first = done["done/first_success_queries"]
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    return {"reward": granularity_of(config), "behaviour": config["algo"]["behaviour"],
+            "base_alpha": eval_rows(rows)[0]["eval/trained_likelihood"], "queries": queries, "censored": censored,
+            "discovery": done["done/reward_queries"] if first is None else first, "discovery_censored": first is None}
 
 
 def run_scaling(cfg: ExperimentConfig, out: Path) -> dict:
@@ -138,8 +145,9 @@ def run_scaling(cfg: ExperimentConfig, out: Path) -> dict:
             for arm in cfg.posttrain_configs:
                 run = posttrain_to_target(cfg, arm, base, base.parent / f"{arm}_s{seed}", seed, clusters)
                 runs.append({"arm": arm, "N": N, "seed": seed, **run})
-                print(f"N={N} seed={seed} {arm}: {run['queries']} queries{' (censored)' if run['censored'] else ''}",
-                      flush=True)
+                print(f"N={N} seed={seed} {arm}: first y* after {run['discovery']} queries"
+                      f"{' (censored)' if run['discovery_censored'] else ''}, target after {run['queries']}"
+                      f"{' (censored)' if run['censored'] else ''}", flush=True)
     return {"k": k, "target_likelihood": cfg.target_likelihood, "max_queries": cfg.max_queries, "runs": runs}
 
 
@@ -160,67 +168,32 @@ def run_alpha(cfg: ExperimentConfig, out: Path) -> dict:
     for seed in cfg.seeds:
         for c in chosen:
             run = posttrain_to_target(cfg, arm, base, out / f"{arm}_c{c}_s{seed}", seed, [c])
-            runs.append({"cluster": c, "seed": seed, "alpha": rows[c]["alpha_geomean"],
-                         "designed_alpha": rows[c]["designed_alpha"], **run})
-            print(f"seed={seed} cluster {c} (α {rows[c]['alpha_geomean']:.3g}): {run['queries']} queries"
-                  f"{' (censored)' if run['censored'] else ''}", flush=True)
+            runs.append({"cluster": c, "seed": seed, "alpha": run["base_alpha"], "designed_alpha": rows[c]["designed_alpha"],
+                         **run})
+            print(f"seed={seed} cluster {c} (α {run['base_alpha']:.3g}): first y* after {run['discovery']} queries, "
+                  f"target after {run['queries']}{' (censored)' if run['censored'] else ''}", flush=True)
     return {"target_likelihood": cfg.target_likelihood, "max_queries": cfg.max_queries, "runs": runs}
-
-
-def _left_out(runs: list[dict]) -> str:
-    """Which runs the fit could not use, in words (empty when it used them all)."""
-    censored = sum(r["censored"] for r in runs)
-    at_zero = sum(not r["censored"] and r["queries"] == 0 for r in runs)
-    parts = [f"{censored} censored at the budget"] * bool(censored) + [f"{at_zero} at the target before any query"] * bool(at_zero)
-    return f" (of {len(runs)} runs, {' and '.join(parts)}: left out of the fit)" if parts else ""
-
-
-def scaling_verdict(results: dict) -> list[str]:
-    """The fitted shapes in words, against the theory's: outcome ∝ k^N, process ∝ N."""
-    lines, k = [], results["k"]
-    for arm in sorted({r["arm"] for r in results["runs"]}):
-        mine = [r for r in results["runs"] if r["arm"] == arm]
-        fit, note = scaling_fit(results["runs"], arm), _left_out(mine)
-        if fit is None:
-            lines.append(f"**{arm}**: too few runs to fit{note}.")
-            continue
-        shape, (_, b) = fit
-        if shape == "exponential":
-            lines.append(f"**{arm}**: queries grow by a factor **{math.exp(b):.2f} per unit N** (theory: k = {k}; "
-                         f"accepted range [k/2, 2k] = [{k / 2:g}, {2 * k:g}]){note}.")
-        else:
-            reached = sorted((r["N"], r["queries"]) for r in fittable(mine))
-            (n0, q0), (n1, q1) = reached[0], reached[-1]
-            lines.append(f"**{arm}**: queries ∝ N^{b:.2f}; from N={n0} to N={n1} they grow ×{q1 / q0:.2f} while N "
-                         f"grows ×{n1 / n0:.2f} (at most linear means ≤ 2 × {n1 / n0:.2f} = {2 * n1 / n0:.2f}){note}.")
-    return lines
-
-
-def alpha_verdict(results: dict) -> str:
-    """The fitted log-log slope of queries against the base α, against the theory's -1."""
-    fit = alpha_fit(results["runs"])
-    slope = (f"fitted log-log slope **{fit[1]:.2f}** (theory: -1; accepted range [-1.5, -0.5])" if fit
-             else "too few runs to fit a slope")
-    return f"outcome PG queries against the base α: {slope}{_left_out(results['runs'])}."
 
 
 def write_report(cfg: ExperimentConfig, out: Path, results: dict) -> None:
     atomic_write_text(out / "results.json", json.dumps(results, indent=2))
     if cfg.experiment == "scaling":
-        figure = figures.scaling_figure(results["runs"], out / "scaling.png", k=results["k"],
-                                        target=results["target_likelihood"])
-        title, lines = "Reward queries to reach the target against N", scaling_verdict(results)
+        analysis = scaling_analysis(results)
+        figure = rate_figures.scaling_figure(results, analysis, out / "scaling.png")
+        title, lines = "Reward queries against N: discovery and reaching the target", scaling_verdict(results, analysis)
     else:
-        figure = figures.alpha_figure(results["runs"], out / "alpha.png", target=results["target_likelihood"])
-        title, lines = "Outcome-PG reward queries against the base likelihood α", [alpha_verdict(results)]
+        analysis = alpha_analysis(results)
+        figure = rate_figures.alpha_figure(results, analysis, out / "alpha.png")
+        title, lines = "Outcome-PG reward queries against the base likelihood α", alpha_verdict(analysis)
+    atomic_write_text(out / "analysis.json", json.dumps(analysis, indent=2))
     lines = [f"- {line}" for line in lines]
-    header = "| " + " | ".join(results["runs"][0]) + " |" if results["runs"] else ""
-    table = [header, "|" + "---|" * len(results["runs"][0])] if results["runs"] else []
+    keys = list(results["runs"][0]) if results["runs"] else []
+    table = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)] if keys else []
     table += ["| " + " | ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in r.values()) + " |"
               for r in results["runs"]]
     text = "\n".join([f"# {title}", "", f"![{cfg.experiment}]({Path(figure).name})", "",
                       f"Target: mean likelihood of y* ≥ {results['target_likelihood']} on the trained prompts; "
-                      f"budget {results['max_queries']} reward queries per run (censored runs hit it).", "",
+                      f"budget {results['max_queries']} reward queries per run (censored runs hit it). {METHOD}", "",
                       *lines, "", *table, "", "<details><summary>experiment config</summary>", "", "```yaml",
                       dump_yaml(cfg).rstrip(), "```", "</details>", ""])
     atomic_write_text(out / "report.md", text)

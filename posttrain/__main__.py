@@ -261,7 +261,7 @@ def main(argv):
             discovery.sync(lambda t: reduce_min(t, acc.device))
         if discovery.new:
             run.log(step, discovery.pop_new())
-        if due_for_eval(cfg, step, queries):
+        if due_for_eval(cfg, step, queries, at_rest):
             last = evaluate()
             bar.set_postfix(step=step, **support_postfix(last))
         stop = stop_reason(cfg, step, queries, last, evaluator)  # decided before the checkpoint, which keeps it

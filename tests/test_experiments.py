@@ -1,5 +1,5 @@
-"""make scaling and make alpha end to end on the tiny configs: every recorded run's reward queries against its own
-metrics.jsonl, the figure and the report; and the fits' treatment of runs that cannot go on log axes."""
+"""make scaling and make alpha end to end on the tiny configs: every recorded run's reward queries and discovery
+against its own metrics.jsonl, the figure and the report; clusters picked by measured α; checks before any run."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ import pytest
 import yaml
 
 from barrierlab.run import read_metrics
-from eval.analysis import alpha_fit, scaling_fit
-from eval.experiments import alpha_verdict, scaling_verdict, support_clusters
+from eval.experiments import support_clusters
 from eval.experiments import main as experiments_main
 from tests.conftest import TINY, one_line_error
 from tests.conftest import run_make as make
@@ -19,32 +18,42 @@ TARGET, BUDGET = 0.5, 96  # configs/tiny/scaling.yaml and alpha.yaml
 
 
 def check_runs(results: dict, run_dir) -> None:
-    """Each recorded run's queries: those at its first evaluation at the target, else (censored) all it spent."""
+    """Each recorded run's queries: those at its first evaluation at the target, else (censored) all it spent; its
+    discovery: the first success its metrics recorded, else (censored) all it spent; its α: the step-0 evaluation."""
     for r in results["runs"]:
-        evals = [row for row in read_metrics(run_dir(r) / "metrics.jsonl") if "eval/trained_likelihood" in row]
+        rows = read_metrics(run_dir(r) / "metrics.jsonl")
+        evals = [row for row in rows if "eval/trained_likelihood" in row]
         first = next((row for row in evals if row["eval/trained_likelihood"] >= TARGET), None)
+        spent = rows[-1]["done/reward_queries"]
         if r["censored"]:
-            assert first is None and r["queries"] == evals[-1]["train/reward_queries"] >= BUDGET
+            assert first is None and r["queries"] == spent >= BUDGET
         else:
             assert r["queries"] == first["train/reward_queries"]
+        found = [row["train/first_success_queries"] for row in rows if "train/first_success_queries" in row]
+        assert (r["discovery"], r["discovery_censored"]) == ((found[0], False) if found else (spent, True))
+        assert r["base_alpha"] == evals[0]["eval/trained_likelihood"] and evals[0]["step"] == 0
 
 
 def test_make_scaling_and_alpha_on_tiny_configs(tmp_path, capsys):
     runs = tmp_path / "runs"
     make("scaling", "alpha", "CONFIGS=configs/tiny", f"RUNS={runs}")
     scaling = json.loads((runs / "scaling" / "results.json").read_text())
-    assert {(r["arm"], r["reward"], r["N"]) for r in scaling["runs"]} == {(a, a, n) for a in ("outcome", "process")
-                                                                           for n in (3, 4)}
+    arms = {"outcome": ("outcome", "on_policy"), "process": ("process", "on_policy"),
+            "best_of_m": ("outcome", "best_of_m"), "token_best_of_m": ("process", "token_best_of_m")}
+    assert {(r["arm"], r["reward"], r["behaviour"], r["N"], r["seed"]) for r in scaling["runs"]} == {
+        (a, *arms[a], n, s) for a in arms for n in (3, 4) for s in (0, 1)}
     trained = yaml.safe_load((runs / "scaling" / "N3" / "outcome_s0" / "config.yaml").read_text())["prompts"]["clusters"]
     assert trained == [2]  # by default the clusters the base measures off-support: sequence(0), α ≈ 3^-N
     check_runs(scaling, lambda r: runs / "scaling" / f"N{r['N']}" / f"{r['arm']}_s{r['seed']}")
     alpha = json.loads((runs / "alpha" / "results.json").read_text())
-    assert [r["cluster"] for r in alpha["runs"]] == [1]  # the tiny config's one cluster: sequence(0.5), α ≈ 0.125
+    assert [r["cluster"] for r in alpha["runs"]] == [1, 1]  # the tiny config's one cluster, two seeds
     check_runs(alpha, lambda r: runs / "alpha" / f"outcome_c{r['cluster']}_s{r['seed']}")
-    for name, verdict in (("scaling", scaling_verdict(scaling)), ("alpha", [alpha_verdict(alpha)])):
+    for name in ("scaling", "alpha"):
         assert (runs / name / f"{name}.png").stat().st_size > 10_000
+        analysis = json.loads((runs / name / "analysis.json").read_text())
         report = (runs / name / "report.md").read_text()
-        assert all(line in report for line in verdict) and f"budget {BUDGET} reward queries" in report
+        assert f"budget {BUDGET} reward queries" in report and "Kaplan–Meier median" in report
+        assert ("arms" in analysis) == (name == "scaling")
 
     # a rerun reuses the finished runs, but not those of other settings: a new target is refused before anything is
     # written (the finished runs would answer for the old one)
@@ -59,19 +68,6 @@ def test_make_scaling_and_alpha_on_tiny_configs(tmp_path, capsys):
     # the other experiment's folder is not this one's
     err = one_line_error(experiments_main, ["--config", "configs/tiny/alpha.yaml", "--out_dir", str(runs / "scaling")], capsys)
     assert "holds the output of the scaling experiment, not of the alpha experiment" in err
-
-
-def test_fits_leave_out_runs_at_the_target_before_any_query():
-    # queries = 10·4^N and 100/α exactly, plus a run whose base already met the target (0 queries)
-    scaling = [{"arm": "outcome", "reward": "outcome", "N": n, "queries": 10 * 4**n, "censored": False} for n in (2, 3, 4)]
-    scaling.append({"arm": "outcome", "reward": "outcome", "N": 1, "queries": 0, "censored": False})
-    kind, (a, b) = scaling_fit(scaling, "outcome")
-    assert kind == "exponential" and b == pytest.approx(2 * 0.6931471805599453) and a == pytest.approx(2.302585092994046)
-    assert "of 4 runs, 1 at the target before any query" in scaling_verdict({"k": 4, "runs": scaling})[0]
-    alpha = [{"alpha": a, "queries": 100 / a, "censored": False} for a in (0.5, 0.1, 0.01)]
-    alpha.append({"alpha": 0.9, "queries": 0, "censored": False})
-    assert alpha_fit(alpha)[1] == pytest.approx(-1.0)
-    assert "of 4 runs, 1 at the target before any query" in alpha_verdict({"runs": alpha})
 
 
 def test_experiments_pick_clusters_by_measured_alpha():
