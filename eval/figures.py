@@ -50,13 +50,22 @@ def _mantissa_label(value: float, _pos=None) -> str:
     return rf"$\mathdefault{{{mantissa}\times10^{{{exponent}}}}}$" if mantissa in (2, 5) else ""
 
 
+def _decades(lo: float, hi: float, numticks: int = 8) -> np.ndarray:
+    """The decades 10^e with lo ≤ 10^e ≤ hi, every one, or every s-th with e a multiple of s when there are more than
+    ``numticks`` (so 10^0 stays among them)."""
+    first, last = int(np.ceil(np.log10(lo) - 1e-9)), int(np.floor(np.log10(hi) + 1e-9))
+    stride = max(1, -(-(last - first + 1) // numticks))
+    return 10.0 ** np.array([e for e in range(first, last + 1) if e % stride == 0], dtype=float)
+
+
 def _log_ticks(axis, view: tuple[float, float], numticks: int = 8) -> None:
     """Numbers to read on a log ``axis`` showing ``view``: up to ``numticks`` labelled decades and, where fewer than
     two decades fall within the view (a short run, a narrow range), the 2× and 5× ticks labelled too, so an axis
     never carries a single number."""
-    axis.set_major_locator(matplotlib.ticker.LogLocator(numticks=numticks))
-    lo, hi = np.log10(sorted(view))
-    if np.floor(hi + 1e-9) - np.ceil(lo - 1e-9) >= 1:  # two decades or more in view
+    lo, hi = sorted(view)
+    decades = _decades(lo, hi, numticks)
+    if len(decades) >= 2:
+        axis.set_major_locator(matplotlib.ticker.FixedLocator(decades))
         axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     else:
         axis.set_minor_locator(matplotlib.ticker.LogLocator(subs=np.arange(2, 10)))
@@ -73,13 +82,14 @@ def _log_axis(ax, which: str = "y") -> None:
 def _queries_axis(ax, queries) -> None:
     """Reward-query x-axis, symmetric-log: linear from 0 up to the decade of the first evaluation after 0 (half a
     decade wide) and logarithmic above, so the base model's point (0 queries, the step-0 evaluation) stays on it
-    without empty decades before the first evaluation; every decade labelled (every other one past eight).
-    ``queries``: the query counts drawn on it."""
+    without empty decades before the first evaluation; ticks at 0 and at the decades from there (every other one
+    past eight). ``queries``: the query counts drawn on it."""
     xs = np.asarray(list(queries), dtype=float)
     linthresh = 10.0 ** np.floor(np.log10(xs[xs > 0].min())) if (xs > 0).any() else 1.0
     ax.set_xscale("symlog", linthresh=linthresh, linscale=0.5)
     ax.set_xlim(left=0)
-    ax.xaxis.get_major_locator().set_params(numticks=8)
+    top = max(ax.get_xlim()[1], 10 * linthresh)
+    ax.xaxis.set_major_locator(matplotlib.ticker.FixedLocator([0.0, *_decades(linthresh, top)]))
     ax.set_xlabel(f"reward queries (0: the base model q0; log scale from {linthresh:g})")
 
 
@@ -238,15 +248,19 @@ def exact_passk_figure(curves: dict[str, dict[str, list[float] | None]], ks: lis
                        sampled: dict[str, dict[str, list[float] | None]] | None = None, sampled_ks: list[int] | None = None,
                        crossings: dict[str, dict[str, float | None]] | None = None,
                        inverse_alpha: dict[str, float | None] | None = None,
-                       splits: tuple[str, ...] = ("onsupport", "offsupport")) -> Path:
+                       splits: tuple[str, ...] = ("onsupport", "offsupport"),
+                       log_splits: tuple[str, ...] = ("offsupport",)) -> Path:
     """The exact pass@k figure: ``1 − (1 − p(y*|x))^k``, the mean over each split's prompts, against k on a log axis
-    from 1 to ``ks[-1]``: one panel per split. ``curves``: name → split → curve at ``ks`` (eval.json's
+    from 1 to ``ks[-1]``: one panel per split, then the ``log_splits`` again on a log y-axis (where RL wins at small
+    k by orders of magnitude that a linear axis flattens). ``curves``: name → split → curve at ``ks`` (eval.json's
     ``exact_pass_at_k``); ``sampled``: name → split → the unbiased estimates at ``sampled_ks`` (k ≤ n), hollow
     points that should sit on the exact curves; ``crossings``: split → name → k at which the base overtakes that
-    checkpoint (a dashed line, labelled); ``inverse_alpha``: split → 1/ᾱ, ᾱ the mean base α there (dotted)."""
+    checkpoint (a dashed line and a point, labelled); ``inverse_alpha``: split → 1/ᾱ, ᾱ the mean base α (dotted)."""
     colour = colours(list(curves))
-    fig, axes = plt.subplots(1, len(splits), figsize=(6.5 * len(splits), 4.8), sharey=True)
-    for ax, split in zip(np.atleast_1d(axes), splits, strict=True):
+    panels = [(split, False) for split in splits] + [(split, True) for split in log_splits]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.8))
+    for ax, (split, log_y) in zip(np.atleast_1d(axes), panels, strict=True):
+        shown = [c[split] for c in curves.values() if c.get(split) is not None]
         for name, by_split in curves.items():
             if by_split.get(split) is None:
                 continue
@@ -255,25 +269,31 @@ def exact_passk_figure(curves: dict[str, dict[str, list[float] | None]], ks: lis
             if points is not None:
                 ax.plot(sampled_ks, points, "o", mfc="none", ms=5, color=colour[name],
                         label=f"{name} (sampled, k ≤ n = {sampled_ks[-1]})")
-        marked = [(n, k) for n, k in ((crossings or {}).get(split) or {}).items() if k is not None]
-        for i, (name, k_cross) in enumerate(marked):
-            # the crossing point on the base's curve, labelled below and to the right (where the base has risen
-            # past the other), one label a height lower per crossing so that close ones stay readable
-            y = np.interp(np.log(k_cross), np.log(ks), curves["base"][split])
-            ax.axvline(k_cross, color=colour[name], ls="--", lw=1)
-            ax.plot([k_cross], [y], "D", ms=6, color=colour[name])
-            ax.annotate(f"base overtakes {name}\nat k = {fmt_k(k_cross)}", (k_cross, y), xytext=(8, -30 - 26 * i),
-                        textcoords="offset points", fontsize=8, color=colour[name],
-                        bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8})
         if (inverse_alpha or {}).get(split) is not None:
             ax.axvline(inverse_alpha[split], color="gray", ls=":", label=f"1/ᾱ = {fmt_k(inverse_alpha[split])} (ᾱ: mean base α)")
         ax.set_xlim(1, ks[-1])
         _log_axis(ax, "x")
-        ax.set_ylim(-0.02, 1.02)
+        if log_y and shown:
+            ax.set_ylim(max(min(v for c in shown for v in c if v > 0) / 3, 1e-30), 2)
+            _log_axis(ax, "y")
+        else:
+            ax.set_ylim(-0.02, 1.02)
+        marked = [(n, k) for n, k in ((crossings or {}).get(split) or {}).items() if k is not None]
+        for i, (name, k_cross) in enumerate(marked):
+            y = np.interp(np.log(k_cross), np.log(ks), curves["base"][split])  # the crossing, on the base's curve
+            ax.axvline(k_cross, color=colour[name], ls="--", lw=1)
+            ax.plot([k_cross], [y], "D", ms=6, color=colour[name])
+            # labelled where the curves are not: below and right of a high point (the base has risen past the
+            # other), above and left of a low one; one label a height further per crossing, so close ones stay apart
+            low = ax.transAxes.inverted().transform(ax.transData.transform((k_cross, y)))[1] < 0.4
+            ax.annotate(f"base overtakes {name}\nat k = {fmt_k(k_cross)}", (k_cross, y),
+                        xytext=(-8, 20 + 26 * i) if low else (8, -30 - 26 * i), ha="right" if low else "left",
+                        textcoords="offset points", fontsize=8, color=colour[name],
+                        bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8})
         ax.set_xlabel("k (samples drawn per prompt)")
-        ax.set_title(f"Exact pass@k on {SPLIT_TITLES[split]}")
+        ax.set_ylabel("pass@k = 1 − (1 − p(y*|x))^k, mean over prompts")
+        ax.set_title(f"Exact pass@k on {SPLIT_TITLES[split]}" + (" (log scale)" if log_y else ""))
         _no_prompts_note(ax, split)
-    np.atleast_1d(axes)[0].set_ylabel("pass@k = 1 − (1 − p(y*|x))^k, mean over prompts")
     return _save(fig, path)
 
 

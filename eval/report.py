@@ -19,10 +19,10 @@ import yaml
 from barrierlab.errors import UserError
 from barrierlab.metrics import fmt_value
 from barrierlab.run import atomic_write_text, read_metrics
-from eval import figures
+from eval import figures, rate_figures
 from eval.analysis import eval_rows, queries_to_reach
-from eval.experiments import alpha_verdict, scaling_verdict
 from eval.passk import fmt_k
+from eval.rates import METHOD, alpha_analysis, alpha_verdict, scaling_analysis, scaling_verdict
 from posttrain.evaluation import tracked_indices
 from rewards import granularity_of
 
@@ -242,7 +242,10 @@ def _tracked_alpha(arm: _Arm, base_alpha: list[float]) -> list[float] | None:
 
 
 # what each experiment's results.json must hold: keys at the top, and keys of every run
-EXPERIMENT_SCHEMAS = {"scaling": (("k",), ("arm", "reward", "N", "queries", "censored")), "alpha": ((), ("alpha", "queries", "censored"))}
+EXPERIMENT_SCHEMAS = {
+    "scaling": (("k", "target_likelihood"), ("arm", "reward", "behaviour", "N", "base_alpha", "queries", "censored",
+                                             "discovery", "discovery_censored")),
+    "alpha": (("target_likelihood",), ("cluster", "alpha", "queries", "censored", "discovery", "discovery_censored"))}
 
 
 def load_experiment(path, experiment: str) -> dict:
@@ -270,8 +273,9 @@ def _config_block(title: str, path: Path, shown: Path | None = None) -> str:
 
 
 def _make_figures(fig_dir: Path, results: dict, per_prompt: dict, arms: list[_Arm], left_out: dict[str, str],
-                  scaling: dict | None, alpha: dict | None) -> dict[str, str]:
-    """Draw every figure the inputs allow; title → file name."""
+                  scaling: tuple[dict, dict] | None, alpha: tuple[dict, dict] | None) -> dict[str, str]:
+    """Draw every figure the inputs allow (``scaling``, ``alpha``: an experiment's results and their analysis);
+    title → file name."""
     made = {}
     prompts = next(iter(per_prompt.values()))  # base α, split and cluster: the same columns for every checkpoint
     if arms:
@@ -296,11 +300,10 @@ def _make_figures(fig_dir: Path, results: dict, per_prompt: dict, arms: list[_Ar
         inverse_alpha={s: (_inverse_alpha(prompts, s) or (None, None))[1] for s in ("onsupport", "offsupport")})
     made["Exact pass@k to k = 1e12: where the base overtakes"] = "passk_exact.png"
     if scaling:
-        figures.scaling_figure(scaling["runs"], fig_dir / "scaling.png", k=scaling.get("k", results["k"]),
-                               target=scaling.get("target_likelihood"))
-        made["Scaling in N: reward queries to reach the target"] = "scaling.png"
+        rate_figures.scaling_figure(*scaling, fig_dir / "scaling.png")
+        made["Scaling in N: discovery queries and queries to reach the target"] = "scaling.png"
     if alpha:
-        figures.alpha_figure(alpha["runs"], fig_dir / "alpha.png", target=alpha.get("target_likelihood"))
+        rate_figures.alpha_figure(*alpha, fig_dir / "alpha.png")
         made["α dependence of outcome PG"] = "alpha.png"
     for stale in {"barrier.png", "scaling.png", "alpha.png"} - set(made.values()):  # an earlier evaluation's, here
         (fig_dir / stale).unlink(missing_ok=True)
@@ -335,7 +338,7 @@ def build_report(run_dir, *, scaling=None, alpha=None, shown_as=None) -> Path:
     ``shown_as``: the folder the report names as its own, where they will be (default: ``run_dir``).
 
     ``scaling`` and ``alpha``: optional JSON files of the N-scaling and α-dependence experiments (required keys in
-    ``EXPERIMENT_SCHEMAS``, examples in ``eval.figures``). Returns the report's path.
+    ``EXPERIMENT_SCHEMAS``: the results.json of make scaling and make alpha). Returns the report's path.
     """
     run_dir = Path(run_dir)
     if not (run_dir / "eval.json").exists():
@@ -360,7 +363,9 @@ def build_report(run_dir, *, scaling=None, alpha=None, shown_as=None) -> Path:
             arms.append(arm)
     scaling_data = load_experiment(scaling, "scaling") if scaling else None
     alpha_data = load_experiment(alpha, "alpha") if alpha else None
-    made = _make_figures(run_dir / "figures", results, per_prompt, arms, left_out, scaling_data, alpha_data)
+    scaling_fit = (scaling_data, scaling_analysis(scaling_data)) if scaling_data else None  # (results, analysis)
+    alpha_fit = (alpha_data, alpha_analysis(alpha_data)) if alpha_data else None
+    made = _make_figures(run_dir / "figures", results, per_prompt, arms, left_out, scaling_fit, alpha_fit)
 
     observed = [a.sentence() for a in arms] + _barrier_sentences(arms) + [_coverage_sentence(results)]
     if elsewhere:
@@ -372,8 +377,9 @@ def build_report(run_dir, *, scaling=None, alpha=None, shown_as=None) -> Path:
                         "or a mid-run checkpoint)" if n not in runs else f"{n} ({left_out[n]})" for n in other)
                         + "; evaluated below like the others.")
     observed += _passk_sentences(results) + _exact_sentences(results, exact, prompts)
-    observed += scaling_verdict(scaling_data) if scaling_data else []
-    observed += [alpha_verdict(alpha_data)] if alpha_data else []
+    observed += scaling_verdict(*scaling_fit) if scaling_fit else []
+    observed += alpha_verdict(alpha_fit[1]) if alpha_fit else []
+    observed += [METHOD] if scaling_fit or alpha_fit else []
 
     shown_as = Path(shown_as or run_dir)
     lines = [f"# Evaluation report: `{shown_as}`", "",

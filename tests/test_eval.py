@@ -151,11 +151,6 @@ def test_figure_functions_write_non_empty_pngs(tmp_path, monkeypatch):
                                    tmp_path / "passk_exact.png", sampled={"base": {"onsupport": [0.3, 0.9], "offsupport": [0, 0]}},
                                    sampled_ks=[1, 10], crossings={"offsupport": {"outcome": 52.0}},
                                    inverse_alpha={"onsupport": 3.0, "offsupport": 1e3}),
-        figures.scaling_figure([{"arm": "outcome", "reward": "outcome", "N": n, "queries": 30 * 4**n, "censored": n == 5} for n in (2, 3, 4, 5)]
-                               + [{"arm": "process", "reward": "process", "N": n, "queries": 200 * n, "censored": False} for n in (2, 3, 4, 5)],
-                               tmp_path / "scaling.png", k=4, target=0.5),
-        figures.alpha_figure([{"cluster": c, "alpha": a, "queries": int(500 / a), "censored": c == 3}
-                              for c, a in enumerate([0.9, 0.3, 0.05, 1e-3])], tmp_path / "alpha.png", target=0.5),
     ]
     for path in paths:
         data = path.read_bytes()
@@ -179,19 +174,18 @@ def test_figure_functions_write_non_empty_pngs(tmp_path, monkeypatch):
     assert [x for x, *_ in drawn["coverage.png"]] == ["log10 likelihood of y*(x)  (base model: log10 α(x))",
                                                        "ε (fraction of worst prompts excluded)"]
     assert drawn["passk.png"][0][:3] == ("k (samples drawn per prompt)", "unbiased pass@k", "log")
-    (x, y, xscale, _, on_lines, on_texts), (*_, off_lines, off_texts) = drawn["passk_exact.png"]
-    assert (x, xscale) == ("k (samples drawn per prompt)", "log") and y.startswith("pass@k = 1 − (1 − p(y*|x))^k")
-    assert len(on_lines) == 4 and off_texts == ["base overtakes outcome\nat k = 52"] and on_texts == []
-    assert len(off_lines) == 6  # 2 exact curves, 1 sampled, the crossing (line and point) and 1/ᾱ
+    on, off, off_log = drawn["passk_exact.png"]  # on- and off-support, then off-support again on a log y-axis
+    assert on[:4] == ("k (samples drawn per prompt)", "pass@k = 1 − (1 − p(y*|x))^k, mean over prompts", "log", "linear")
+    assert off[2:4] == ("log", "linear") and off_log[2:4] == ("log", "log") and off_log[4:] == off[4:]
+    assert len(on[4]) == 4 and on[5] == [] and off[5] == ["base overtakes outcome\nat k = 52"]
+    assert len(off[4]) == 6  # 2 exact curves, 1 sampled, the crossing (line and point) and 1/ᾱ
+    assert titles["passk_exact.png"][2] == "Exact pass@k on off-support prompts (log scale)"
     with warnings.catch_warnings():  # a split no model has: a note in the panel, no empty-legend warning
         warnings.simplefilter("error")
         figures.passk_figure({"base": {"onsupport": None, "offsupport": [0.0, 0.1]}}, [1, 2], tmp_path / "p.png")
     (*_, on_lines, on_texts), (*_, off_lines, off_texts) = drawn["p.png"]
     assert (on_lines, on_texts) == ([], ["no on-support prompts in this evaluation"])
     assert len(off_lines) == 1 and off_texts == []
-    assert drawn["scaling.png"][0][:2] == ("response length N", "reward queries to reach the target")
-    assert drawn["alpha.png"][0][:3] == ("base likelihood α of the cluster (geometric mean over its eval prompts)",
-                                         "reward queries to reach the target", "log")
 
 
 def test_the_tracked_prompts_colour_bar_marks_the_offsupport_threshold(tmp_path, monkeypatch):
@@ -368,19 +362,23 @@ def test_report_on_tiny_finished_runs(tiny_eval, tiny_base, tmp_path):
         assert all(c.startswith(("k = ", "ahead from k = 1", "not by k = 1.0e12")) for c in cells[5:])
     assert "No training curves for: base_again (a pretraining run: no reward-query evaluations)" in report
     scaling = tmp_path / "scaling.json"
-    scaling.write_text(json.dumps({"k": 3, "target_likelihood": 0.5, "runs": [
-        {"arm": arm, "reward": arm, "N": n, "queries": q, "censored": False}
+    # the results.json of make scaling and make alpha (eval.experiments), seeds alike at every x: exact rates
+    scaling.write_text(json.dumps({"k": 3, "target_likelihood": 0.5, "max_queries": 10**6, "runs": [
+        {"arm": arm, "reward": arm, "behaviour": "on_policy", "N": n, "seed": 0, "base_alpha": 3.0**-n,
+         "discovery": q, "discovery_censored": False, "queries": 2 * q, "censored": False}
         for arm, f in (("outcome", lambda n: 10 * 3**n), ("process", lambda n: 40 * n)) for n in (2, 3, 4)
         for q in [f(n)]]}))
     alpha = tmp_path / "alpha.json"
-    alpha.write_text(json.dumps({"runs": [{"cluster": c, "alpha": a, "queries": int(100 / a), "censored": False}
-                                          for c, a in enumerate([0.9, 0.2, 0.01])]}))
+    alpha.write_text(json.dumps({"target_likelihood": 0.5, "max_queries": 10**6, "runs": [
+        {"cluster": c, "seed": 0, "alpha": a, "discovery": int(1 / a), "discovery_censored": False,
+         "queries": int(100 / a), "censored": False} for c, a in enumerate([0.5, 0.05, 0.005])]}))
     out = tmp_path / "eval"  # a copy: the module's other tests read the fixture's report
     shutil.copytree(tiny_eval, out)
     report = build_report(out, scaling=scaling, alpha=alpha).read_text()
     assert "(figures/scaling.png)" in report and "(figures/alpha.png)" in report
-    assert "**outcome**: queries grow by a factor **3.00 per unit N** (theory: k = 3" in report
-    assert "**process**: queries ∝ N^1.00" in report and "fitted log-log slope **-1.00**" in report
+    assert "**outcome** discovery: ×**3 per unit N** (95% interval [3, 3]); theory k = 3" in report
+    assert "**process** queries to target: ∝ **N^1.00** (95% interval [1, 1])" in report
+    assert "queries to target against the base α: log-log slope **-1.00** (95% interval [-1, -1])" in report
 
 
 def test_report_leaves_out_curves_measured_on_other_prompts_or_splits(tiny_eval, tmp_path, monkeypatch):
