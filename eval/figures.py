@@ -119,7 +119,7 @@ def barrier_figure(arms: dict[str, list[dict]], path, tracked_alpha: dict[str, l
     fig = plt.figure(figsize=(5.5 * max(2, len(names)), 13), layout="constrained")
     top, bottom = fig.subfigures(2, 1, height_ratios=[2, 1])
     if left_out:
-        top.suptitle("No training curves for: " + "; ".join(f"{n} ({why})" for n, why in left_out.items()),
+        top.suptitle("Training curves left out: " + "; ".join(f"{n} ({why})" for n, why in left_out.items()),
                      color="firebrick", fontsize=10)
     top_axes = top.subplots(2, 2)
     panels = (("eval/offsupport_likelihood", "mean likelihood of y* on off-support prompts"),

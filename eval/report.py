@@ -350,15 +350,14 @@ def build_report(run_dir, *, scaling=None, alpha=None, shown_as=None) -> Path:
     exact = _exact_at(run_dir)
     runs = {n: run for n, run in _arm_runs(results).items() if n != "base"}  # the base is every run's step 0
     # checkpoint → why the barrier figure has no curves of it (named in the figure and here)
-    left_out = {n: "no metrics.jsonl beside it: not a run's final model/" for n in results["checkpoints"]
-                if n != "base" and n not in runs}
-    arms, elsewhere = [], []
+    left_out = {n: "no metrics.jsonl beside it, e.g. a TRL script's model folder or a mid-run checkpoint"
+                for n in results["checkpoints"] if n != "base" and n not in runs}
+    arms = []
     for arm in (_Arm(name, run) for name, run in runs.items()):
         if not arm.last:  # a pretraining run: no reward-query evaluations to draw
             left_out[arm.name] = "a pretraining run: no reward-query evaluations"
         elif _measured_elsewhere(arm, prompts["base_alpha"], prompts["split"]):
-            elsewhere.append(arm.name)
-            left_out[arm.name] = "its run evaluated other prompts or another split"
+            left_out[arm.name] = "its run's step-0 evaluation is of other prompts or another split"
         else:
             arms.append(arm)
     scaling_data = load_experiment(scaling, "scaling") if scaling else None
@@ -368,14 +367,9 @@ def build_report(run_dir, *, scaling=None, alpha=None, shown_as=None) -> Path:
     made = _make_figures(run_dir / "figures", results, per_prompt, arms, left_out, scaling_fit, alpha_fit)
 
     observed = [a.sentence() for a in arms] + _barrier_sentences(arms) + [_coverage_sentence(results)]
-    if elsewhere:
-        observed.append(f"Training curves left out: {', '.join(elsewhere)}. Their runs' own evaluations of the base "
-                        "model do not match this evaluation's prompts or its on/off-support split (another base, or "
-                        "another off-support threshold); their checkpoints are evaluated below like the others.")
-    if other := [n for n in left_out if n not in elsewhere]:
-        observed.append("No training curves for: " + "; ".join(f"{n} ({left_out[n]}, e.g. a TRL script's model folder "
-                        "or a mid-run checkpoint)" if n not in runs else f"{n} ({left_out[n]})" for n in other)
-                        + "; evaluated below like the others.")
+    if left_out:
+        observed.append("Training curves left out: " + "; ".join(f"{n} ({why})" for n, why in left_out.items())
+                        + ". Their checkpoints are evaluated below like the others.")
     observed += _passk_sentences(results) + _exact_sentences(results, exact, prompts)
     observed += scaling_verdict(*scaling_fit) if scaling_fit else []
     observed += alpha_verdict(alpha_fit[1]) if alpha_fit else []

@@ -170,7 +170,7 @@ def test_figure_functions_write_non_empty_pngs(tmp_path, monkeypatch):
         assert all(titles[name]), (name, titles[name])
         assert log_labels[name] and all(len(labels) >= 2 for labels in log_labels[name]), (name, log_labels[name])
     assert "$\\mathdefault{0}$" in log_labels["barrier.png"][1]  # the base model's tick on the query axis
-    assert fig_texts["barrier.png"] == ["No training curves for: trl (no metrics.jsonl beside it)"]
+    assert fig_texts["barrier.png"] == ["Training curves left out: trl (no metrics.jsonl beside it)"]
     assert [x for x, *_ in drawn["coverage.png"]] == ["log10 likelihood of y*(x)  (base model: log10 α(x))",
                                                        "ε (fraction of worst prompts excluded)"]
     assert drawn["passk.png"][0][:3] == ("k (samples drawn per prompt)", "unbiased pass@k", "log")
@@ -360,7 +360,8 @@ def test_report_on_tiny_finished_runs(tiny_eval, tiny_base, tmp_path):
         cells = [c.strip() for c in line.strip("|").split("|")]
         assert cells[5:] == [f"k = {fmt_k(at[n])}" if at[n] else cells[5 + i] for i, n in enumerate(at)]
         assert all(c.startswith(("k = ", "ahead from k = 1", "not by k = 1.0e12")) for c in cells[5:])
-    assert "No training curves for: base_again (a pretraining run: no reward-query evaluations)" in report
+    assert "Training curves left out: base_again (a pretraining run: no reward-query evaluations). Their checkpoints are " \
+           "evaluated below like the others." in report
     scaling = tmp_path / "scaling.json"
     # the results.json of make scaling and make alpha (eval.experiments), seeds alike at every x: exact rates
     scaling.write_text(json.dumps({"k": 3, "target_likelihood": 0.5, "max_queries": 10**6, "runs": [
@@ -403,12 +404,13 @@ def test_report_leaves_out_curves_measured_on_other_prompts_or_splits(tiny_eval,
     results["checkpoints"]["outcome"]["path"] = str(other / "model")
     (out / "eval.json").write_text(json.dumps(results))
     report = build_report(out).read_text()
-    assert "Training curves left out: outcome. Their runs' own evaluations of the base model do not match" in report
+    assert "Training curves left out: outcome (its run's step-0 evaluation is of other prompts or another split); " \
+           "base_again (a pretraining run: no reward-query evaluations)." in report
     assert "| process | process reward" in report and "| outcome | outcome reward" not in report  # runs table
     assert "(figures/barrier.png)" in report  # process's curves still drawn
     assert drawn == {"arms": ["process"], "threshold": 0.06, "left_out": {
         "base_again": "a pretraining run: no reward-query evaluations",
-        "outcome": "its run evaluated other prompts or another split"}}  # named in the figure itself too
+        "outcome": "its run's step-0 evaluation is of other prompts or another split"}}  # named in the figure itself too
     # an evaluation that splits at base α < 0.2 (the runs split at 0.06): no curves at all, and no stale figure
     with open(out / "per_prompt.csv", newline="") as f:
         table = list(csv.DictReader(f))
@@ -419,7 +421,9 @@ def test_report_leaves_out_curves_measured_on_other_prompts_or_splits(tiny_eval,
         writer.writeheader()
         writer.writerows(table)
     report = build_report(out).read_text()
-    assert "Training curves left out: outcome, process." in report and "## Post-training runs" not in report
+    assert "Training curves left out: outcome (its run's step-0 evaluation is of other prompts or another split); process " \
+           "(its run's step-0 evaluation is of other prompts or another split); base_again" in report
+    assert "## Post-training runs" not in report
     assert "(figures/barrier.png)" not in report and not (out / "figures" / "barrier.png").exists()
 
 
@@ -460,8 +464,8 @@ def test_a_mid_run_checkpoint_is_a_model_folder_eval_reads(tiny_eval, tiny_base,
     log_p, _ = target_stats(model, *prompt_tensors(eval_set), info["task"]["k"])
     assert mid == pytest.approx(log_p.exp().mean().item(), rel=1e-6) and mid != pytest.approx(final, rel=1e-5)
     report = (tmp_path / "e" / "report.md").read_text()  # no training curves of its own: the report says so
-    assert "No training curves for: mid (no metrics.jsonl beside it: not a run's final model/, e.g. a TRL script's " \
-           "model folder or a mid-run checkpoint); evaluated below like the others." in report
+    assert "Training curves left out: mid (no metrics.jsonl beside it, e.g. a TRL script's model folder or a mid-run " \
+           "checkpoint). Their checkpoints are evaluated below like the others." in report
     assert "(figures/passk_exact.png)" in report and "## Exact pass@k by cluster" not in report  # no base to compare
 
 
