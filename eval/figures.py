@@ -1,13 +1,7 @@
 """The figures of the evaluation report, one function each, from plain Python data to a PNG.
 
-Inputs are what the stages write: metrics.jsonl rows (``barrierlab.run.read_metrics``), eval.json, and
-the JSON of the scaling experiments::
-
-    {"k": 8, "target_likelihood": 0.5,
-     "runs": [{"arm": "outcome", "reward": "outcome", "N": 4, "queries": 81920, "censored": false}, ...]}
-    {"target_likelihood": 0.5, "runs": [{"cluster": 1, "alpha": 0.3, "queries": 4096, "censored": false}, ...]}
-
-``censored`` marks a run that hit its query budget before the target: its ``queries`` is a lower bound.
+Inputs are what the stages write: metrics.jsonl rows (``barrierlab.run.read_metrics``) and eval.json. The rate
+experiments' figures are in ``eval.rate_figures``.
 """
 
 from __future__ import annotations
@@ -22,7 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from eval.analysis import QUERIES, alpha_fit, eval_rows, fittable, scaling_fit  # noqa: E402
+from eval.analysis import QUERIES, eval_rows  # noqa: E402
 from eval.passk import fmt_k  # noqa: E402
 
 TINY = 1e-300  # likelihoods that underflowed to 0 are drawn here, so a log axis keeps them
@@ -294,79 +288,4 @@ def exact_passk_figure(curves: dict[str, dict[str, list[float] | None]], ks: lis
         ax.set_ylabel("pass@k = 1 − (1 − p(y*|x))^k, mean over prompts")
         ax.set_title(f"Exact pass@k on {SPLIT_TITLES[split]}" + (" (log scale)" if log_y else ""))
         _no_prompts_note(ax, split)
-    return _save(fig, path)
-
-
-# ----------------------------------------------------------------------------- 4. scaling in N
-
-
-def scaling_figure(runs: list[dict], path, *, k: int, target: float | None = None) -> Path:
-    """Figure 4. Reward queries to reach the target likelihood against N, per arm (log y). Censored runs are
-    hollow up-triangles at the budget they spent (a lower bound) and stay out of the fits. Dotted: the
-    theory's shapes ∝ k^N and ∝ N, both through the cheapest run at the smallest N."""
-    arms = list(dict.fromkeys(r["arm"] for r in runs))
-    colour = colours(arms)
-    fig, ax = plt.subplots(figsize=(7.5, 5))
-    for arm in arms:
-        mine = [r for r in runs if r["arm"] == arm]
-        done = fittable(mine)
-        cens = [r for r in mine if r["censored"]]
-        ax.plot([r["N"] for r in done], [r["queries"] for r in done], "o", color=colour[arm], label=f"{arm}")
-        if cens:
-            ax.plot([r["N"] for r in cens], [r["queries"] for r in cens], "^", mfc="none", ms=9, color=colour[arm],
-                    label=f"{arm}: censored (budget hit, lower bound)")
-        fitted = scaling_fit(runs, arm)
-        if fitted is not None:
-            kind, (a, b) = fitted
-            grid = np.linspace(min(r["N"] for r in mine), max(r["N"] for r in mine), 100)
-            curve = np.exp(a + b * (grid if kind == "exponential" else np.log(grid)))
-            shape = f"{np.exp(b):.2g}^N" if kind == "exponential" else f"N^{b:.2g}"
-            ax.plot(grid, curve, "-", color=colour[arm], lw=1.5, label=f"{arm} fit ∝ {shape}")
-    n_all = np.array(sorted({r["N"] for r in runs}), dtype=float)
-    anchor_n = n_all[0]
-    anchor_q = min((r["queries"] for r in runs if r["N"] == anchor_n and r["queries"] > 0), default=1)
-    grid = np.linspace(n_all[0], n_all[-1], 100)
-    ax.plot(grid, anchor_q * float(k) ** (grid - anchor_n), ":", color="gray", label=f"theory ∝ k^N (k = {k})")
-    ax.plot(grid, anchor_q * grid / anchor_n, "--", color="gray", label="theory ∝ N")
-    ax.set_yscale("log")
-    ax.set_xlabel("response length N")
-    ax.set_ylabel("reward queries to reach the target")
-    what = f"likelihood {target:g}" if target is not None else "the target likelihood"
-    ax.set_title(f"Scaling in N: reward queries to reach {what}")
-    ax.legend(fontsize=8)
-    return _save(fig, path)
-
-
-# ----------------------------------------------------------------------------- 5. α dependence
-
-
-def alpha_figure(runs: list[dict], path, *, target: float | None = None) -> Path:
-    """Figure 5. Reward queries outcome PG needs against the base α of on-support clusters (log-log), with
-    the fitted slope and the theory's slope −1 through the runs' geometric mean; censored runs hollow."""
-    fig, ax = plt.subplots(figsize=(6.5, 5))
-    done = fittable(runs)
-    cens = [r for r in runs if r["censored"]]
-    ax.plot([r["alpha"] for r in done], [r["queries"] for r in done], "o", color="C0", label="outcome PG")
-    if cens:
-        ax.plot([r["alpha"] for r in cens], [r["queries"] for r in cens], "^", mfc="none", ms=9, color="C0",
-                label="censored (budget hit, lower bound)")
-    shown = done + cens  # a run at 0 queries (its base already met the target) has no place on log axes
-    for r in shown:
-        if "cluster" in r:
-            ax.annotate(f"c{r['cluster']}", (r["alpha"], r["queries"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    if shown:
-        grid = np.geomspace(min(r["alpha"] for r in shown), max(r["alpha"] for r in shown), 100)
-        fitted = alpha_fit(runs)
-        if fitted is not None:
-            a, slope = fitted
-            ax.plot(grid, np.exp(a) * grid**slope, "-", color="C0", label=f"fit: slope {slope:.2f}")
-        log_c = np.mean([np.log(r["queries"]) + np.log(r["alpha"]) for r in done or shown])
-        ax.plot(grid, np.exp(log_c) / grid, "--", color="gray", label="theory: ∝ 1/α (slope −1)")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("base likelihood α of the cluster (geometric mean over its eval prompts)")
-    ax.set_ylabel("reward queries to reach the target")
-    what = f"likelihood {target:g}" if target is not None else "the target likelihood"
-    ax.set_title(f"α dependence of outcome PG: queries to reach {what}")
-    ax.legend(fontsize=8)
     return _save(fig, path)

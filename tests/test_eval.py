@@ -200,20 +200,6 @@ def test_the_tracked_prompts_colour_bar_marks_the_offsupport_threshold(tmp_path,
     assert [line.get_ydata()[0] for line in bar.get_lines()] == [1e-5] and "off-support threshold 1e-05" in bar.get_ylabel()
 
 
-def test_scaling_fits_recover_the_generating_shapes():
-    from eval.analysis import alpha_fit, scaling_fit
-
-    # the shape follows each arm's reward, whatever the arm is called
-    runs = [{"arm": "orm", "reward": "outcome", "N": n, "queries": 7 * 8.0**n, "censored": False} for n in (2, 3, 4)]
-    runs += [{"arm": "orm", "reward": "outcome", "N": 6, "queries": 10, "censored": True}]  # censored: out of the fit
-    runs += [{"arm": "prm", "reward": "process", "N": n, "queries": 50.0 * n, "censored": False} for n in (2, 4, 8)]
-    kind, (_, b) = scaling_fit(runs, "orm")
-    assert kind == "exponential" and math.exp(b) == pytest.approx(8)
-    kind, (_, b) = scaling_fit(runs, "prm")
-    assert kind == "power" and b == pytest.approx(1)
-    assert alpha_fit([{"alpha": a, "queries": 3 / a, "censored": False} for a in (1, 0.1, 0.01)])[1] == pytest.approx(-1)
-
-
 # ----------------------------------------------------------------------------- the stage and the report
 
 

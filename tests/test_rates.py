@@ -8,7 +8,16 @@ import math
 import numpy as np
 import pytest
 
-from eval.rates import bootstrap, exponential_mean, km_median, ratio_interval, scaling_analysis, scaling_verdict
+from eval.rates import (
+    alpha_analysis,
+    alpha_verdict,
+    bootstrap,
+    exponential_mean,
+    km_median,
+    ratio_interval,
+    scaling_analysis,
+    scaling_verdict,
+)
 
 
 def test_exponential_mean_by_hand_and_with_censoring():
@@ -98,3 +107,17 @@ def test_scaling_verdicts_on_synthetic_results():
     runs = [dict(r, queries=50.0 * 1.5**r["N"]) if r["arm"] == "outcome" else r for r in runs]  # ×1.5 per N: too slow
     lines = scaling_verdict({"k": 4, "runs": runs}, scaling_analysis({"k": 4, "runs": runs}))
     assert "**outcome** queries to target: ×**1.5 per unit N**" in lines[1] and lines[1].endswith("**no**.")
+
+
+def test_alpha_slope_on_synthetic_results():
+    """Discovery ~ Exp(mean 1/α) and queries to target 3/α: both log-log slopes near −1, verdicts yes."""
+    rng = np.random.default_rng(4)
+    runs = [{"cluster": c, "seed": s, "alpha": a * rng.uniform(0.95, 1.05), "queries": 3 / a, "censored": False,
+             "discovery": rng.exponential(1 / a), "discovery_censored": False}
+            for c, a in enumerate((1e-2, 3e-3, 1e-3, 3e-4, 1e-4)) for s in range(5)]
+    analysis = alpha_analysis({"runs": runs})
+    assert analysis["target"]["slope"] == pytest.approx(-1, abs=0.03)
+    assert -1.3 < analysis["discovery"]["slope"] < -0.7
+    assert all(line.endswith("**yes**.") for line in alpha_verdict(analysis))
+    flat = alpha_analysis({"runs": [dict(r, queries=500.0) for r in runs]})  # no α dependence: slope 0, verdict no
+    assert alpha_verdict(flat)[1].endswith("**no**.")
