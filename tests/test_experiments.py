@@ -85,7 +85,7 @@ def test_experiments_pick_clusters_by_measured_alpha():
     (["--clusters", "[9]"], "clusters: [9] not in 0..2 (the clusters of pretrain_config 'configs/tiny/pretrain.yaml')"),
     (["--clusters", "[]"], "clusters: empty list not in 0..2"),
     (["--pretrain_config", "PROFILE"], "has no cluster designed off-support (designed α < 0.06) at N = 3 to train on by default"),
-    (["--experiment", "alpha"], "the alpha experiment runs one arm (outcome PG); name exactly one, not 2"),
+    (["--experiment", "alpha"], "the alpha experiment runs one arm (outcome PG); name exactly one, not 4"),
 ])
 def test_clusters_and_arms_are_checked_before_any_base_is_pretrained(tmp_path, capsys, args, words):
     no_offsupport = tmp_path / "pretrain.yaml"  # the tiny base without its sequence(0) cluster
