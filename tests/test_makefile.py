@@ -23,7 +23,7 @@ def test_make_pipeline_on_tiny_configs(tmp_path):
     report = json.loads((runs / "eval" / "eval.json").read_text())
     assert set(report["checkpoints"]) == {"base", "outcome", "process"}
     figures = sorted(p.name for p in (runs / "eval" / "figures").glob("*.png"))
-    assert figures == ["barrier.png", "coverage.png", "passk.png"]
+    assert figures == ["barrier.png", "coverage.png", "passk.png", "passk_exact.png"]
 
 
 def test_make_clean_keeps_the_virtualenv(tmp_path):
