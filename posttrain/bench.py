@@ -5,14 +5,15 @@
 Every measurement is a real ``posttrain`` run of ``posttrain_config`` (by default outcome PG) with what
 ``posttrain_overrides`` sets on top: on-policy, ±1 rewards and no baseline, G responses per prompt, one update per
 generation, a few steps. With ±1 rewards every response carries a
-learning signal, so both backends do the whole update (the native engine skips responses whose advantages are
-all zero, which an untrained base's 0/1 rewards would make of every response). A step's time (the per-step
+learning signal, so both backends do the whole update. Beside it, ``no_signal`` measures the native steps that 0/1
+rewards make of an untrained base's batches: no response is correct, every advantage is 0, and the native loop only
+samples (it zeroes the gradients and takes the optimiser's step without the loss's forward and backward). A step's time (the per-step
 ``train/update_time_s``) runs from one update to the next: the step's prompts (the native loop draws them, TRL's
 dataloader fetches and tokenises them), sampling, rewards and the update, not evaluation or checkpoints. The first
 ``warmup_steps`` are left out (first calls build kernel caches and grow the allocator; a TRL run's first also sets
 up the Trainer), and every update's time is kept in ``bench.json``. Both backends run in the same invocation, one
 after the other, so their ratio is measured side by side. Writes ``bench.json`` and prints a table:
-completions/s, reward queries/s, seconds per update, peak memory, native/TRL ratio.
+completions/s, reward queries/s, seconds per update, peak memory, native/TRL and no-signal/full-step ratios.
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ class BenchConfig:
     """Largest batch given to TRL (its generation pads and copies per sample: larger ones take minutes)."""
     group_size: int = 8
     """Completions per prompt (TRL's num_generations, ≥ 2)."""
+    no_signal: bool = True
+    """Also measure native steps without signal at each batch: 0/1 rewards without baseline on the bench base, which
+    never samples y* (α ≈ k^-N = 8^-16 ≈ 4e-15), so every step only samples (checked from its metrics)."""
     steps: int = 6
     """Updates per run, warm-up included."""
     warmup_steps: int = 1
@@ -72,32 +76,37 @@ class BenchConfig:
         require(self.steps > self.warmup_steps, "steps", f"must exceed warmup_steps = {self.warmup_steps} (one timed update at least)")
 
 
-def posttrain_overrides(cfg: BenchConfig, backend: str, batch: int) -> list[str]:
-    """What every measured posttrain run gets on top of ``posttrain_config`` (besides its base and run folder)."""
+def posttrain_overrides(cfg: BenchConfig, backend: str, batch: int, signal: bool = True) -> list[str]:
+    """What every measured posttrain run gets on top of ``posttrain_config`` (besides its base and run folder):
+    ±1 rewards (``signal``) or 0/1 rewards, without baseline, each step's responses sampled in that step (a run that
+    samples ahead while no step has had signal pays for many steps' sampling in one: the bench times single steps)."""
     return ["--backend", backend, "--optim.batch_size", str(batch), "--algo.group_size", str(cfg.group_size),
-            "--reward.signed", "true", "--algo.baseline", "none", "--optim.max_steps", str(cfg.steps),
+            "--reward.signed", str(signal).lower(), "--algo.baseline", "none", "--algo.sample_ahead", str(batch), "--optim.max_steps", str(cfg.steps),
             "--optim.max_queries", "null", "--eval.eval_every", "1000000", "--eval.num_tracked", "0",
             "--run.checkpoint_every", "0", "--run.progress", "false", "--run.report_to", "[]", *cfg.posttrain_args]
 
 
-def runs(cfg: BenchConfig) -> list[tuple[str, int]]:
-    """(backend, batch) of every measurement, in order."""
-    return [(backend, batch) for batch in cfg.batch_sizes for backend in cfg.backends
+def runs(cfg: BenchConfig) -> list[tuple[str, int, bool]]:
+    """(backend, batch, signal) of every measurement, in order: the no-signal native run right after the full one."""
+    return [(backend, batch, signal) for batch in cfg.batch_sizes for backend in cfg.backends
+            for signal in ((True, False) if backend == "native" and cfg.no_signal else (True,))
             if backend == "native" or batch <= cfg.trl_max_batch]
 
 
-def measure(cfg: BenchConfig, base: Path, backend: str, batch: int) -> dict:
-    run_dir = Path(cfg.out_dir) / f"{backend}_b{batch}"
+def measure(cfg: BenchConfig, base: Path, backend: str, batch: int, signal: bool) -> dict:
+    run_dir = Path(cfg.out_dir) / f"{backend}{'' if signal else '_nosignal'}_b{batch}"
     remove_run_folder(run_dir)  # every number from this invocation (an old run may be another device's)
     run_stage("posttrain", "--config", cfg.posttrain_config, "--base", str(base), "--run.run_dir", str(run_dir),
-              *posttrain_overrides(cfg, backend, batch))
+              *posttrain_overrides(cfg, backend, batch, signal))
     rows = read_metrics(run_dir / "metrics.jsonl")
     every = [r for r in rows if "train/update_time_s" in r]
     steps = every[cfg.warmup_steps:]
     seconds = statistics.median(r["train/update_time_s"] for r in steps)
     queries = [b["train/reward_queries"] - a["train/reward_queries"] for a, b in zip(steps, steps[1:])] or [batch]
     done = rows[-1]
-    return {"backend": backend, "batch": batch, "seconds_per_update": seconds,
+    # a step without signal logs a zero gradient and no entropy (no forward computed one)
+    silent = sum(r["train/grad_norm"] == 0 and r.get("train/entropy", 0) is None for r in every)
+    return {"backend": backend, "batch": batch, "signal": signal, "steps_without_signal": silent, "seconds_per_update": seconds,
             "completions_per_s": batch / seconds, "queries_per_s": statistics.median(queries) / seconds,
             "peak_memory_mb": done["done/peak_memory_mb"],
             "update_times_s": [round(r["train/update_time_s"], 5) for r in every]}  # warm-up included, to show it
@@ -108,14 +117,25 @@ def device_name() -> str:
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| backend | batch | completions/s | reward queries/s | s/update | peak MB | native/TRL |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| backend | batch | completions/s | reward queries/s | s/update | peak MB | native/TRL | no signal/full |",
+             "|---|---|---|---|---|---|---|---|"]
     trl = {r["batch"]: r["completions_per_s"] for r in results if r["backend"] == "trl"}
+    full = {r["batch"]: r["completions_per_s"] for r in results if r["backend"] == "native" and r["signal"]}
     for r in results:
-        ratio = f"{r['completions_per_s'] / trl[r['batch']]:.1f}×" if r["backend"] == "native" and r["batch"] in trl else ""
-        lines.append(f"| {r['backend']} | {r['batch']} | {r['completions_per_s']:,.0f} | {r['queries_per_s']:,.0f} | "
-                     f"{r['seconds_per_update']:.3f} | {r['peak_memory_mb']:,.0f} | {ratio} |")
+        native = r["backend"] == "native" and r["signal"]
+        ratio = f"{r['completions_per_s'] / trl[r['batch']]:.1f}×" if native and r["batch"] in trl else ""
+        quiet = f"{r['completions_per_s'] / full[r['batch']]:.1f}×" if not r["signal"] and r["batch"] in full else ""
+        name = r["backend"] + ("" if r["signal"] else ", no signal")
+        lines.append(f"| {name} | {r['batch']} | {r['completions_per_s']:,.0f} | {r['queries_per_s']:,.0f} | "
+                     f"{r['seconds_per_update']:.3f} | {r['peak_memory_mb']:,.0f} | {ratio} | {quiet} |")
     return "\n".join(lines)
+
+
+def signal_warnings(results: list[dict]) -> list[str]:
+    """A warning for each no-signal run that had steps with signal (its base sampled y*): its time mixes in full steps."""
+    return [f"warning: the no-signal run at batch {r['batch']} had {len(r['update_times_s']) - r['steps_without_signal']} "
+            f"of {len(r['update_times_s'])} steps with signal (the base sampled y*), so its time mixes in full steps"
+            for r in results if not r["signal"] and r["steps_without_signal"] < len(r["update_times_s"])]
 
 
 def busy_warning(results: list[dict], cpus: int) -> str | None:
@@ -135,8 +155,8 @@ def main(argv):
     cfg = load_config(BenchConfig, argv, default_config="configs/bench.yaml", prog="posttrain.bench")
     check_stage_args(PretrainConfig, cfg.pretrain_config, cfg.pretrain_args, user_args=cfg.pretrain_args,
                      config_key="pretrain_config", user_key="pretrain_args")
-    for backend, batch in runs(cfg):
-        run_cfg = check_stage_args(PosttrainConfig, cfg.posttrain_config, posttrain_overrides(cfg, backend, batch),
+    for backend, batch, signal in runs(cfg):
+        run_cfg = check_stage_args(PosttrainConfig, cfg.posttrain_config, posttrain_overrides(cfg, backend, batch, signal),
                                    user_args=cfg.posttrain_args, config_key="posttrain_config", user_key="posttrain_args")
         if backend == "trl":
             check_trl_config(run_cfg, "posttrain_args")
@@ -144,15 +164,15 @@ def main(argv):
     base = out / "base"
     ensure_base(cfg.pretrain_config, base, *cfg.pretrain_args)
     # the load after each measurement tells whether other processes ran beside it
-    results = [{**measure(cfg, base, backend, batch), "load_average": round(os.getloadavg()[0], 2)}
-               for backend, batch in runs(cfg)]
+    results = [{**measure(cfg, base, backend, batch, signal), "load_average": round(os.getloadavg()[0], 2)}
+               for backend, batch, signal in runs(cfg)]
     cpus = len(os.sched_getaffinity(0))  # the CPUs this process may use (a container's, not the host's)
     text = table(results)
     atomic_write_text(out / "bench.json", json.dumps({"device": device_name(), "cpus": cpus, "results": results}, indent=2))
     print(f"device: {device_name()}\n{text}\nwritten: {out / 'bench.json'}")
-    warning = busy_warning(results, cpus)
-    if warning:
-        print(warning)
+    for warning in [*signal_warnings(results), busy_warning(results, cpus)]:
+        if warning:
+            print(warning)
 
 
 if __name__ == "__main__":
