@@ -184,6 +184,7 @@ def finish(cfg: PretrainConfig, run: RunDir, files: dict[str, str], model, token
     save_model_dir(run.path / "model", model, tokenizer, {**files, "pretrain_config.yaml": dump_yaml(cfg)})
     summary = support_summary(eval_set, cfg.profile, cfg.task.k, cfg.task.N, cfg.support.eps_grid,
                               cfg.support.offsupport_threshold)
+    summary["control_misses"] = control_check(summary)  # the α control's verdict travels with the base
     (run.path / "support.json").write_text(json.dumps(summary, indent=2))
     plot_support(summary, eval_set, run.path / "support.png")
     # the final model supersedes the resume checkpoints
@@ -191,9 +192,11 @@ def finish(cfg: PretrainConfig, run: RunDir, files: dict[str, str], model, token
                         files)
     print(f"base model: {run.path / 'model'}")
     for row in summary["clusters"]:
+        per_token = row["designed_token_coverage"]
+        tokens = "" if per_token is None else f"; per token designed {per_token:.3g}, measured {row['token_geomean']:.3g}"
         print(f"  cluster {row['cluster']} {row['coverage']:>14}: designed α {row['designed_alpha']:.3g}, "
-              f"measured geo-mean {row['alpha_geomean']:.3g} (median {row['alpha_median']:.3g})")
-    misses = control_check(summary)
+              f"measured geo-mean {row['alpha_geomean']:.3g} (median {row['alpha_median']:.3g}){tokens}")
+    misses = summary["control_misses"]
     print("α control holds for every designed cluster" if not misses else "α control missed:\n  " + "\n  ".join(misses))
 
 

@@ -74,15 +74,16 @@ class SupportConfig:
 
 def _default_profile() -> list[ClusterProfile]:
     # the default base's (configs/pretrain.yaml): on-support α from 1 down to ~1e-3, token-noise clusters (good
-    # per-token coverage, α down to ≈ 4e-6) and two off-support clusters (α ≈ k^-N); low-p sequence clusters get
-    # more weight so that the corpus still shows their y* often enough to calibrate the designed α.
+    # per-token coverage, α down to ≈ 4e-6) and two off-support clusters (α ≈ k^-N); low-p sequence clusters and
+    # token(0.9) get more weight so that the corpus still shows their y* (or its symbols) often enough to calibrate
+    # the designed α.
     return [
         ClusterProfile("exact"),
         ClusterProfile("sequence", p=0.3, weight=2.0),
         ClusterProfile("sequence", p=0.05, weight=3.0),
         ClusterProfile("token", q=0.4),
         ClusterProfile("token", q=0.65),
-        ClusterProfile("token", q=0.9),
+        ClusterProfile("token", q=0.9, weight=3.0),
         ClusterProfile("sequence", p=0.0),
         ClusterProfile("sequence", p=0.0),
     ]

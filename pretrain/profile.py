@@ -59,6 +59,17 @@ def designed_alpha(profile: ClusterProfile, k: int, N: int) -> float:
     return float("nan")
 
 
+def designed_token_coverage(profile: ClusterProfile, k: int) -> float | None:
+    """Per-token coverage that the design fixes, where it is one: the probability 1 - q + q/k of each symbol of y*
+    under ``token(q)``, 1/k under ``sequence(0)`` (every symbol uniform, i.e. token(1)); None where the design is a
+    mixture over whole sequences (exact, sequence(p > 0)) or absent."""
+    if profile.coverage == "token":
+        return 1 - profile.q + profile.q / k
+    if profile.coverage == "sequence" and profile.p == 0:
+        return 1 / k
+    return None
+
+
 def pretraining_responses(
     profile: ClusterProfile, targets: torch.Tensor, k: int, generator: torch.Generator
 ) -> torch.Tensor:
