@@ -39,23 +39,22 @@ class Discovery:
         if not seen.any():
             return
         first_row = torch.where(seen, correct.float().argmax(0), 0).tolist()  # argmax: the first true row
-        for i, (hit, row) in enumerate(zip(seen.tolist(), first_row)):
-            if hit and self.prefix[i] is None:
-                self.prefix[i] = before + (row + 1 if one_per_row else spent)
-        self.new["train/first_prefix_queries"] = list(self.prefix)
-        if self.prefix[-1] is not None:
-            self.success = self.prefix[-1]
-            self.new["train/first_success_queries"] = self.success
+        self._record([q if q is not None or not hit else before + (row + 1 if one_per_row else spent)
+                      for q, hit, row in zip(self.prefix, seen.tolist(), first_row)])
 
     def sync(self, reduce_min) -> None:
         """Take the earliest discovery of every process (``reduce_min``: an elementwise minimum over processes)."""
         found = reduce_min(torch.tensor([math.inf if q is None else q for q in self.prefix], dtype=torch.float64))
-        merged = [None if math.isinf(q) else int(q) for q in found.tolist()]
-        if merged != self.prefix:
-            self.prefix = merged
-            self.new["train/first_prefix_queries"] = list(merged)
-            if merged[-1] is not None:
-                self.success = self.new["train/first_success_queries"] = merged[-1]
+        self._record([None if math.isinf(q) else int(q) for q in found.tolist()])
+
+    def _record(self, prefix: list[int | None]) -> None:
+        """Take ``prefix`` as the discoveries so far; what changed is logged at the current step."""
+        if prefix == self.prefix:
+            return
+        self.prefix = prefix
+        self.new["train/first_prefix_queries"] = list(prefix)
+        if prefix[-1] is not None:
+            self.success = self.new["train/first_success_queries"] = prefix[-1]
 
     def pop_new(self) -> dict:
         """The discovery metrics found since the last call (to log at the current step), then forgotten."""
