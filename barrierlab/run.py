@@ -546,7 +546,8 @@ def load_model_dir(path: Path, expected: str = "a run folder, its model/ or one 
         raise UserError(f"{what}; pass {expected}")
     try:
         task_info = json.loads((path / "task.json").read_text())
-        model = AutoModelForCausalLM.from_pretrained(str(path))
+        # no hub kernels: nothing to download them from, and with them every train()/eval() re-kernelizes (~1 ms)
+        model = AutoModelForCausalLM.from_pretrained(str(path), use_kernels=False)
         tokenizer = AutoTokenizer.from_pretrained(str(path))
     except Exception as err:  # a truncated or hand-edited file: transformers, safetensors and json raise many kinds
         raise UserError(f"checkpoint '{path}' cannot be loaded ({_first_line(err)}); it is damaged or incomplete: "

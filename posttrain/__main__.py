@@ -157,7 +157,11 @@ def main(argv):
     optimizer = make_optimizer(cfg, model)
     evaluator = ExactEval(eval_set, threshold, cfg.eval.num_tracked, k, acc.device, cfg.prompts.clusters)
 
-    step, queries, samples, wall_before, stop, at_rest = 0, 0, 0, 0.0, None, True
+    step, queries, samples, wall_before, stop = 0, 0, 0, 0.0, None
+    at_rest, signalled, moved = True, False, False  # the policy unchanged by the last step; by any step; since the last evaluation
+    # a zero-gradient step of Adagrad (lr_decay 0), SGD (no momentum) or the adaptive step changes no weight and no state
+    # a later step reads, so a step without signal skips it; Adam's moments would move the weights
+    memoryless = cfg.optim.optimizer != "adam"
     discovery = Discovery(N)
     started = time.time()
 
@@ -178,7 +182,7 @@ def main(argv):
         rewards = state["reward"]  # one per process; a checkpoint of an earlier version holds its one process's dict
         reward.load_state_dict(rewards[rank] if isinstance(rewards, list) else rewards)
         discovery.load_state_dict(state["discovery"])
-        at_rest = state["at_rest"]
+        at_rest, signalled, moved = state["at_rest"], state["signalled"], True
         acc.print(f"resuming {run.path} from step {step} ({queries} reward queries spent)")
     learner, optimizer = acc.prepare(ResponseLogits(model, answer_ids(k)), optimizer)
     policy = acc.unwrap_model(learner).model
@@ -195,15 +199,13 @@ def main(argv):
         return {"step": step, "queries": queries, "samples": samples, "optimizer": optimizer.state_dict(), "base_fingerprint": base_id,
                 "wall_time_s": wall_before + time.time() - started,
                 "prompt_gen": gather(prompt_gen.get_state()), "sample_gen": gather(sample_gen.get_state()),
-                "reward": gather(reward.state_dict()), "discovery": discovery.state_dict(), "at_rest": at_rest,
+                "reward": gather(reward.state_dict()), "discovery": discovery.state_dict(), "at_rest": at_rest, "signalled": signalled,
                 "batches": gather(batches.state_dict()), "stop_reason": stop}
 
     def evaluate() -> dict:
-        policy.eval()
         metrics = evaluator(policy)
         metrics.update({"train/reward_queries": queries, "train/samples": samples})
         run.log(step, metrics)
-        policy.train()
         return metrics
 
     # with a query budget the bar counts reward queries (the resource that ends the run), else steps
@@ -215,32 +217,36 @@ def main(argv):
         last = evaluate()  # step 0: the base model
     else:  # resumed: the latest evaluation is in the metrics kept (a run killed at its end has it at this step)
         last = last_row(run.path, "eval/likelihood", upto=step)
-    model.train()
+    policy.eval()  # in train mode only for the update
     while stop is None and step < cfg.optim.max_steps:
         tick = time.perf_counter()
-        policy.eval()
         prompts, columns, responses = batches.next(at_rest)
         rollout = collect(cfg.algo.behaviour, sampler, prompts, columns, responses)
-        policy.train()
         step_queries = int(acc.reduce(torch.tensor(rollout.queries, device=acc.device), "sum"))
         discovery.update(rollout.responses, columns["target"], rollout.mask, queries, step_queries,
                          rollout.one_per_row and world == 1)
         adv = advantages(rollout.rewards, cfg.algo.baseline, G, cfg.algo.scale_std, rollout.mask, acc.reduce)
         signal = has_signal(acc, adv, cfg.algo.kl_coef)
-        at_rest = at_rest and not signal
+        at_rest = not signal and (memoryless or not signalled)  # Adam's moments move it after a signal
+        signalled, moved = signalled or signal, moved or not at_rest
         if not signal:
-            zero_gradients(learner)  # then the optimiser's own step, as the full step would take it
             loss, stats, grad_norm = torch.zeros((), device=acc.device), {"entropy": None}, 0.0
-        elif cfg.optim.optimizer == "adaptive":
-            grad_norm = adaptive_gradient(learner, rollout, adv)
-            with torch.no_grad():  # the logged loss and entropy, as for the other optimisers; the step is the adaptive one
-                loss, stats = policy_gradient_loss(learner, rollout, adv, k, base, cfg.algo.kl_coef)
+            if not memoryless:  # Adam's moments and step count advance as the full step would move them
+                zero_gradients(learner)
+                optimizer.step()
         else:
-            with acc.autocast():
-                loss, stats = policy_gradient_loss(learner, rollout, adv, k, base, cfg.algo.kl_coef)
-            acc.backward(loss)
-            grad_norm = acc.clip_grad_norm_(learner.parameters(), cfg.optim.grad_clip or math.inf)
-        optimizer.step()
+            policy.train()
+            if cfg.optim.optimizer == "adaptive":
+                grad_norm = adaptive_gradient(learner, rollout, adv)
+                with torch.no_grad():  # the logged loss and entropy, as for the other optimisers; the step is the adaptive one
+                    loss, stats = policy_gradient_loss(learner, rollout, adv, k, base, cfg.algo.kl_coef)
+            else:
+                with acc.autocast():
+                    loss, stats = policy_gradient_loss(learner, rollout, adv, k, base, cfg.algo.kl_coef)
+                acc.backward(loss)
+                grad_norm = acc.clip_grad_norm_(learner.parameters(), cfg.optim.grad_clip or math.inf)
+            optimizer.step()
+            policy.eval()
         optimizer.zero_grad(set_to_none=True)
         synchronize(acc.device)
         update_time = time.perf_counter() - tick  # sampling, rewards and the update; not evaluation
@@ -261,8 +267,8 @@ def main(argv):
             discovery.sync(lambda t: reduce_min(t, acc.device))
         if discovery.new:
             run.log(step, discovery.pop_new())
-        if due_for_eval(cfg, step, queries, at_rest):
-            last = evaluate()
+        if due_for_eval(cfg, step, queries, moved):
+            last, moved = evaluate(), False
             bar.set_postfix(step=step, **support_postfix(last))
         stop = stop_reason(cfg, step, queries, last, evaluator)  # decided before the checkpoint, which keeps it
         if cfg.run.checkpoint_every and step % cfg.run.checkpoint_every == 0:

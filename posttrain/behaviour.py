@@ -101,25 +101,30 @@ def first_accepted(candidates: torch.Tensor, verify) -> tuple[torch.Tensor, torc
 class StepBatches:
     """Each step's prompts (G rows each) and, under on-policy sampling, their responses.
 
-    While the policy is at rest (no step has had a learning signal yet, so every optimiser's state is still zero and a
-    zero-gradient step leaves the weights as they are), ``ahead`` steps' responses are sampled in one batched call:
-    the policy cannot change before the first signal, so they are distributed exactly as step-by-step sampling would
-    draw them, and a large batch samples several times faster than a small one. Steps left over when the signal
-    arrives are dropped: never scored, so never charged."""
+    While the policy is at rest (the steps since these responses were drawn left the weights as they were: no signal
+    before the first one, or none since the last one under an optimiser whose zero-gradient step is the identity),
+    several steps' responses are sampled in one batched call: they are distributed exactly as step-by-step sampling
+    would draw them, and a large batch samples several times faster than a small one. Steps left over when a signal
+    arrives are dropped: never scored, so never charged. The first rest draws ``ahead`` steps at once; a rest after a
+    signal starts at one step and doubles, so the learning phase, where signals come every few steps, wastes little."""
 
     def __init__(self, behaviour: Behaviour, sampler: Sampler, source, prompts_per_step: int, G: int, device,
                  ahead: int):
         self.behaviour, self.sampler, self.source = behaviour, sampler, source
         self.rows, self.G, self.device = prompts_per_step * G, G, device
         self.ahead = ahead if behaviour == "on_policy" else 1  # the others' samples are drawn by collect
+        self.run = self.ahead  # steps the next draw at rest takes
         self.pool: dict[str, torch.Tensor] = {}  # prompts, responses and columns of the steps drawn ahead
 
     def next(self, at_rest: bool) -> tuple[torch.Tensor, dict, torch.Tensor | None]:
-        """(prompts, columns, responses or None) of the next step; ``at_rest``: no step has had signal yet."""
+        """(prompts, columns, responses or None) of the next step; ``at_rest``: the policy has not moved since the
+        pool was drawn."""
         if not at_rest:
-            self.pool = {}  # any left were drawn from a policy that has moved since
+            self.pool, self.run = {}, 1  # any left were drawn from a policy that has moved since
         if not self.pool:
-            prompts, columns = self.source.draw((self.ahead if at_rest else 1) * self.rows // self.G)
+            steps = min(self.run, self.ahead) if at_rest else 1
+            self.run = min(2 * self.run, self.ahead) if at_rest else self.run
+            prompts, columns = self.source.draw(steps * self.rows // self.G)
             self.pool = {key: v.repeat_interleave(self.G, 0).to(self.device)
                          for key, v in {"prompts": prompts, **columns}.items()}
             if self.behaviour == "on_policy":
@@ -132,10 +137,11 @@ class StepBatches:
         return prompts, step, responses
 
     def state_dict(self) -> dict:
-        return {key: v.cpu() for key, v in self.pool.items()}
+        return {"run": self.run, "pool": {key: v.cpu() for key, v in self.pool.items()}}
 
     def load_state_dict(self, state: dict) -> None:
-        self.pool = {key: v.to(self.device) for key, v in state.items()}
+        self.run = state["run"]
+        self.pool = {key: v.to(self.device) for key, v in state["pool"].items()}
 
 
 def collect(behaviour: Behaviour, s: Sampler, prompts: torch.Tensor, columns: dict,

@@ -62,12 +62,12 @@ def out_of_queries(cfg, queries: int) -> bool:
     return cfg.optim.max_queries is not None and queries >= cfg.optim.max_queries
 
 
-def due_for_eval(cfg, step: int, queries: int, at_rest: bool = False) -> bool:
+def due_for_eval(cfg, step: int, queries: int, moved: bool = True) -> bool:
     """Whether step ``step`` ends with an exact evaluation: every ``eval_every`` steps and at every step where the run
-    may stop, so that a run's last metrics are always an evaluation of its final model. While the policy is ``at_rest``
-    (no step has had signal, so its weights are the base's) its evaluation is step 0's: only a last step repeats it."""
+    may stop, so that a run's last metrics are always an evaluation of its final model. A policy that has not
+    ``moved`` since its last evaluation would evaluate the same: only a last step repeats it."""
     last = out_of_queries(cfg, queries) or step == cfg.optim.max_steps
-    return last or (step % cfg.eval.eval_every == 0 and not at_rest)
+    return last or (step % cfg.eval.eval_every == 0 and moved)
 
 
 def stop_reason(cfg, step: int, queries: int, last: dict | None, evaluator: ExactEval) -> str | None:

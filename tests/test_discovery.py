@@ -140,5 +140,19 @@ def test_steps_are_sampled_ahead_only_while_the_policy_is_at_rest():
     moved = batches.next(at_rest=False)  # the policy has learnt: the pool's last step is dropped, one step drawn
     assert source.draws == [6, 2] and moved[1]["cluster"].tolist() == [6, 6, 7, 7]
     assert batches.pool == {}
+    for _ in range(4):  # at rest again after a signal: the draws grow from one step, doubling up to ahead = 3
+        batches.next(at_rest=True)
+    assert source.draws == [6, 2, 2, 4, 6]
     others = StepBatches("mixture", sampler, source, prompts_per_step=2, G=2, device="cpu", ahead=3)
-    assert others.next(at_rest=True)[2] is None and source.draws == [6, 2, 2]  # collect draws them, step by step
+    assert others.next(at_rest=True)[2] is None and source.draws[-1] == 2  # collect draws them, step by step
+
+
+def test_a_policy_at_rest_is_not_evaluated_again(tiny_base, tmp_path):
+    """Adagrad's zero-gradient step is the identity: after a step without signal the policy equals its last evaluation,
+    so an evaluation due then is skipped (two equal evaluations in a row would mean one was not skipped)."""
+    run_stage("posttrain", "--config", "configs/tiny/posttrain_outcome.yaml", "--base", str(tiny_base),
+              "--run.run_dir", str(tmp_path / "run"), "--optim.optimizer", "adagrad", "--optim.max_steps", "12",
+              "--eval.eval_every", "1", "--optim.batch_size", "4", "--run.progress", "false")
+    evals = [r["eval/likelihood"] for r in metrics(tmp_path / "run") if "eval/likelihood" in r]
+    assert 2 <= len(evals) < 13  # some steps had signal, some did not
+    assert all(a != b for a, b in zip(evals[:-2], evals[1:-1]))  # only the last step may repeat the one before
