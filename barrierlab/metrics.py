@@ -27,6 +27,15 @@ def split_masks(base_alpha: torch.Tensor, threshold: float) -> dict[str, torch.T
     return {"all": torch.ones_like(off), "onsupport": ~off, "offsupport": off}
 
 
+def tracked_indices(base_alpha: torch.Tensor, n: int) -> torch.Tensor:
+    """``n`` prompts spread evenly over the quantiles of the base likelihood, lowest first."""
+    if n == 0:
+        return torch.zeros(0, dtype=torch.long)
+    order = torch.argsort(base_alpha)
+    picks = torch.linspace(0, base_alpha.numel() - 1, n).round().long()
+    return order[picks]
+
+
 def split_mean(values: torch.Tensor, mask: torch.Tensor) -> float | None:
     """Mean of ``values`` over the prompts in ``mask``; None (null in JSON, 'n/a' in print) when the split is empty."""
     return values[mask].mean().item() if mask.any() else None

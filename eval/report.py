@@ -17,13 +17,12 @@ import torch
 import yaml
 
 from barrierlab.errors import UserError
-from barrierlab.metrics import fmt_value
+from barrierlab.metrics import fmt_value, tracked_indices
 from barrierlab.run import atomic_write_text, read_metrics
 from eval import figures, rate_figures
 from eval.analysis import eval_rows, queries_to_reach
 from eval.passk import fmt_k
 from eval.rates import METHOD, alpha_analysis, alpha_verdict, scaling_analysis, scaling_verdict
-from posttrain.evaluation import tracked_indices
 from rewards import granularity_of
 
 REACH = 0.5  # "queries to reach": the first evaluation with a mean likelihood of y* at least this

@@ -7,18 +7,9 @@ from __future__ import annotations
 
 import torch
 
-from barrierlab.metrics import fmt_value, split_masks, split_mean
+from barrierlab.metrics import fmt_value, split_masks, split_mean, tracked_indices
 from barrierlab.policy import target_stats
 from barrierlab.run import peak_memory_mb, prompt_tensors
-
-
-def tracked_indices(base_alpha: torch.Tensor, n: int) -> torch.Tensor:
-    """``n`` prompts spread evenly over the quantiles of the base likelihood, lowest first."""
-    if n == 0:
-        return torch.zeros(0, dtype=torch.long)
-    order = torch.argsort(base_alpha)
-    picks = torch.linspace(0, base_alpha.numel() - 1, n).round().long()
-    return order[picks]
 
 
 class ExactEval:
