@@ -56,16 +56,16 @@ pipeline:  ## pretrain -> outcome PG and process PG at equal query budgets -> ev
 	$(MAKE) pretrain outcome process eval
 
 scaling:  ## reward queries to target against N, outcome vs process (fits, figure, report.md in $(RUNS)/scaling)
-	$(PYTHON) -m eval.experiments --config $(CONFIGS)/scaling.yaml --out_dir $(RUNS)/scaling $(ARGS)
+	$(PYTHON) -m experiments.sweep --config $(CONFIGS)/scaling.yaml --out_dir $(RUNS)/scaling $(ARGS)
 
 alpha:  ## outcome-PG reward queries to target against the base α of on-support clusters
-	$(PYTHON) -m eval.experiments --config $(CONFIGS)/alpha.yaml --out_dir $(RUNS)/alpha $(ARGS)
+	$(PYTHON) -m experiments.sweep --config $(CONFIGS)/alpha.yaml --out_dir $(RUNS)/alpha $(ARGS)
 
 bench:  ## native engine vs TRL: completions/s, queries/s, s/update, peak memory (bench.json in $(RUNS)/bench)
-	$(PYTHON) -m posttrain.bench --config $(CONFIGS)/bench.yaml --out_dir $(RUNS)/bench $(ARGS)
+	$(PYTHON) -m experiments.bench --config $(CONFIGS)/bench.yaml --out_dir $(RUNS)/bench $(ARGS)
 
 crosscheck:  ## the same base, task and budget through the native engine and TRL, several seeds; figure + table
-	$(PYTHON) -m posttrain.crosscheck --config $(CONFIGS)/crosscheck.yaml --out_dir $(RUNS)/crosscheck $(ARGS)
+	$(PYTHON) -m experiments.crosscheck --config $(CONFIGS)/crosscheck.yaml --out_dir $(RUNS)/crosscheck $(ARGS)
 
 test:  ## the fast test suite (what CI runs)
 	$(PYTHON) -m pytest -q

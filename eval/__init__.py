@@ -1,4 +1,4 @@
-"""Stage 3: exact evaluation of checkpoints, the report and the barrier experiments."""
+"""Stage 3: exact evaluation of checkpoints, the figures and report, and the analysis of the rate experiments' results."""
 
 from barrierlab.errors import quiet_interrupts_while_starting
 

@@ -248,7 +248,7 @@ EXPERIMENT_SCHEMAS = {
 
 
 def load_experiment(path, experiment: str) -> dict:
-    """The results.json of ``python -m eval.experiments`` for ``experiment`` (scaling or alpha), or one line saying
+    """The results.json of ``python -m experiments.sweep`` for ``experiment`` (scaling or alpha), or one line saying
     what is wrong with it (the eval stage's key ``<experiment>_results`` named)."""
     top, keys = EXPERIMENT_SCHEMAS[experiment]
     key = f"{experiment}_results"

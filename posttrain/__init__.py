@@ -1,4 +1,4 @@
-"""Stage 2: post-train a base model by policy gradient (native engine or TRL), and its benchmark and cross-check."""
+"""Stage 2: post-train a base model by policy gradient (native engine or TRL)."""
 
 from barrierlab.errors import quiet_interrupts_while_starting
 

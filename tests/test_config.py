@@ -14,10 +14,10 @@ import pytest
 from barrierlab.config import dump_yaml, load_config, to_dict
 from barrierlab.errors import UserError
 from eval.config import EvalStageConfig
-from eval.experiments import ExperimentConfig
-from posttrain.bench import BenchConfig
+from experiments.bench import BenchConfig
+from experiments.crosscheck import CrosscheckConfig
+from experiments.sweep import ExperimentConfig
 from posttrain.config import PosttrainConfig
-from posttrain.crosscheck import CrosscheckConfig
 from pretrain.config import PretrainConfig
 from tests.conftest import ROOT, TINY, run_stage, wait_for
 
@@ -124,9 +124,9 @@ def test_cli_prints_one_line_and_exits_2(tmp_path):
 
 def test_every_shipped_config_loads():
     from eval.config import EvalStageConfig
-    from eval.experiments import ExperimentConfig
-    from posttrain.bench import BenchConfig
-    from posttrain.crosscheck import CrosscheckConfig
+    from experiments.bench import BenchConfig
+    from experiments.crosscheck import CrosscheckConfig
+    from experiments.sweep import ExperimentConfig
 
     kinds = {"pretrain": PretrainConfig, "posttrain": PosttrainConfig, "eval": EvalStageConfig, "scaling": ExperimentConfig,
              "alpha": ExperimentConfig, "crosscheck": CrosscheckConfig, "bench": BenchConfig}
@@ -267,7 +267,7 @@ def test_other_runtime_errors_keep_their_traceback():
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/<pid>/maps")
-@pytest.mark.parametrize("stage", ["pretrain", "posttrain", "eval", "posttrain.bench"])
+@pytest.mark.parametrize("stage", ["pretrain", "posttrain", "eval", "experiments.bench"])
 def test_ctrl_c_while_a_stage_imports_is_one_line_and_writes_nothing(tmp_path, stage):
     proc = subprocess.Popen([sys.executable, "-m", stage, "--out_dir" if "." in stage or stage == "eval" else "--run.run_dir",
                              str(tmp_path / "run")], cwd=ROOT, stderr=subprocess.PIPE, text=True)

@@ -11,7 +11,7 @@ import pytest
 
 from barrierlab.run import load_dataset_dir, read_metrics
 from eval.analysis import QUERIES
-from posttrain.crosscheck import (
+from experiments.crosscheck_analysis import (
     OFF,
     ON,
     TRAINED,
@@ -198,7 +198,7 @@ def test_make_bench_on_the_tiny_base(tmp_path):
 
 
 def test_bench_no_signal_rows_warn_only_when_a_step_had_signal():
-    from posttrain.bench import signal_warnings, table
+    from experiments.bench import signal_warnings, table
 
     row = {"batch": 64, "queries_per_s": 1, "seconds_per_update": 1, "peak_memory_mb": 1, "update_times_s": [0.1] * 5}
     results = [{**row, "backend": "native", "signal": True, "completions_per_s": 2000.0, "steps_without_signal": 0},
@@ -215,7 +215,7 @@ def test_bench_no_signal_rows_warn_only_when_a_step_had_signal():
 
 
 def test_bench_warns_when_other_processes_ran_beside_it():
-    from posttrain.bench import busy_warning
+    from experiments.bench import busy_warning
 
     assert busy_warning([{"load_average": 1.9}, {"load_average": 2.4}], cpus=2) is None  # its own two threads
     warning = busy_warning([{"load_average": 1.9}, {"load_average": 3.96}], cpus=2)
@@ -225,39 +225,39 @@ def test_bench_warns_when_other_processes_ran_beside_it():
 @pytest.mark.parametrize("steps, warmup, words", [("3", "3", "must exceed warmup_steps = 3"),
                                                   ("3", "0", "must be ≥ 1 (a TRL run's first update")])
 def test_bench_rejects_a_warmup_that_times_nothing_or_the_setup(tmp_path, steps, warmup, words):
-    proc = run_stage("posttrain.bench", "--config", "configs/bench.yaml", "--out_dir", str(tmp_path / "bench"),
+    proc = run_stage("experiments.bench", "--config", "configs/bench.yaml", "--out_dir", str(tmp_path / "bench"),
                      "--steps", steps, "--warmup_steps", warmup, check=False)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert words in proc.stderr and not (tmp_path / "bench").exists()
 
 
 @pytest.mark.parametrize("driver, args, words", [
-    ("posttrain.bench", ["--posttrain_args", "[--optim.bogus, '1']"], "posttrain_args: command line: --optim.bogus: unknown key"),
-    ("posttrain.bench", ["--pretrain_args", "[--model.widht, '8']"], "pretrain_args: command line: --model.widht"),
-    ("posttrain.crosscheck", ["--posttrain_args", "[--algo.bogus, '1']"], "posttrain_args: command line: --algo.bogus"),
-    ("eval.experiments", ["--extra_args", "[--optim.bogus, '1']"], "extra_args (given to the bases' pretraining too): "
+    ("experiments.bench", ["--posttrain_args", "[--optim.bogus, '1']"], "posttrain_args: command line: --optim.bogus: unknown key"),
+    ("experiments.bench", ["--pretrain_args", "[--model.widht, '8']"], "pretrain_args: command line: --model.widht"),
+    ("experiments.crosscheck", ["--posttrain_args", "[--algo.bogus, '1']"], "posttrain_args: command line: --algo.bogus"),
+    ("experiments.sweep", ["--extra_args", "[--optim.bogus, '1']"], "extra_args (given to the bases' pretraining too): "
                                                                    "command line: --optim.bogus"),
     # what the driver sets for each run is its own: a user's --run.run_dir would write into another folder, a
     # --run.seed would make every seed's run the same run
-    ("posttrain.bench", ["--posttrain_args", "[--run.run_dir, elsewhere]"],
+    ("experiments.bench", ["--posttrain_args", "[--run.run_dir, elsewhere]"],
      "posttrain_args: --run.run_dir would override run.run_dir, which the driver sets for each run"),
-    ("posttrain.bench", ["--posttrain_args", "[--run, '{run_dir: elsewhere}']"], "--run would override run.checkpoint_every, "
+    ("experiments.bench", ["--posttrain_args", "[--run, '{run_dir: elsewhere}']"], "--run would override run.checkpoint_every, "
                                                                                 "run.progress, run.report_to, run.run_dir"),
-    ("eval.experiments", ["--extra_args", "['--base=elsewhere']"], "--base would override base"),
-    ("eval.experiments", ["--extra_args", "[--run.seed, '3']"], "extra_args: --run.seed would override run.seed"),
-    ("posttrain.crosscheck", ["--posttrain_args", "[--backend, trl]"], "--backend would override backend"),
-    ("posttrain.bench", ["--posttrain_args", "[--config, x.yaml]"], "posttrain_args: holds --config, which is not an override"),
+    ("experiments.sweep", ["--extra_args", "['--base=elsewhere']"], "--base would override base"),
+    ("experiments.sweep", ["--extra_args", "[--run.seed, '3']"], "extra_args: --run.seed would override run.seed"),
+    ("experiments.crosscheck", ["--posttrain_args", "[--backend, trl]"], "--backend would override backend"),
+    ("experiments.bench", ["--posttrain_args", "[--config, x.yaml]"], "posttrain_args: holds --config, which is not an override"),
     # nothing to measure or compare: refused, not an empty result written over the last one
-    ("posttrain.bench", ["--backends", "[]"], "key 'backends': list at least one of: native, trl"),
-    ("posttrain.bench", ["--batch_sizes", "[]"], "key 'batch_sizes': must list at least one batch size"),
-    ("posttrain.bench", ["--group_size", "0"], "key 'group_size': must be ≥ 2"),
-    ("posttrain.crosscheck", ["--backends", "[]"], "key 'backends': list at least one of: native, trl"),
-    ("posttrain.crosscheck", ["--posttrain_configs", "{}"], "key 'posttrain_configs': must name at least one arm"),
+    ("experiments.bench", ["--backends", "[]"], "key 'backends': list at least one of: native, trl"),
+    ("experiments.bench", ["--batch_sizes", "[]"], "key 'batch_sizes': must list at least one batch size"),
+    ("experiments.bench", ["--group_size", "0"], "key 'group_size': must be ≥ 2"),
+    ("experiments.crosscheck", ["--backends", "[]"], "key 'backends': list at least one of: native, trl"),
+    ("experiments.crosscheck", ["--posttrain_configs", "{}"], "key 'posttrain_configs': must name at least one arm"),
     # groups of 1: the TRL runs would fail after the base and the native runs
-    ("posttrain.crosscheck", ["--posttrain_args", "[--algo.baseline, none, --algo.group_size, '1']"],
+    ("experiments.crosscheck", ["--posttrain_args", "[--algo.baseline, none, --algo.group_size, '1']"],
      "posttrain_args: algo.group_size 1: the trl backend needs ≥ 2"),
     # every run trains the base's eval prompts, whose α predicts the discovery
-    ("posttrain.crosscheck", ["--posttrain_args", "[--prompts.dataset, elsewhere]"],
+    ("experiments.crosscheck", ["--posttrain_args", "[--prompts.dataset, elsewhere]"],
      "--prompts.dataset would override prompts.dataset, which the driver sets for each run"),
 ])
 def test_drivers_check_stage_overrides_before_touching_runs(tmp_path, capsys, driver, args, words):

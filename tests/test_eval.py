@@ -349,7 +349,7 @@ def test_report_on_tiny_finished_runs(tiny_eval, tiny_base, tmp_path):
     assert "Training curves left out: base_again (a pretraining run: no reward-query evaluations). Their checkpoints are " \
            "evaluated below like the others." in report
     scaling = tmp_path / "scaling.json"
-    # the results.json of make scaling and make alpha (eval.experiments), seeds alike at every x: exact rates
+    # the results.json of make scaling and make alpha (experiments.sweep), seeds alike at every x: exact rates
     scaling.write_text(json.dumps({"k": 3, "target_likelihood": 0.5, "max_queries": 10**6, "runs": [
         {"arm": arm, "reward": arm, "behaviour": "on_policy", "N": n, "seed": 0, "base_alpha": 3.0**-n,
          "discovery": q, "discovery_censored": False, "queries": 2 * q, "censored": False}

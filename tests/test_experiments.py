@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from barrierlab.run import read_metrics
-from eval.experiments import main as experiments_main
-from eval.experiments import support_clusters
+from experiments.sweep import main as experiments_main
+from experiments.sweep import support_clusters
 from tests.conftest import TINY, one_line_error
 from tests.conftest import run_make as make
 

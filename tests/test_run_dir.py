@@ -73,7 +73,7 @@ def test_a_damaged_checkpoint_or_metrics_line_is_a_one_line_error(tmp_path):
 
 
 def test_a_drivers_run_that_failed_at_its_start_gives_way_too(tmp_path):
-    from barrierlab.stages import reuse_or_run
+    from experiments.stages import reuse_or_run
 
     args = ("--config", str(TINY / "pretrain.yaml"), "--run.run_dir", str(tmp_path / "base"))
     failed = load_pretrain_config([*args, "--train.steps", "7"])
@@ -195,7 +195,7 @@ def alive(pid: int) -> bool:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
 def test_a_stage_dies_with_its_driver_and_a_run_folder_has_one_writer(tmp_path):
     args = ["--config", str(TINY / "pretrain.yaml"), "--run.run_dir", str(tmp_path / "base"), "--train.steps", "1000000"]
-    driver = f"from barrierlab.stages import run_stage; run_stage('pretrain', *{args!r})"  # as the experiment drivers
+    driver = f"from experiments.stages import run_stage; run_stage('pretrain', *{args!r})"  # as the experiment drivers
     proc = subprocess.Popen([sys.executable, "-c", driver], cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
     cfg = load_pretrain_config(args)
     stage = None

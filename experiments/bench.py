@@ -1,6 +1,6 @@
 """``make bench``: the native engine against TRL's GRPOTrainer on the same model, task, N and batch.
 
-    python -m posttrain.bench --config configs/bench.yaml      # or configs/gpu/bench.yaml
+    python -m experiments.bench --config configs/bench.yaml      # or configs/gpu/bench.yaml
 
 Every measurement is a real ``posttrain`` run of ``posttrain_config`` (by default outcome PG) with what
 ``posttrain_overrides`` sets on top: on-policy, ±1 rewards and no baseline, G responses per prompt, one update per
@@ -29,7 +29,7 @@ import torch
 from barrierlab.config import load_config, require, require_distinct
 from barrierlab.errors import cli_entry
 from barrierlab.run import atomic_write_text, claim_output_dir, read_metrics, remove_run_folder
-from barrierlab.stages import check_stage_args, check_trl_config, ensure_base, run_stage
+from experiments.stages import check_stage_args, check_trl_config, ensure_base, run_stage
 from posttrain.config import PosttrainConfig
 from pretrain.config import PretrainConfig
 
@@ -42,7 +42,7 @@ class BenchConfig:
     """The base: the default transformer at N = 16 (briefly pretrained: throughput does not depend on it)."""
     posttrain_config: str = "configs/posttrain_outcome.yaml"
     """Post-training config every measured run starts from; the bench sets the backend, batch, group size, ±1
-    rewards with no baseline, the step count and quiet logging on top (posttrain_overrides in posttrain/bench.py)."""
+    rewards with no baseline, the step count and quiet logging on top (posttrain_overrides in experiments/bench.py)."""
     backends: list[str] = field(default_factory=lambda: ["native", "trl"])
     """Backends to measure: native, trl."""
     batch_sizes: list[int] = field(default_factory=lambda: [64, 256])
@@ -152,7 +152,7 @@ def busy_warning(results: list[dict], cpus: int) -> str | None:
 
 @cli_entry
 def main(argv):
-    cfg = load_config(BenchConfig, argv, default_config="configs/bench.yaml", prog="posttrain.bench")
+    cfg = load_config(BenchConfig, argv, default_config="configs/bench.yaml", prog="experiments.bench")
     check_stage_args(PretrainConfig, cfg.pretrain_config, cfg.pretrain_args, user_args=cfg.pretrain_args,
                      config_key="pretrain_config", user_key="pretrain_args")
     for backend, batch, signal in runs(cfg):

@@ -1,7 +1,7 @@
 """The barrier experiments: reward queries to reach a target likelihood, against N and against α.
 
-    python -m eval.experiments --config configs/scaling.yaml     # make scaling
-    python -m eval.experiments --config configs/alpha.yaml       # make alpha
+    python -m experiments.sweep --config configs/scaling.yaml     # make scaling
+    python -m experiments.sweep --config configs/alpha.yaml       # make alpha
 
 ``scaling``: for each N (and seed) pretrain a base whose off-support cluster has α ≈ k^-N, then run
 outcome PG and process PG on that cluster's prompts until their mean likelihood of y* reaches the target
@@ -25,10 +25,10 @@ import yaml
 from barrierlab.config import dump_yaml, load_config, require, require_distinct, require_seeds
 from barrierlab.errors import UserError, cli_entry
 from barrierlab.run import atomic_write_text, claim_output_dir, last_row, read_metrics
-from barrierlab.stages import check_stage_args, ensure_base, reuse_or_run
 from eval import rate_figures
 from eval.analysis import eval_rows, queries_to_reach
 from eval.rates import METHOD, alpha_analysis, alpha_verdict, scaling_analysis, scaling_verdict
+from experiments.stages import check_stage_args, ensure_base, reuse_or_run
 from posttrain.config import PosttrainConfig, load_posttrain_config
 from pretrain.config import PretrainConfig
 from pretrain.profile import designed_alpha
@@ -207,7 +207,7 @@ OWN_FILES = {"scaling": ("scaling.png", "N*"), "alpha": ("alpha.png", "*_c*_s*")
 
 @cli_entry
 def main(argv):
-    cfg = load_config(ExperimentConfig, argv, default_config="configs/scaling.yaml", prog="eval.experiments")
+    cfg = load_config(ExperimentConfig, argv, default_config="configs/scaling.yaml", prog="experiments.sweep")
     check_overrides(cfg)
     out = claim_output_dir(cfg.out_dir, "out_dir", f"the {cfg.experiment} experiment", OWN_FILES[cfg.experiment])
     results = run_scaling(cfg, out) if cfg.experiment == "scaling" else run_alpha(cfg, out)
