@@ -2,89 +2,23 @@
 
 ``build_report(run_dir)`` reads what ``python -m eval`` wrote into ``run_dir`` (eval.json, per_prompt.csv,
 config.yaml). Checkpoints that live in a post-training run folder (beside its metrics.jsonl) become the
-arms of the barrier figure and the training table. The sentences are generated from the numbers.
+arms of the barrier figure and the training table (``eval.arms``). The sentences are generated from the numbers.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import math
 from collections import defaultdict
 from pathlib import Path
 
-import torch
-import yaml
-
 from barrierlab.errors import UserError
-from barrierlab.metrics import fmt_value, tracked_indices
-from barrierlab.run import atomic_write_text, read_metrics
+from barrierlab.metrics import fmt_value
+from barrierlab.rundir import atomic_write_text
 from eval import figures, rate_figures
-from eval.analysis import eval_rows, queries_to_reach
+from eval.arms import Arm, arm_table, barrier_sentences, tracked_alpha, training_runs
 from eval.passk import fmt_k
 from eval.rates import METHOD, alpha_analysis, alpha_verdict, scaling_analysis, scaling_verdict
-from rewards import granularity_of
-
-REACH = 0.5  # "queries to reach": the first evaluation with a mean likelihood of y* at least this
-
-
-def _arm_runs(results: dict) -> dict[str, Path]:
-    """Checkpoints that are the final model of a run folder with metrics and config: name → run folder
-    (pretraining runs too; ``_Arm``s without reward-query evaluations are dropped by the caller)."""
-    arms = {}
-    for name, ckpt in results["checkpoints"].items():
-        run = Path(ckpt["path"]).parent
-        if Path(ckpt["path"]).name == "model" and (run / "metrics.jsonl").exists() and (run / "config.yaml").exists():
-            arms[name] = run
-    return arms
-
-
-class _Arm:
-    """One post-training run as the report sees it: its config, metric rows and final numbers."""
-
-    def __init__(self, name: str, run: Path):
-        self.name, self.run = name, run
-        self.config = yaml.safe_load((run / "config.yaml").read_text())
-        self.rows = read_metrics(run / "metrics.jsonl")
-        evals = eval_rows(self.rows)
-        self.first, self.last = (evals[0], evals[-1]) if evals else ({}, {})
-        done = [r for r in self.rows if "done/reward_queries" in r]
-        self.done = done[-1] if done else {}
-        self.queries = self.done.get("done/reward_queries", self.last.get("train/reward_queries"))
-        self.kind = granularity_of(self.config)
-
-    def label(self) -> str:
-        reward = self.config.get("reward", {}).get("name", "?")
-        behaviour = self.config.get("algo", {}).get("behaviour", "?")
-        return f"{reward} reward, {behaviour} behaviour"
-
-    def sentence(self) -> str:
-        on0, on1 = self.first.get("eval/onsupport_likelihood"), self.last.get("eval/onsupport_likelihood")
-        off0, off1 = self.first.get("eval/offsupport_likelihood"), self.last.get("eval/offsupport_likelihood")
-        stop = self.done.get("done/stop_reason", "unfinished")
-        return (f"**{self.name}** ({self.label()}) spent {self.queries or 0:,} reward queries over "
-                f"{self.last.get('step', 0)} steps (stop: {stop}); the mean likelihood of y* went from {fmt_value(on0)} "
-                f"to {fmt_value(on1)} on on-support prompts and from {fmt_value(off0)} to {fmt_value(off1)} on off-support prompts.")
-
-
-def _barrier_sentences(arms: list[_Arm]) -> list[str]:
-    """Outcome against process arm on the off-support prompts: the barrier, stated in numbers."""
-    outcome = [a for a in arms if a.kind == "outcome"]
-    process = [a for a in arms if a.kind == "process"]
-    if not outcome or not process:
-        return []
-    o, p = outcome[0], process[0]
-    off_o, off_p = o.last.get("eval/offsupport_likelihood"), p.last.get("eval/offsupport_likelihood")
-    if off_o is None or off_p is None:
-        return ["The eval prompts hold no off-support prompt, so the barrier cannot be observed on them."]
-    lines = [f"Outcome PG ({o.name}) left the mean off-support likelihood at {fmt_value(off_o)} after {o.queries or 0:,} "
-             f"reward queries, while process PG ({p.name}) raised it to {fmt_value(off_p)} after {p.queries or 0:,}."]
-    reach = []
-    for arm in (o, p):
-        queries, censored = queries_to_reach(arm.rows, "eval/offsupport_likelihood", REACH)
-        reach.append(f"{arm.name}: not reached within its {queries:,}" if censored else f"{arm.name}: {queries:,}")
-    lines.append(f"Reward queries to reach a mean off-support likelihood of {REACH}: " + "; ".join(reach) + ".")
-    return lines
 
 
 def _best(at: dict[str, list[float]], i: int) -> str:
@@ -215,31 +149,6 @@ def _cluster_table(per_prompt: dict, base: Path) -> list[str]:
     return lines
 
 
-def _measured_elsewhere(arm: _Arm, base_alpha: list[float], split: list[str]) -> bool:
-    """Whether a run's own metrics (its curves, its table row) were measured on other prompts or split on/off-support
-    elsewhere than this evaluation: its step-0 evaluation, of the base model, must give this evaluation's prompts'
-    mean base α overall and on each split. (Paths cannot tell: a run's config names its base relative to wherever
-    it was started.)"""
-    if arm.first.get("step") != 0:
-        return True
-    for key, part in (("eval/likelihood", None), ("eval/onsupport_likelihood", "onsupport"),
-                      ("eval/offsupport_likelihood", "offsupport")):
-        alphas = [a for a, s in zip(base_alpha, split, strict=True) if part in (None, s)]
-        mine, theirs = (sum(alphas) / len(alphas) if alphas else None), arm.first.get(key)
-        if (mine is None) != (theirs is None) or (mine is not None and not math.isclose(mine, theirs, rel_tol=1e-3)):
-            return True
-    return False
-
-
-def _tracked_alpha(arm: _Arm, base_alpha: list[float]) -> list[float] | None:
-    """Base α of the prompts the run tracked (the same pick as posttrain's, on this eval's base)."""
-    tracked = arm.last.get("eval/tracked_likelihood")
-    if not tracked:
-        return None
-    alpha = torch.tensor(base_alpha, dtype=torch.float64)
-    return alpha[tracked_indices(alpha, len(tracked))].tolist()
-
-
 # what each experiment's results.json must hold: keys at the top, and keys of every run
 EXPERIMENT_SCHEMAS = {
     "scaling": (("k", "target_likelihood"), ("arm", "reward", "behaviour", "N", "base_alpha", "queries", "censored",
@@ -271,14 +180,14 @@ def _config_block(title: str, path: Path, shown: Path | None = None) -> str:
     return f"<details><summary>{title}: <code>{shown or path}</code></summary>\n\n```yaml\n{text}```\n</details>\n"
 
 
-def _make_figures(fig_dir: Path, results: dict, per_prompt: dict, arms: list[_Arm], left_out: dict[str, str],
+def _make_figures(fig_dir: Path, results: dict, per_prompt: dict, arms: list[Arm], left_out: dict[str, str],
                   scaling: tuple[dict, dict] | None, alpha: tuple[dict, dict] | None) -> dict[str, str]:
     """Draw every figure the inputs allow (``scaling``, ``alpha``: an experiment's results and their analysis);
     title → file name."""
     made = {}
     prompts = next(iter(per_prompt.values()))  # base α, split and cluster: the same columns for every checkpoint
     if arms:
-        tracked = {a.name: _tracked_alpha(a, prompts["base_alpha"]) for a in arms}
+        tracked = {a.name: tracked_alpha(a, prompts["base_alpha"]) for a in arms}
         figures.barrier_figure({a.name: a.rows for a in arms}, fig_dir / "barrier.png",
                                {n: t for n, t in tracked.items() if t is not None},
                                threshold=results["offsupport_threshold"], left_out=left_out)
@@ -309,17 +218,6 @@ def _make_figures(fig_dir: Path, results: dict, per_prompt: dict, arms: list[_Ar
     return made
 
 
-def _arm_table(arms: list[_Arm]) -> list[str]:
-    lines = ["| arm | reward / behaviour | reward queries | steps | stop | on-support likelihood | "
-             "off-support likelihood | expected error | wall time (s) |", "|---|---|---|---|---|---|---|---|---|"]
-    for a in arms:
-        lines.append(f"| {a.name} | {a.label()} | {a.queries or 0:,} | {a.last.get('step', 0)} | "
-                     f"{a.done.get('done/stop_reason', 'unfinished')} | {fmt_value(a.last.get('eval/onsupport_likelihood'))} | "
-                     f"{fmt_value(a.last.get('eval/offsupport_likelihood'))} | {fmt_value(a.last.get('eval/expected_error'))} | "
-                     f"{fmt_value(a.done.get('done/wall_time_s'))} |")
-    return lines
-
-
 def _checkpoint_table(results: dict) -> list[str]:
     ks = results["pass_k"]
     lines = [f"| checkpoint | on-support likelihood | off-support likelihood | expected error | "
@@ -347,25 +245,14 @@ def build_report(run_dir, *, scaling=None, alpha=None, shown_as=None) -> Path:
     per_prompt = _per_prompt(run_dir)
     prompts = next(iter(per_prompt.values()))  # base α, split and cluster: the same columns for every checkpoint
     exact = _exact_at(run_dir)
-    runs = {n: run for n, run in _arm_runs(results).items() if n != "base"}  # the base is every run's step 0
-    # checkpoint → why the barrier figure has no curves of it (named in the figure and here)
-    left_out = {n: "no metrics.jsonl beside it, e.g. a TRL script's model folder or a mid-run checkpoint"
-                for n in results["checkpoints"] if n != "base" and n not in runs}
-    arms = []
-    for arm in (_Arm(name, run) for name, run in runs.items()):
-        if not arm.last:  # a pretraining run: no reward-query evaluations to draw
-            left_out[arm.name] = "a pretraining run: no reward-query evaluations"
-        elif _measured_elsewhere(arm, prompts["base_alpha"], prompts["split"]):
-            left_out[arm.name] = "its run's step-0 evaluation is of other prompts or another split"
-        else:
-            arms.append(arm)
+    arms, left_out = training_runs(results, prompts)
     scaling_data = load_experiment(scaling, "scaling") if scaling else None
     alpha_data = load_experiment(alpha, "alpha") if alpha else None
     scaling_fit = (scaling_data, scaling_analysis(scaling_data)) if scaling_data else None  # (results, analysis)
     alpha_fit = (alpha_data, alpha_analysis(alpha_data)) if alpha_data else None
     made = _make_figures(run_dir / "figures", results, per_prompt, arms, left_out, scaling_fit, alpha_fit)
 
-    observed = [a.sentence() for a in arms] + _barrier_sentences(arms) + [_coverage_sentence(results)]
+    observed = [a.sentence() for a in arms] + barrier_sentences(arms) + [_coverage_sentence(results)]
     if left_out:
         observed.append("Training curves left out: " + "; ".join(f"{n} ({why})" for n, why in left_out.items())
                         + ". Their checkpoints are evaluated below like the others.")
@@ -375,13 +262,16 @@ def build_report(run_dir, *, scaling=None, alpha=None, shown_as=None) -> Path:
     observed += [METHOD] if scaling_fit or alpha_fit else []
 
     shown_as = Path(shown_as or run_dir)
+    other = "; ".join(f"`{name}` (from `{b}`)" for name, b in results["other_base"].items())
     lines = [f"# Evaluation report: `{shown_as}`", "",
+             *([f"**Trained from another base than `{base}`**, evaluated anyway (allow_other_base) on this base's "
+                f"on-/off-support split, not their own: {other}.", ""] if other else []),
              f"Base run `{base}` (k = {results['k']}, N = {results['N']}); {results['prompts']['all']} eval prompts, "
              f"off-support when base α < {results['offsupport_threshold']:g}; pass@k from n = {results['n_samples']} "
              f"samples per prompt at temperature {results['temperature']:g}.", "", "## What was observed", ""]
     lines += [f"- {s}" for s in observed]
     if arms:
-        lines += ["", "## Post-training runs", "", *_arm_table(arms)]
+        lines += ["", "## Post-training runs", "", *arm_table(arms)]
     lines += ["", "## Checkpoints on the eval prompts", "", *_checkpoint_table(results)]
     lines += ["", "## By cluster", "", "Mean likelihood of y* over each cluster's eval prompts; in brackets, over those "
               f"of them that are off-support (base α < {results['offsupport_threshold']:g}).", "",
