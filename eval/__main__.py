@@ -25,16 +25,9 @@ import torch
 
 from barrierlab.config import dump_yaml, load_config
 from barrierlab.errors import UserError, cli_entry
+from barrierlab.loading import load_dataset_dir, load_model_dir, prompt_tensors, replace_dir
 from barrierlab.metrics import fmt_value, split_masks
-from barrierlab.run import (
-    atomic_write_text,
-    claim_output_dir,
-    load_dataset_dir,
-    load_model_dir,
-    lock_run_folder,
-    prompt_tensors,
-    replace_dir,
-)
+from barrierlab.rundir import atomic_write_text, claim_output_dir, lock_run_folder
 from eval.config import EvalStageConfig
 from eval.evaluate import PromptSet, evaluate_checkpoint
 from eval.passk import crossing_k, default_ks, fmt_k, log_grid, mean_exact
@@ -123,7 +116,7 @@ def main(argv):
     prompt_set, columns = load_prompt_set(base, threshold, device)
     k, N = base_info["task"]["k"], base_info["task"]["N"]
     ks = cfg.pass_k or default_ks(cfg.n_samples)
-    out = claim_output_dir(cfg.out_dir, "out_dir", "eval", ("eval.json",))
+    out = claim_output_dir(cfg.out_dir, "out_dir", "eval")
     lock_run_folder(out)  # one evaluation at a time writes here
 
     results = {

@@ -1,6 +1,6 @@
 """The figures of the evaluation report, one function each, from plain Python data to a PNG.
 
-Inputs are what the stages write: metrics.jsonl rows (``barrierlab.run.read_metrics``) and eval.json. The rate
+Inputs are what the stages write: metrics.jsonl rows (``barrierlab.rundir.read_metrics``) and eval.json. The rate
 experiments' figures are in ``eval.rate_figures``.
 """
 

@@ -28,7 +28,7 @@ import torch
 
 from barrierlab.config import load_config, require, require_distinct
 from barrierlab.errors import cli_entry
-from barrierlab.run import atomic_write_text, claim_output_dir, read_metrics, remove_run_folder
+from barrierlab.rundir import atomic_write_text, claim_output_dir, read_metrics, remove_run_folder
 from experiments.stages import check_stage_args, check_trl_config, ensure_base, run_stage
 from posttrain.config import PosttrainConfig
 from pretrain.config import PretrainConfig
@@ -160,7 +160,7 @@ def main(argv):
                                    user_args=cfg.posttrain_args, config_key="posttrain_config", user_key="posttrain_args")
         if backend == "trl":
             check_trl_config(run_cfg, "posttrain_args")
-    out = claim_output_dir(cfg.out_dir, "out_dir", "make bench", ("bench.json", "native_b*", "trl_b*"))
+    out = claim_output_dir(cfg.out_dir, "out_dir", "make bench")
     base = out / "base"
     ensure_base(cfg.pretrain_config, base, *cfg.pretrain_args)
     # the load after each measurement tells whether other processes ran beside it

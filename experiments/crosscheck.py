@@ -24,8 +24,9 @@ from pathlib import Path
 
 from barrierlab.config import load_config, require, require_distinct, require_seeds
 from barrierlab.errors import UserError, cli_entry
+from barrierlab.loading import load_dataset_dir
 from barrierlab.metrics import fmt_value
-from barrierlab.run import atomic_write_text, claim_output_dir, last_row, load_dataset_dir, read_metrics
+from barrierlab.rundir import atomic_write_text, claim_output_dir, last_row, read_metrics
 from experiments.crosscheck_analysis import (
     OFF,
     analyse,
@@ -121,7 +122,7 @@ def main(argv):
             if backend == "trl":
                 check_trl_config(run_cfg, f"posttrain_configs '{config}' with posttrain_args")
         arm_cfgs[arm] = run_cfg
-    out = claim_output_dir(cfg.out_dir, "out_dir", "make crosscheck", ("crosscheck.json", "*_native_s*", "*_trl_s*"))
+    out = claim_output_dir(cfg.out_dir, "out_dir", "make crosscheck")
     base = out / "base"
     support = ensure_base(cfg.pretrain_config, base, *cfg.pretrain_args)
     prompts = load_dataset_dir(eval_prompts(cfg), ["base_alpha", "cluster"])

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from barrierlab.config import load_config, parse_overrides
 from barrierlab.errors import PARENT_PID_ENV, UserError
-from barrierlab.run import DifferentConfig, check_same_config, stopped_before_first_step
+from barrierlab.rundir import DifferentConfig, check_same_config, stopped_before_first_step
 from pretrain.config import load_pretrain_config
 
 DRIVER_KEYS = ("base", "run.run_dir")  # where a driver's stage reads and writes: the driver sets them for each run

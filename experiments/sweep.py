@@ -24,7 +24,7 @@ import yaml
 
 from barrierlab.config import dump_yaml, load_config, require, require_distinct, require_seeds
 from barrierlab.errors import UserError, cli_entry
-from barrierlab.run import atomic_write_text, claim_output_dir, last_row, read_metrics
+from barrierlab.rundir import atomic_write_text, claim_output_dir, last_row, read_metrics
 from eval import rate_figures
 from eval.analysis import eval_rows, queries_to_reach
 from eval.rates import METHOD, alpha_analysis, alpha_verdict, scaling_analysis, scaling_verdict
@@ -201,15 +201,11 @@ def write_report(cfg: ExperimentConfig, out: Path, results: dict) -> None:
     print(f"report: {out / 'report.md'}")
 
 
-# what each experiment writes into its out_dir, by which a folder of an earlier version's run (unmarked) is known
-OWN_FILES = {"scaling": ("scaling.png", "N*"), "alpha": ("alpha.png", "*_c*_s*")}
-
-
 @cli_entry
 def main(argv):
     cfg = load_config(ExperimentConfig, argv, default_config="configs/scaling.yaml", prog="experiments.sweep")
     check_overrides(cfg)
-    out = claim_output_dir(cfg.out_dir, "out_dir", f"the {cfg.experiment} experiment", OWN_FILES[cfg.experiment])
+    out = claim_output_dir(cfg.out_dir, "out_dir", f"the {cfg.experiment} experiment")
     results = run_scaling(cfg, out) if cfg.experiment == "scaling" else run_alpha(cfg, out)
     write_report(cfg, out, results)
 

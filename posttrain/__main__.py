@@ -19,27 +19,28 @@ from accelerate.utils import gather_object
 from tqdm import tqdm
 
 from barrierlab.errors import UserError, cli_entry
-from barrierlab.policy import ResponseLogits
-from barrierlab.run import (
+from barrierlab.loading import (
     BASE_EXPECTED,
-    RunDir,
     check_same_base,
     column_tensor,
-    fault_point,
-    last_row,
-    leave_process_group,
     load_dataset_dir,
     load_model_dir,
-    make_accelerator,
     model_fingerprint,
     prompt_tensors,
     save_model_dir,
+)
+from barrierlab.policy import ResponseLogits
+from barrierlab.rundir import RunDir, last_row
+from barrierlab.tasks import task_from_info
+from barrierlab.tokenizer import answer_ids
+from barrierlab.training import (
+    fault_point,
+    leave_process_group,
+    make_accelerator,
     seed_everything,
     stop_if_diverged,
     synchronize,
 )
-from barrierlab.tasks import task_from_info
-from barrierlab.tokenizer import answer_ids
 from posttrain.advantages import advantages
 from posttrain.behaviour import Sampler, StepBatches, collect
 from posttrain.config import PosttrainConfig, load_posttrain_config
@@ -166,7 +167,7 @@ def main(argv):
     started = time.time()
 
     def same_run(state: dict) -> None:  # the same base; each process resumes its own prompt, sampling and noise streams
-        check_same_base(state, base_id, cfg.base, run.path)
+        check_same_base(state["base_fingerprint"], base_id, cfg.base, run.path)
         n = len(state["prompt_gen"])
         if n != world:
             raise UserError(f"{run.path} was checkpointed by {n} process(es); resume it with that many (torchrun "
@@ -175,12 +176,11 @@ def main(argv):
 
     state = run.resume(model, optimizer, check=same_run)
     if state is not None:
-        step, queries, samples, stop = state["step"], state["queries"], state["samples"], state.get("stop_reason")
+        step, queries, samples, stop = state["step"], state["queries"], state["samples"], state["stop_reason"]
         wall_before = state["wall_time_s"]
         prompt_gen.set_state(state["prompt_gen"][rank])
         sample_gen.set_state(state["sample_gen"][rank])
-        rewards = state["reward"]  # one per process; a checkpoint of an earlier version holds its one process's dict
-        reward.load_state_dict(rewards[rank] if isinstance(rewards, list) else rewards)
+        reward.load_state_dict(state["reward"][rank])
         discovery.load_state_dict(state["discovery"])
         at_rest, signalled, moved = state["at_rest"], state["signalled"], True
         acc.print(f"resuming {run.path} from step {step} ({queries} reward queries spent)")

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import torch
 
+from barrierlab.loading import prompt_tensors
 from barrierlab.metrics import fmt_value, split_masks, split_mean, tracked_indices
 from barrierlab.policy import target_stats
-from barrierlab.run import peak_memory_mb, prompt_tensors
+from barrierlab.training import peak_memory_mb
 
 
 class ExactEval:

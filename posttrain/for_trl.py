@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 
 from barrierlab.errors import UserError
+from barrierlab.loading import BASE_EXPECTED, load_model_dir, save_model_dir
 from barrierlab.models import MASKED_LOGIT
-from barrierlab.run import BASE_EXPECTED, load_model_dir, save_model_dir
 from barrierlab.tasks import task_from_info
 from barrierlab.tokenizer import ANSWER0, BIT0, answer_ids, prompt_text
 from posttrain.discovery import Discovery

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from barrierlab.errors import UserError
-from barrierlab.run import column_tensor, load_dataset_dir, prompt_tensors
+from barrierlab.loading import column_tensor, load_dataset_dir, prompt_tensors
 from barrierlab.tokenizer import prompt_ids
 
 

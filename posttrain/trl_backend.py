@@ -64,16 +64,9 @@ import torch
 from tqdm import tqdm
 
 from barrierlab.errors import UserError
-from barrierlab.run import (
-    RunDir,
-    check_same_base,
-    fault_point,
-    last_row,
-    precision_of,
-    save_model_dir,
-    stop_if_diverged,
-    synchronize,
-)
+from barrierlab.loading import check_same_base, save_model_dir
+from barrierlab.rundir import RunDir, last_row
+from barrierlab.training import fault_point, precision_of, stop_if_diverged, synchronize
 from posttrain.advantages import advantages
 from posttrain.evaluation import ExactEval, due_for_eval, log_finish, stop_reason, support_postfix, train_metrics
 from posttrain.for_trl import (
@@ -268,7 +261,7 @@ def run_trl(cfg, *, model, tokenizer, reward, task, files, base_id, eval_set, th
     # every step's prompts, as an uninterrupted run draws them; a resumed run takes the ones it has not trained on
     dataset = prompt_dataset(prompts_source, cfg.optim.max_steps, B // G)
     # before the answer bias is added: checkpoints hold the plain model
-    resumed = run.resume(model, check=lambda state: check_same_base(state, base_id, cfg.base, run.path))
+    resumed = run.resume(model, check=lambda state: check_same_base(state["base_fingerprint"], base_id, cfg.base, run.path))
     first_step = 0 if resumed is None else resumed["step"]
     started = time.time() - (0.0 if resumed is None else resumed["wall_time_s"])
     if resumed is not None:
@@ -277,7 +270,7 @@ def run_trl(cfg, *, model, tokenizer, reward, task, files, base_id, eval_set, th
         reward_fn.discovery.load_state_dict(resumed["discovery"])
         print(f"resuming {run.path} from step {first_step} ({reward_fn.queries} reward queries spent)")
     # a run killed after its last step (or after it decided to stop) has nothing left to train: no Trainer then
-    remaining = cfg.optim.max_steps - first_step if resumed is None or resumed.get("stop_reason") is None else 0
+    remaining = cfg.optim.max_steps - first_step if resumed is None or resumed["stop_reason"] is None else 0
     # TRL's output_dir (nothing is saved there), inside the run folder so that a killed run's rerun clears it
     scratch = run.path / ".trl_output"
     shutil.rmtree(scratch, ignore_errors=True)
@@ -296,7 +289,7 @@ def run_trl(cfg, *, model, tokenizer, reward, task, files, base_id, eval_set, th
 
         def __init__(self):
             self.step, self.last = first_step, None
-            self.stop_reason = None if resumed is None else resumed.get("stop_reason")  # None: not stopping
+            self.stop_reason = None if resumed is None else resumed["stop_reason"]  # None: not stopping
             self.bar = tqdm(total=cfg.optim.max_steps, initial=first_step, desc=f"posttrain[{cfg.reward.name}, trl]",
                             disable=not cfg.run.progress, mininterval=1.0)
 

@@ -18,23 +18,13 @@ from tqdm import tqdm
 
 from barrierlab.config import dump_yaml, to_dict
 from barrierlab.errors import cli_entry
+from barrierlab.loading import column_tensor, load_dataset_dir, prompt_tensors, save_dataset, save_model_dir
 from barrierlab.models import build_model
 from barrierlab.policy import ResponseLogits, target_stats
-from barrierlab.run import (
-    RunDir,
-    column_tensor,
-    fault_point,
-    leave_process_group,
-    load_dataset_dir,
-    make_accelerator,
-    prompt_tensors,
-    save_dataset,
-    save_model_dir,
-    seed_everything,
-    stop_if_diverged,
-)
+from barrierlab.rundir import RunDir
 from barrierlab.tasks import build_task
 from barrierlab.tokenizer import ANSWER0, build_tokenizer
+from barrierlab.training import fault_point, leave_process_group, make_accelerator, seed_everything, stop_if_diverged
 from pretrain.config import PretrainConfig, load_pretrain_config
 from pretrain.data import build_corpus, build_eval_prompts
 from pretrain.support import control_check, plot_support, support_summary

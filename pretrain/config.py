@@ -8,7 +8,7 @@ from typing import Literal
 from barrierlab.config import load_config, require
 from barrierlab.errors import UserError
 from barrierlab.models import ModelConfig
-from barrierlab.run import RunConfig
+from barrierlab.rundir import RunConfig
 from barrierlab.tasks import TaskConfig
 from pretrain.profile import ClusterProfile
 

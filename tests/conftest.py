@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from barrierlab.run import read_metrics
+from barrierlab.rundir import read_metrics
 
 # pytest-xdist runs one worker per core: with torch's default of one thread per core in each, the workers'
 # OpenMP threads oversubscribe the cores and spin against each other (many times slower, measured)

@@ -9,7 +9,8 @@ import statistics
 
 import pytest
 
-from barrierlab.run import load_dataset_dir, read_metrics
+from barrierlab.loading import load_dataset_dir
+from barrierlab.rundir import read_metrics
 from eval.analysis import QUERIES
 from experiments.crosscheck_analysis import (
     OFF,

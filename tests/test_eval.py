@@ -16,9 +16,10 @@ import pytest
 import torch
 
 from barrierlab.config import ConfigValueError, build, load_config
+from barrierlab.loading import load_dataset_dir, load_model_dir, prompt_tensors
 from barrierlab.metrics import split_masks
 from barrierlab.policy import target_stats
-from barrierlab.run import load_dataset_dir, load_model_dir, prompt_tensors, read_metrics
+from barrierlab.rundir import read_metrics
 from barrierlab.tokenizer import ANSWER0
 from eval.config import EvalStageConfig
 from eval.evaluate import summarise

@@ -8,7 +8,7 @@ import json
 import pytest
 import yaml
 
-from barrierlab.run import read_metrics
+from barrierlab.rundir import read_metrics
 from experiments.sweep import main as experiments_main
 from experiments.sweep import support_clusters
 from tests.conftest import TINY, one_line_error

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from barrierlab.run import read_metrics
+from barrierlab.rundir import read_metrics
 from tests.conftest import ROOT
 from tests.conftest import run_make as make
 

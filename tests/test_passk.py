@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
+from barrierlab.loading import load_dataset_dir, load_model_dir, prompt_tensors
 from barrierlab.policy import target_stats
-from barrierlab.run import load_dataset_dir, load_model_dir, prompt_tensors
 from eval.passk import crossing_k, default_ks, exact_pass_at_k, fmt_k, log_grid, mean_exact, pass_at_k
 
 # ----------------------------------------------------------------------------- the unbiased estimator

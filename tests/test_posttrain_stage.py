@@ -14,8 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from barrierlab.loading import load_dataset_dir, load_model_dir, prompt_tensors
 from barrierlab.policy import target_stats
-from barrierlab.run import load_dataset_dir, load_model_dir, prompt_tensors
 from rewards import RewardConfig, make_reward
 from tests.conftest import ROOT, TINY, metrics, one_line_error, run_stage
 
@@ -365,7 +365,7 @@ def test_prompts_drawn_from_a_saved_dataset_keep_their_columns(tiny_base, tmp_pa
 
     from barrierlab.config import load_config
     from barrierlab.errors import UserError
-    from barrierlab.run import column_tensor, load_dataset_dir
+    from barrierlab.loading import column_tensor, load_dataset_dir
     from barrierlab.tasks import task_from_info
     from barrierlab.tokenizer import ANSWER0
     from posttrain.config import PosttrainConfig

@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 import barrierlab.models  # noqa: F401  (registers the linear policy with the Auto classes)
-from barrierlab.run import load_dataset_dir, read_metrics
+from barrierlab.loading import load_dataset_dir
+from barrierlab.rundir import read_metrics
 from pretrain.__main__ import batch_rows
 from tests.conftest import TINY, run_stage
 
@@ -143,7 +144,7 @@ def test_column_tensor_reads_list_and_scalar_columns(tmp_path):
     from datasets import Dataset
 
     from barrierlab.errors import UserError
-    from barrierlab.run import column_tensor
+    from barrierlab.loading import column_tensor
 
     rows = {"ids": [[1, 2, 3], [4, 5, 6]], "cluster": [7, 8], "ragged": [[1], [2, 3]]}
     Dataset.from_dict(rows).save_to_disk(str(tmp_path))

@@ -14,7 +14,7 @@ import torch
 
 from barrierlab.errors import UserError
 from barrierlab.models import LinearPolicyConfig, LinearPolicyLM
-from barrierlab.run import RunConfig, RunDir, claim_output_dir, read_metrics, remove_run_folder
+from barrierlab.rundir import RunConfig, RunDir, claim_output_dir, read_metrics, remove_run_folder
 from barrierlab.tokenizer import build_tokenizer, vocab_size
 from pretrain.config import load_pretrain_config
 from tests.conftest import ROOT, TINY, wait_for
@@ -164,24 +164,22 @@ def test_a_folder_that_cannot_be_created_is_a_one_line_error(tmp_path):
     with pytest.raises(UserError, match=f"run.run_dir: cannot create '{inside}' \\(Not a directory\\); pass a folder"):
         RunDir(cfg, cfg.run)
     with pytest.raises(UserError, match=f"out_dir: cannot create '{inside}' \\(Not a directory\\)"):
-        claim_output_dir(inside, "out_dir", "eval", ("eval.json",))
+        claim_output_dir(inside, "out_dir", "eval")
 
 
 def test_output_folders_of_eval_and_the_drivers_are_their_own(tmp_path):
-    claim = lambda path, kind="the scaling experiment": claim_output_dir(path, "out_dir", kind, ("results.json", "N*"))  # noqa: E731
+    claim = lambda path, kind="the scaling experiment": claim_output_dir(path, "out_dir", kind)  # noqa: E731
     assert claim(tmp_path / "new") == tmp_path / "new" and claim(tmp_path / "new") == tmp_path / "new"  # created, reclaimed
     with pytest.raises(UserError, match="holds the output of the scaling experiment, not of the alpha experiment"):
         claim(tmp_path / "new", "the alpha experiment")
     run = make_run(tmp_path)  # a run folder
     with pytest.raises(UserError, match="is a run folder \\(it has a config.yaml\\); pass a new or empty folder as out_dir"):
         claim(run.path)
-    for name in ("results.json", "N4"):  # an unmarked folder of this command's (an older version's, killed or not)
-        (tmp_path / name / "mine").mkdir(parents=True)
-        (tmp_path / name / "mine" / "notes.txt").write_text("")
+    for name in ("notes.txt", "results.json"):  # an unmarked folder is not this command's, whatever it holds
+        (tmp_path / name).mkdir()
+        (tmp_path / name / name).write_text("")
         with pytest.raises(UserError, match="holds other files; pass a new or empty folder as out_dir"):
-            claim(tmp_path / name / "mine")
-        (tmp_path / name / "mine" / name).mkdir()
-        claim(tmp_path / name / "mine")
+            claim(tmp_path / name)
     cfg = Cfg(RunConfig(run_dir=str(tmp_path / "new"), report_to=[]))
     with pytest.raises(UserError, match="holds the output of the scaling experiment, not a run"):
         RunDir(cfg, cfg.run)
@@ -242,7 +240,7 @@ def test_a_run_folder_is_not_inside_another_run_nor_among_other_files(tmp_path):
     (tmp_path / "proj" / "runs" / "r" / ".tmp_config.yaml").write_text("")  # hidden: a write in progress
     cfg = Cfg(RunConfig(run_dir=str(tmp_path / "proj" / "runs" / "r")))
     RunDir(cfg, cfg.run)
-    out = claim_output_dir(tmp_path / "experiment", "out_dir", "make scaling", ("results.json",))
+    out = claim_output_dir(tmp_path / "experiment", "out_dir", "make scaling")
     (out / "config.yaml").write_text("out_dir: x\n")  # a driver's output folder holds its runs
     cfg = Cfg(RunConfig(run_dir=str(out / "N4" / "base")))
     RunDir(cfg, cfg.run)

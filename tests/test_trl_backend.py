@@ -17,18 +17,12 @@ from safetensors.torch import load_file
 
 from barrierlab.config import load_config
 from barrierlab.errors import UserError
+from barrierlab.loading import load_dataset_dir, load_model_dir, model_fingerprint, prompt_tensors
 from barrierlab.policy import ResponseLogits, target_stats
-from barrierlab.run import (
-    RunDir,
-    load_dataset_dir,
-    load_model_dir,
-    make_accelerator,
-    model_fingerprint,
-    prompt_tensors,
-    seed_everything,
-)
+from barrierlab.rundir import RunDir
 from barrierlab.tasks import task_from_info
 from barrierlab.tokenizer import ANSWER0, answer_ids
+from barrierlab.training import make_accelerator, seed_everything
 from posttrain.__main__ import run_reward
 from posttrain.advantages import advantages
 from posttrain.config import PosttrainConfig

@@ -1,0 +1,75 @@
+"""What every training loop shares: seeding, the accelerator and its precision, leaving the process group,
+stopping on divergence, fault injection for the resume tests, peak memory and device synchronisation."""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+
+import torch
+
+from barrierlab.errors import UserError
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def precision_of(run) -> str:
+    """What ``run.mixed_precision`` (a ``RunConfig``'s) runs as, for either backend: 'auto' is bf16 autocast on a
+    GPU, fp32 on CPU."""
+    if run.mixed_precision == "auto":
+        return "bf16" if torch.cuda.is_available() else "no"
+    return run.mixed_precision
+
+
+def make_accelerator(run):
+    """An ``Accelerator`` with the run's precision (``precision_of``)."""
+    from accelerate import Accelerator
+
+    # cpu=True without CUDA: under torchrun / accelerate launch the processes then form a gloo group
+    return Accelerator(mixed_precision=precision_of(run), cpu=not torch.cuda.is_available())
+
+
+def leave_process_group(acc) -> None:
+    """End a stage that may run data-parallel: free what ``acc.prepare`` wrapped (the caller has dropped its own
+    references), then leave the process group together. A DDP wrapper's reducer holds the group; freed once another
+    process has gone (at exit, say), it joins gloo threads that never return: a hang, or an abort."""
+    acc.free_memory()  # accelerate's own references, then a garbage collection (DDP sits in a reference cycle)
+    acc.wait_for_everyone()
+    acc.end_training()
+
+
+def stop_if_diverged(step: int, lr_key: str, model=None, **values: float) -> None:
+    """Stop in one line once a logged value (``values``: name → value) or, given a ``model``, a weight is no longer
+    finite, a learning rate too high, usually: every later step would train NaN weights, and the run would end
+    'successfully' with nan likelihoods (or, under TRL, fail deep in its sampling)."""
+    bad = [f"{name} is {value}" for name, value in values.items() if not math.isfinite(value)]
+    # one device sync for all weights (TRL checks every step), not one per tensor
+    if not bad and model is not None and not bool(torch.stack([p.isfinite().all() for p in model.parameters()]).all()):
+        bad = ["the weights are no longer finite"]
+    if bad:
+        raise UserError(f"training diverged: {bad[0]} at step {step}; lower {lr_key} and rerun in a new run_dir")
+
+
+def fault_point(step: int) -> None:
+    """Fault injection for the resume tests: ``BARRIERLAB_KILL_AFTER_STEP=n`` SIGKILLs the process after step n."""
+    if os.environ.get("BARRIERLAB_KILL_AFTER_STEP") == str(step):
+        os.kill(os.getpid(), 9)
+
+
+def peak_memory_mb(device) -> float:
+    """Peak memory of this process: allocated GPU memory on CUDA, resident set size on CPU."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def synchronize(device) -> None:
+    """Wait for queued GPU work, so wall-clock timings mean what they say."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
