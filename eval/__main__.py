@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from barrierlab.config import dump_yaml, load_config
+from barrierlab.config import dump_yaml, load_config, load_yaml
 from barrierlab.errors import UserError, cli_entry
-from barrierlab.loading import load_dataset_dir, load_model_dir, prompt_tensors, replace_dir
+from barrierlab.loading import load_dataset_dir, load_model_dir, model_fingerprint, prompt_tensors, replace_dir
 from barrierlab.metrics import fmt_value, split_masks
 from barrierlab.rundir import atomic_write_text, claim_output_dir, lock_run_folder
 from eval.config import EvalStageConfig
@@ -45,17 +45,50 @@ def model_folder(path: str) -> Path:
     return p / "model" if (p / "model" / "config.json").exists() or (p / "config.yaml").exists() else p
 
 
-def load_checkpoints(cfg: EvalStageConfig, base: Path, base_info: dict) -> dict[str, tuple]:
-    """name → (model, folder) for everything to evaluate, all loaded up front so a bad path fails at once."""
+def trained_from(folder: Path) -> tuple[str, str] | None:
+    """``(fingerprint, folder)`` of the base a post-training checkpoint was trained from, as its trainer state and its
+    run's config.yaml record them (a run's model/ is its last checkpoint's weights); None where no base is recorded:
+    a pretraining run's model, or one a TRL script saved."""
+    if (folder / "trainer_state.pt").exists():  # checkpoints/step_N
+        state_file, run = folder / "trainer_state.pt", folder.parent.parent
+    else:
+        states = sorted((folder.parent / "checkpoints").glob("step_*/trainer_state.pt")) if folder.name == "model" else []
+        if not states:
+            return None
+        state_file, run = states[-1], folder.parent
+    try:
+        fingerprint = torch.load(state_file, weights_only=False).get("base_fingerprint")
+    except Exception as err:  # written atomically: one that fails to load was damaged afterwards
+        raise UserError(f"cannot read '{state_file}' ({str(err).splitlines()[0]}) to tell which base '{folder}' was "
+                        "trained from; it is damaged: rerun the stage that wrote it") from None
+    if fingerprint is None:
+        return None
+    config = load_yaml((run / "config.yaml").read_text()) if (run / "config.yaml").is_file() else {}
+    return fingerprint, str(config.get("base", "?"))
+
+
+def load_checkpoints(cfg: EvalStageConfig, base: Path, base_info: dict) -> tuple[dict[str, tuple], dict[str, str]]:
+    """name → (model, folder) for everything to evaluate, all loaded up front so a bad path fails at once; and, for
+    each checkpoint trained from another base (evaluated only with allow_other_base), name → the base its run names."""
     named = ({"base": str(base / "model")} if cfg.include_base else {}) | cfg.named_checkpoints()
-    models = {}
+    base_id = model_fingerprint(base / "model")
+    models, other_base = {}, {}
     for name, path in named.items():
         folder = model_folder(path)
         model, _, info = load_model_dir(folder)
         if (info["task"], info["task_state"]) != (base_info["task"], base_info["task_state"]):
             raise UserError(f"checkpoint '{name}' ({folder}) was trained on a different task than the base run '{base}'")
+        recorded = trained_from(folder)
+        if recorded is not None and recorded[0] != base_id:
+            if not cfg.allow_other_base:
+                raise UserError(f"checkpoint '{name}' ({folder}) was trained from another base than '{base}' (its run's "
+                                f"base: '{recorded[1]}'; other weights, so this base's on/off-support split is not its "
+                                "own); pass that base with --base, or --allow_other_base true to evaluate it anyway")
+            other_base[name] = recorded[1]
+            print(f"warning: checkpoint '{name}' was trained from another base ('{recorded[1]}'), not '{base}'; "
+                  "evaluated on this base's on/off-support split anyway (allow_other_base)")
         models[name] = (model, folder)
-    return models
+    return models, other_base
 
 
 def load_prompt_set(base: Path, threshold: float, device) -> tuple[PromptSet, dict]:
@@ -104,7 +137,7 @@ def main(argv):
     if not (base / "model" / "task.json").is_file():
         raise UserError(f"base: no pretraining run at '{base}' (model/task.json expected); run make pretrain or fix --base")
     base_info = json.loads((base / "model" / "task.json").read_text())
-    models = load_checkpoints(cfg, base, base_info)
+    models, other_base = load_checkpoints(cfg, base, base_info)
     for experiment in ("scaling", "alpha"):  # checked before anything is evaluated or written
         path = getattr(cfg, f"{experiment}_results")
         if path is not None:
@@ -123,6 +156,7 @@ def main(argv):
         "base": str(base), "k": k, "N": N, "uniform_alpha": float(k) ** -N, "offsupport_threshold": threshold,
         "n_samples": cfg.n_samples, "temperature": cfg.temperature, "seed": cfg.seed, "pass_k": ks,
         "eps": cfg.eps_grid, "prompts": {s: int(m.sum()) for s, m in prompt_set.masks.items()}, "checkpoints": {},
+        "other_base": other_base,
     }
     prompt_rows, passk_rows, log_p = [], [], {}
     for name, (model, folder) in models.items():

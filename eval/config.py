@@ -17,6 +17,10 @@ class EvalStageConfig:
     them). On the command line add one with --checkpoints.NAME PATH."""
     include_base: bool = True
     """Also evaluate the base model q0 itself, as checkpoint 'base'."""
+    allow_other_base: bool = False
+    """Evaluate a post-training checkpoint trained from another base than ``base`` anyway, on this base's
+    on-/off-support split rather than its own, and say so on screen and at the top of report.md (without it: refused).
+    A checkpoint that records no base (a pretraining run's, a model a TRL script saved) is evaluated as it is."""
     out_dir: str = "runs/eval"
     """Where eval.json, per_prompt.csv, passk.csv, passk_exact.csv, the figures and report.md are written."""
     n_samples: int = 256
