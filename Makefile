@@ -1,6 +1,7 @@
 # barrierlab: every stage is `python -m <stage> --config FILE [--section.key value ...]`.
 # Variables: CONFIGS=configs (configs/gpu for one GPU, configs/tiny for a smoke run), RUNS=runs,
-# MODEL=transformer|linear, REWARD=outcome|process, ARGS="--key value ..." (extra overrides), LAUNCH
+# MODEL=transformer|linear, REWARD=outcome|process|noisy_outcome|noisy_process or an import path
+# package.module:ClassName, ARGS="--key value ..." (extra overrides), LAUNCH
 # (e.g. LAUNCH=".venv/bin/accelerate launch --multi_gpu --num_processes 4" for 4 GPUs, or
 # LAUNCH=".venv/bin/torchrun --standalone --nproc_per_node 2" for 2 CPU processes).
 
@@ -11,9 +12,9 @@ RUNS ?= runs
 MODEL ?= transformer
 REWARD ?= outcome
 ARGS ?=
-# one word, one of the allowed ones ("1" is what a good value gives)
-ifneq ($(words $(REWARD))$(filter-out outcome process,$(REWARD)),1)
-$(error REWARD='$(REWARD)': use REWARD=outcome or REWARD=process)
+# one word, one of the allowed ones ("1" is what a good value gives); a reward is a built-in name or an import path
+ifneq ($(words $(REWARD))$(if $(filter outcome process noisy_outcome noisy_process,$(REWARD))$(findstring :,$(REWARD)),,x),1)
+$(error REWARD='$(REWARD)': use REWARD=outcome, process, noisy_outcome, noisy_process or package.module:ClassName)
 endif
 ifneq ($(words $(MODEL))$(filter-out transformer linear,$(MODEL)),1)
 $(error MODEL='$(MODEL)': use MODEL=transformer or MODEL=linear)
@@ -42,8 +43,16 @@ install: .venv/bin/python  ## create .venv and install the project (CPU torch un
 pretrain:  ## pretrain the base model (MODEL=linear for the log-linear policy)
 	$(LAUNCH) -m pretrain --config $(CONFIGS)/pretrain.yaml --model.kind $(MODEL) --run.run_dir $(BASE) $(ARGS)
 
-posttrain:  ## post-train the base with REWARD=outcome|process
-	$(LAUNCH) -m posttrain --config $(CONFIGS)/posttrain_$(REWARD).yaml --base $(BASE) --run.run_dir $(RUNS)/$(REWARD)$(SUFFIX) $(ARGS)
+# a reward's run folder is named after it, an import path's after its class, lowercased (mylab.rewards:ParityReward:
+# parityreward); its config is the built-in arm's of its granularity (one that cannot be imported gets outcome's,
+# and posttrain says in one line what is wrong with it)
+REWARD_RUN = $(shell echo '$(lastword $(subst :, ,$(REWARD)))' | tr '[:upper:]' '[:lower:]')
+REWARD_ARM = $(if $(filter outcome process,$(REWARD)),$(REWARD),$(shell $(PYTHON) -c 'import sys; from rewards import \
+	resolve_class; print(resolve_class(sys.argv[1]).granularity)' '$(REWARD)' 2>/dev/null || echo outcome))
+
+posttrain:  ## post-train the base with REWARD=outcome|process|noisy_outcome|noisy_process|pkg.module:MyReward, into $(RUNS)/REWARD ($(RUNS)/myreward for an import path)
+	$(LAUNCH) -m posttrain --config $(CONFIGS)/posttrain_$(REWARD_ARM).yaml --reward.name $(REWARD) --base $(BASE) \
+		--run.run_dir $(RUNS)/$(REWARD_RUN)$(SUFFIX) $(ARGS)
 
 outcome process:
 	$(MAKE) posttrain REWARD=$@

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
+import sys
 
 import pytest
 
 from barrierlab.rundir import read_metrics
+from rewards import REWARDS
 from tests.conftest import ROOT
 from tests.conftest import run_make as make
 
@@ -44,6 +47,31 @@ def test_make_pretrain_and_posttrain_linear(tmp_path):
     done = read_metrics(runs / "process_linear" / "metrics.jsonl")[-1]
     assert (done["done/steps"], done["done/stop_reason"]) == (5, "max_steps")  # ARGS reached the stage
     assert "name: process" in (runs / "process_linear" / "config.yaml").read_text()
+
+
+@pytest.mark.parametrize("reward, config, run_dir", [
+    *((name, cls.granularity, name) for name, cls in REWARDS.items()),  # outcome, process: the pipeline's, as before
+    ("tests.user_reward:ParityReward", "outcome", "parityreward")])
+def test_make_posttrain_takes_a_reward_by_name_or_import_path_and_names_its_run_folder(reward, config, run_dir):
+    command = " ".join(make("posttrain", f"REWARD={reward}", "CONFIGS=configs/tiny", "RUNS=r", "--dry-run").stdout
+                       .replace("\\\n", " ").split())
+    assert f" -m posttrain --config configs/tiny/posttrain_{config}.yaml --reward.name {reward} --base r/base " \
+           f"--run.run_dir r/{run_dir}" in command
+
+
+def test_make_posttrain_with_a_users_reward(tiny_base, tmp_path):
+    runs = tmp_path / "runs"
+    shutil.copytree(tiny_base, runs / "base")
+    make("posttrain", "REWARD=tests.user_reward:ParityReward", "CONFIGS=configs/tiny", f"RUNS={runs}",
+         "ARGS=--optim.max_steps 2")
+    done = read_metrics(runs / "parityreward" / "metrics.jsonl")[-1]
+    assert (done["done/steps"], done["done/stop_reason"]) == (2, "max_steps")
+    assert "name: tests.user_reward:ParityReward" in (runs / "parityreward" / "config.yaml").read_text()
+    # an import path that does not resolve: posttrain's one-line error, and no run folder
+    proc = subprocess.run(["make", f"PYTHON={sys.executable}", "posttrain", "REWARD=tests.user_reward:NoSuch",
+                           "CONFIGS=configs/tiny", f"RUNS={runs}"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode != 0 and "error: reward 'tests.user_reward:NoSuch': module 'tests.user_reward' has no " \
+           "'NoSuch'" in proc.stderr and "Traceback" not in proc.stderr and not (runs / "nosuch").exists()
 
 
 def test_make_help_lists_every_target_but_the_reward_shortcuts():
