@@ -107,6 +107,35 @@ def test_a_run_logs_its_discovery(tiny_base, tmp_path):
     assert len(done["done/first_prefix_queries"]) == 3
 
 
+
+@pytest.mark.parametrize("name", ["adagrad", "sgd"])
+def test_a_memoryless_optimiser_may_leave_out_the_step_without_signal(name):
+    """Adagrad (lr_decay 0) and SGD without momentum, as posttrain builds them: leaving a no-signal step out entirely
+    changes no weight and no state a later step reads (Adagrad's step count feeds only lr_decay), so the next real
+    step lands bitwise where it lands after the zero-gradient step."""
+    g = torch.Generator().manual_seed(0)
+    bits = torch.randint(0, 2, (B, D), generator=g)
+    rollout = type("R", (), {"prompts": prompt_ids(bits), "responses": torch.randint(0, K, (B, N), generator=g),
+                             "mask": torch.ones(B, N)})()
+    signal, none = torch.randn(B, N, generator=g), torch.zeros(B, N)
+    states = []
+    for leave_out in (False, True):
+        model = build_model(ModelConfig(layers=1, width=16, heads=2, context=16), d=D, k=K, seed=0)
+        make = {"adagrad": lambda p: torch.optim.Adagrad(p, lr=0.1), "sgd": lambda p: torch.optim.SGD(p, lr=0.1)}[name]
+        optimizer = make(model.parameters())
+        _step(model, optimizer, rollout, signal, skip=False)
+        if not leave_out:
+            for _ in range(3):
+                _step(model, optimizer, rollout, none, skip=True)
+        _step(model, optimizer, rollout, signal, skip=False)  # the next step with signal reads what the others left
+        states.append(([p.detach().clone() for p in model.parameters()], optimizer.state_dict()["state"]))
+    (w_full, s_full), (w_left, s_left) = states
+    assert all(torch.equal(a, b) for a, b in zip(w_full, w_left))
+    for i in s_full:
+        for key, value in s_full[i].items():
+            if key != "step":
+                assert torch.equal(torch.as_tensor(value), torch.as_tensor(s_left[i][key])), (i, key)
+
 class CountingSource:
     """Prompts numbered in draw order (bit patterns of the row index), so a test can see which draw a row came from."""
 
