@@ -15,7 +15,7 @@ echo "fastllama tests took $(( $(date +%s) - S )) s"
 
 bench() {  # config, out folder, time limit (s): TRL 1.16 with transformers 5.24, for both backends alike
   local S; S=$(date +%s)
-  PYTHONPATH=/tmp/site_tf:/tmp/site:$PWD timeout "$3" python3 -m posttrain.bench --config "$1" --out_dir "$2"
+  PYTHONPATH=/tmp/site_tf:/tmp/site:$PWD timeout "$3" python3 -m experiments.bench --config "$1" --out_dir "$2"
   echo "bench $1 took $(( $(date +%s) - S )) s"
   cp "$2/bench.json" "$OUT/$(basename "$1" .yaml).json" 2>/dev/null
   for f in "$2"/*/metrics.jsonl; do echo "$f"; grep -h '"done/' "$f"; done
