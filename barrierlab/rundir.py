@@ -17,42 +17,15 @@ import json
 import math
 import os
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import torch
 import yaml
 
-from barrierlab.config import dump_yaml, require, require_seed
+from barrierlab.config import dump_yaml
 from barrierlab.errors import UserError
 from barrierlab.loading import first_line, save_model_dir
-
-
-@dataclass
-class RunConfig:
-    run_dir: str = "runs/base"
-    """Folder of this run. Re-running on an existing folder resumes from its last checkpoint."""
-    seed: int = 0
-    """Seed of everything random in the run (prompts, sampling, initialisation)."""
-    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
-    """Loggers besides metrics.jsonl: 'tensorboard' or none ([])."""
-    mixed_precision: Literal["auto", "no", "bf16"] = "auto"
-    """'auto': bf16 autocast on a GPU, full precision on CPU."""
-    checkpoint_every: int = 500
-    """Steps between checkpoints (0: only the final model)."""
-    keep_checkpoints: int = 2
-    """How many recent checkpoints to keep."""
-    progress: bool = True
-    """Show a progress bar."""
-
-    def check(self):
-        require(self.run_dir != "", "run_dir", "must name a folder, e.g. runs/base")
-        for name in self.report_to:
-            require(name in ("tensorboard",), "report_to", f"unknown logger '{name}'; allowed: tensorboard")
-        require(self.checkpoint_every >= 0, "checkpoint_every", "must be ≥ 0")
-        require(self.keep_checkpoints >= 1, "keep_checkpoints", "must be ≥ 1")
-        require_seed(self.seed)
+from barrierlab.training import RunConfig
 
 
 # ---------------------------------------------------------------------------------------------- configs of a folder

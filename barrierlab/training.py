@@ -1,15 +1,47 @@
-"""What every training loop shares: seeding, the accelerator and its precision, leaving the process group,
-stopping on divergence, fault injection for the resume tests, peak memory and device synchronisation."""
+"""What every training loop shares: a run's settings (``RunConfig``), seeding, the accelerator and its precision,
+leaving the process group, stopping on divergence, fault injection for the resume tests, peak memory and device
+synchronisation."""
 
 from __future__ import annotations
 
 import math
 import os
 import random
+from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 
+from barrierlab.config import require, require_seed
 from barrierlab.errors import UserError
+
+
+@dataclass
+class RunConfig:
+    """Every stage's ``run`` section: where it writes, its seed and precision, what it logs and checkpoints."""
+
+    run_dir: str = "runs/base"
+    """Folder of this run. Re-running on an existing folder resumes from its last checkpoint."""
+    seed: int = 0
+    """Seed of everything random in the run (prompts, sampling, initialisation)."""
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    """Loggers besides metrics.jsonl: 'tensorboard' or none ([])."""
+    mixed_precision: Literal["auto", "no", "bf16"] = "auto"
+    """'auto': bf16 autocast on a GPU, full precision on CPU."""
+    checkpoint_every: int = 500
+    """Steps between checkpoints (0: only the final model)."""
+    keep_checkpoints: int = 2
+    """How many recent checkpoints to keep."""
+    progress: bool = True
+    """Show a progress bar."""
+
+    def check(self):
+        require(self.run_dir != "", "run_dir", "must name a folder, e.g. runs/base")
+        for name in self.report_to:
+            require(name in ("tensorboard",), "report_to", f"unknown logger '{name}'; allowed: tensorboard")
+        require(self.checkpoint_every >= 0, "checkpoint_every", "must be ≥ 0")
+        require(self.keep_checkpoints >= 1, "keep_checkpoints", "must be ≥ 1")
+        require_seed(self.seed)
 
 
 def seed_everything(seed: int) -> None:
@@ -17,15 +49,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def precision_of(run) -> str:
-    """What ``run.mixed_precision`` (a ``RunConfig``'s) runs as, for either backend: 'auto' is bf16 autocast on a
+def precision_of(run: RunConfig) -> str:
+    """What ``run.mixed_precision`` runs as, for either backend: 'auto' is bf16 autocast on a
     GPU, fp32 on CPU."""
     if run.mixed_precision == "auto":
         return "bf16" if torch.cuda.is_available() else "no"
     return run.mixed_precision
 
 
-def make_accelerator(run):
+def make_accelerator(run: RunConfig):
     """An ``Accelerator`` with the run's precision (``precision_of``)."""
     from accelerate import Accelerator
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from barrierlab.config import load_config, require
-from barrierlab.rundir import RunConfig
+from barrierlab.training import RunConfig
 from posttrain.advantages import Baseline
 from posttrain.behaviour import Behaviour
 from rewards import RewardConfig

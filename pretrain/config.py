@@ -8,8 +8,8 @@ from typing import Literal
 from barrierlab.config import load_config, require
 from barrierlab.errors import UserError
 from barrierlab.models import ModelConfig
-from barrierlab.rundir import RunConfig
 from barrierlab.tasks import TaskConfig
+from barrierlab.training import RunConfig
 from pretrain.profile import ClusterProfile
 
 

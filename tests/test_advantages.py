@@ -101,8 +101,7 @@ def test_batch_baselines_do_not_change_with_the_number_of_processes(mean):
 def data_parallel_worker(out: str) -> None:
     """One of two torchrun processes with half the batch and posttrain's reduce (``Accelerator.reduce``, gloo on
     CPU); rank 0 saves the gathered advantages."""
-    from barrierlab.rundir import RunConfig
-    from barrierlab.training import make_accelerator
+    from barrierlab.training import RunConfig, make_accelerator
 
     acc = make_accelerator(RunConfig())
     h = HALVES[acc.process_index]

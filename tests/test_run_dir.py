@@ -14,8 +14,9 @@ import torch
 
 from barrierlab.errors import UserError
 from barrierlab.models import LinearPolicyConfig, LinearPolicyLM
-from barrierlab.rundir import RunConfig, RunDir, claim_output_dir, read_metrics, remove_run_folder
+from barrierlab.rundir import RunDir, claim_output_dir, read_metrics, remove_run_folder
 from barrierlab.tokenizer import build_tokenizer, vocab_size
+from barrierlab.training import RunConfig
 from pretrain.config import load_pretrain_config
 from tests.conftest import ROOT, TINY, wait_for
 
