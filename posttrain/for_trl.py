@@ -112,11 +112,11 @@ class RewardFunction:
 
     __name__ = "reward"  # TRL names its reward metrics after the function
 
-    def __init__(self, reward, tokenizer, N: int):
+    def __init__(self, reward, tokenizer, N: int, discovery: Discovery | None = None):
         self.reward, self.tokenizer, self.N = reward, tokenizer, N
         self.queries = self.samples = 0
         self.values = self.success = None
-        self.discovery = Discovery(N)
+        self.discovery = Discovery(N) if discovery is None else discovery  # posttrain shares its Bookkeeper's
 
     def __call__(self, prompts, completions, completion_ids, **kwargs) -> list[float]:
         if any(len(ids) != self.N for ids in completion_ids):

@@ -2,8 +2,8 @@
 
 ``posttrain --backend trl`` hands the policy-gradient loop to TRL and keeps everything else of the native
 engine: the same prompts (drawn step by step from the same ``PromptSource``), the same reward models (the
-queries they charge are counted), the same exact evaluation, the same run folder (metrics.jsonl names,
-TensorBoard, ``checkpoints/step_N`` through ``RunDir.save_checkpoint``, ``model/`` with task.json).
+queries they charge are counted), the same exact evaluation and the same books (``posttrain.bookkeeping``:
+metric names, evaluation cadence, stop rules, checkpoints in one format, ``model/`` with task.json).
 
 How the native engine maps onto TRL
 - Outcome reward with baseline ``group_mean``: the stock ``GRPOTrainer``. The project's reward model is
@@ -46,7 +46,7 @@ Remaining differences from the native engine, and why
   same KL in expectation, and (with ``use_bias_correction_kl``) a gradient whose expectation is the exact KL's.
   ``train/kl`` is TRL's token mean of k3 times N: a sampled estimate of the native per-response exact KL.
 - Resume: from the run's own ``checkpoints/step_N`` (not Trainer's format): weights, optimiser state, counters,
-  the reward's noise state and the global torch RNG that TRL samples with; the Trainer then runs the remaining
+  the reward's noise state and (under ``trl``) the global torch RNG that TRL samples with; the Trainer then runs the remaining
   steps on the remaining prompts. A killed run resumed this way ends as the uninterrupted run does (tested).
 - One process, transformer models only: the per-token baselines and the query count use the local batch, and
   TRL's fused LM head needs an ``lm_head`` (the linear policy has none). Both raise UserError.
@@ -61,14 +61,11 @@ import shutil
 import time
 
 import torch
-from tqdm import tqdm
 
 from barrierlab.errors import UserError
-from barrierlab.loading import check_same_base, save_model_dir
-from barrierlab.rundir import RunDir, last_row
-from barrierlab.training import fault_point, precision_of, stop_if_diverged, synchronize
+from barrierlab.training import precision_of, seed_everything, synchronize
 from posttrain.advantages import advantages
-from posttrain.evaluation import ExactEval, due_for_eval, log_finish, stop_reason, support_postfix, train_metrics
+from posttrain.bookkeeping import Bookkeeper
 from posttrain.for_trl import (
     RewardFunction,
     add_answer_bias,
@@ -242,130 +239,76 @@ def build_trainer(cfg, model, tokenizer, reward_fn: RewardFunction, dataset, k: 
     return trainer
 
 
-def run_trl(cfg, *, model, tokenizer, reward, task, files, base_id, eval_set, threshold, run: RunDir,
-            prompts_source) -> None:
-    """Post-train ``model`` with TRL; writes the run folder as the native loop does and closes ``run``.
-
-    Arguments are what ``posttrain.__main__.main`` has built by then, ``cfg`` and ``model`` having passed
-    ``check_supported``: ``reward`` is its ``run_reward(cfg)`` (already checked, and its noise generator is the
-    run's); ``files`` (the base's task.json) go into every model folder the run writes; ``base_id``, the base's
-    ``model_fingerprint``, into every checkpoint.
-    """
+def run_trl(cfg, books: Bookkeeper, *, acc, model, tokenizer, task, reward, prompts) -> None:
+    """Post-train ``model`` with TRL; ``books`` writes the run folder as the native loop's does. The arguments are
+    what ``posttrain.__main__.main`` has built and checked (``check_supported`` among them)."""
     _offline()
     from transformers import TrainerCallback
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
+    seed_everything(cfg.run.seed)  # TRL samples with the global RNG
     k, N, G, B = task.k, task.N, cfg.algo.group_size, cfg.optim.batch_size
     plain_config = saved_config(model)
-    reward_fn = RewardFunction(reward, tokenizer, N)
+    reward_fn = RewardFunction(reward, tokenizer, N, books.discovery)
     # every step's prompts, as an uninterrupted run draws them; a resumed run takes the ones it has not trained on
-    dataset = prompt_dataset(prompts_source, cfg.optim.max_steps, B // G)
-    # before the answer bias is added: checkpoints hold the plain model
-    resumed = run.resume(model, check=lambda state: check_same_base(state["base_fingerprint"], base_id, cfg.base, run.path))
-    first_step = 0 if resumed is None else resumed["step"]
-    started = time.time() - (0.0 if resumed is None else resumed["wall_time_s"])
+    dataset = prompt_dataset(prompts, cfg.optim.max_steps, B // G)
+    resumed = books.resume(model)  # before the answer bias is added: checkpoints hold the plain model
     if resumed is not None:
-        reward.load_state_dict(resumed["reward"])
-        reward_fn.queries, reward_fn.samples = resumed["queries"], resumed["samples"]
-        reward_fn.discovery.load_state_dict(resumed["discovery"])
-        print(f"resuming {run.path} from step {first_step} ({reward_fn.queries} reward queries spent)")
-    # a run killed after its last step (or after it decided to stop) has nothing left to train: no Trainer then
-    remaining = cfg.optim.max_steps - first_step if resumed is None or resumed["stop_reason"] is None else 0
+        reward.load_state_dict(resumed["reward"][0])
+        reward_fn.queries, reward_fn.samples = books.queries, books.samples
+    first_step = books.step
     # TRL's output_dir (nothing is saved there), inside the run folder so that a killed run's rerun clears it
-    scratch = run.path / ".trl_output"
+    scratch = books.run.path / ".trl_output"
     shutil.rmtree(scratch, ignore_errors=True)
     trainer = None
-    if remaining > 0:
+    if books.running():  # a run killed after its last step (or after it decided to stop) has nothing left to train
         dataset = dataset.select(range(first_step * (B // G), len(dataset)))
-        trainer = build_trainer(cfg, model, tokenizer, reward_fn, dataset, k, N, str(scratch), remaining)
+        trainer = build_trainer(cfg, model, tokenizer, reward_fn, dataset, k, N, str(scratch), cfg.optim.max_steps - first_step)
         trainer.remove_callback(PrinterCallback)  # our own bar and metrics.jsonl instead of printed dicts
         trainer.remove_callback(ProgressCallback)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # where the Trainer puts the model
-    model.to(device)
-    evaluator = ExactEval(eval_set, threshold, cfg.eval.num_tracked, k, device, cfg.prompts.clusters)
+    model.to(acc.device)  # where the Trainer puts it
 
-    class RunLogger(TrainerCallback):
-        """After each step's log: the train/ line, evaluation, checkpoint and stop rules of the native loop."""
+    def snapshot() -> dict:  # the optimiser and the RNG TRL samples with
+        rng = {"torch_rng": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda_rng"] = torch.cuda.get_rng_state_all()
+        return {"optimizer": trainer.optimizer.state_dict(), "reward": [reward.state_dict()], "trl": rng}
 
-        def __init__(self):
-            self.step, self.last = first_step, None
-            self.stop_reason = None if resumed is None else resumed["stop_reason"]  # None: not stopping
-            self.bar = tqdm(total=cfg.optim.max_steps, initial=first_step, desc=f"posttrain[{cfg.reward.name}, trl]",
-                            disable=not cfg.run.progress, mininterval=1.0)
+    class StepBooks(TrainerCallback):
+        """After each step's log, the native loop's bookkeeping: counts, train row, evaluation, stop, checkpoint."""
 
         def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
             # a resumed run's first step: Trainer has built its optimiser, reseeded torch and drawn a seed for its
             # dataloader by now; restore the optimiser and the RNG the next generation samples with
             if resumed is not None and state.global_step == 0:
                 optimizer.load_state_dict(resumed["optimizer"])
-                torch.set_rng_state(resumed["torch_rng"])
-                if "cuda_rng" in resumed:
-                    torch.cuda.set_rng_state_all(resumed["cuda_rng"])
-
-        def evaluate(self):
-            model.eval()
-            self.last = evaluator(model)
-            self.last.update({"train/reward_queries": reward_fn.queries, "train/samples": reward_fn.samples})
-            run.log(self.step, self.last)
-            model.train()
-            self.bar.set_postfix(queries=reward_fn.queries, **support_postfix(self.last))
-
-        def checkpoint(self, optimizer):
-            state = {"backend": "trl", "base_fingerprint": base_id, "step": self.step, "queries": reward_fn.queries,
-                     "samples": reward_fn.samples, "discovery": reward_fn.discovery.state_dict(),
-                     "optimizer": optimizer.state_dict(), "reward": reward.state_dict(),
-                     "wall_time_s": time.time() - started, "torch_rng": torch.get_rng_state(),
-                     "stop_reason": self.stop_reason}
-            if torch.cuda.is_available():
-                state["cuda_rng"] = torch.cuda.get_rng_state_all()
-            with as_saved(model, plain_config):
-                run.save_checkpoint(self.step, model, tokenizer, state, files)
+                torch.set_rng_state(resumed["trl"]["torch_rng"])
+                if "cuda_rng" in resumed["trl"]:
+                    torch.cuda.set_rng_state_all(resumed["trl"]["cuda_rng"])
 
         def on_log(self, args, state, control, logs=None, **kwargs):
-            step = first_step + state.global_step
-            if "loss" not in logs or step == self.step:  # the end-of-training summary, not a step
+            if "loss" not in logs or first_step + state.global_step == books.step:  # the end-of-training summary
                 return
-            synchronize(device)
+            synchronize(acc.device)
             update_time = time.perf_counter() - self.tick  # generation, rewards and the update since the last step
-            self.step = step
-            self.bar.update(1)
-            stop_if_diverged(step, "optim.lr", model, **{"train/loss": logs["loss"]})  # before TRL samples NaN weights
-            if step % cfg.eval.log_every == 0:
+            books.count(reward_fn.queries - books.queries, reward_fn.samples - books.samples)
+            books.check_finite(model, **{"train/loss": logs["loss"]})  # before TRL samples from NaN weights
+            if books.train_row_due():
                 stats = {"entropy": logs["entropy"]}
                 if "kl" in logs:  # TRL's is a mean over tokens; native train/kl sums over the N positions
                     stats["kl"] = logs["kl"] * N
-                run.log(step, train_metrics(queries=reward_fn.queries, samples=reward_fn.samples,
-                                            reward_mean=reward_fn.values.mean().item(),
-                                            success_rate=reward_fn.success.float().mean().item(), loss=logs["loss"],
-                                            grad_norm=logs["grad_norm"], update_time_s=update_time, **stats))
-            if reward_fn.discovery.new:
-                run.log(step, reward_fn.discovery.pop_new())
-            if due_for_eval(cfg, step, reward_fn.queries):
-                self.evaluate()
-            self.stop_reason = stop_reason(cfg, step, reward_fn.queries, self.last, evaluator)  # kept by the checkpoint
-            if cfg.run.checkpoint_every and step % cfg.run.checkpoint_every == 0:
-                self.checkpoint(kwargs["optimizer"])
-            fault_point(step)
-            control.should_training_stop = self.stop_reason is not None
+                books.log_train(reward_mean=reward_fn.values.mean().item(), loss=logs["loss"],
+                                success_rate=reward_fn.success.float().mean().item(), grad_norm=logs["grad_norm"],
+                                update_time_s=update_time, **stats)
+            control.should_training_stop = books.end_step()
             self.tick = time.perf_counter()
 
-    logger = RunLogger()
-    if resumed is None:
-        logger.evaluate()  # step 0: the base model
-    else:  # the latest evaluation is in the metrics kept (a run killed at its end has it at this step)
-        logger.last = last_row(run.path, "eval/likelihood", upto=first_step)
+    books.start(model, tokenizer, snapshot, saving=lambda: as_saved(model, plain_config))
     if trainer is not None:
-        trainer.add_callback(logger)
+        callback = StepBooks()
+        trainer.add_callback(callback)
         model.train()
-        logger.tick = time.perf_counter()
+        callback.tick = time.perf_counter()
         trainer.train()
-    logger.bar.close()
-    step, queries = logger.step, reward_fn.queries
-    with as_saved(model, plain_config):
-        save_model_dir(run.path / "model", model, tokenizer, files)
-    if trainer is not None:  # else nothing trained since the checkpoint it resumed from
-        logger.checkpoint(trainer.optimizer)
-    log_finish(run, step=step, reason=logger.stop_reason or "max_steps", queries=queries, wall_time_s=time.time() - started,
-               device=device, processes=1, last=logger.last, discovery=reward_fn.discovery)
-    run.close()
+    books.finish(checkpoint=trainer is not None)  # else nothing trained since the checkpoint it resumed from
     shutil.rmtree(scratch, ignore_errors=True)

@@ -8,9 +8,9 @@ import torch
 from barrierlab.models import ModelConfig, build_model
 from barrierlab.policy import ResponseLogits
 from barrierlab.tokenizer import answer_ids, prompt_ids
-from posttrain.__main__ import zero_gradients
 from posttrain.discovery import Discovery
 from posttrain.loss import policy_gradient_loss
+from posttrain.native import zero_gradients
 from tests.conftest import metrics, run_stage
 
 TARGET = torch.tensor([[2, 0, 1]] * 4)

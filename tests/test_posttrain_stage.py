@@ -291,8 +291,8 @@ def test_rerun_of_a_finished_run_changes_nothing_and_a_damaged_checkpoint_is_one
     ckpt = run_dir / "checkpoints" / "step_0000004"
     # one checkpointed by two processes (each keeps its own generator states) resumes with two only
     state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
-    torch.save({**state, **{key: state[key] * 2 for key in ("prompt_gen", "sample_gen", "reward")}},
-               ckpt / "trainer_state.pt")
+    native = {**state["native"], **{key: state["native"][key] * 2 for key in ("prompt_gen", "sample_gen")}}
+    torch.save({**state, "reward": state["reward"] * 2, "native": native}, ckpt / "trainer_state.pt")
     with open(run_dir / "metrics.jsonl", "a") as f:  # a line the kill lost: resuming would drop it
         f.write('{"step": 5, "train/loss": 0.0}\n')
     killed = (run_dir / "metrics.jsonl").read_text()
@@ -351,7 +351,7 @@ def test_data_parallel_on_two_cpu_processes(tmp_path, tiny_base, stage):
         assert sum("done/steps" in r for r in rows) == 1
         assert [r for r in rows if "train/samples" in r][-1]["train/samples"] == 12 * 32  # the global batch
         state = torch.load(run_dir / "checkpoints" / "step_0000012" / "trainer_state.pt", weights_only=False)
-        assert len(state["sample_gen"]) == len(state["reward"]) == 2
+        assert len(state["native"]["sample_gen"]) == len(state["reward"]) == 2
         killed = torchrun(tmp_path / "resumed", env={"BARRIERLAB_KILL_AFTER_STEP": "7"})  # after the step-5 checkpoint
         assert killed.returncode != 0 and torchrun(tmp_path / "resumed").returncode == 0
         assert metrics(tmp_path / "resumed", timings=False) == metrics(run_dir, timings=False)

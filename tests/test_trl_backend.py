@@ -25,7 +25,9 @@ from barrierlab.tokenizer import ANSWER0, answer_ids
 from barrierlab.training import make_accelerator, seed_everything
 from posttrain.__main__ import run_reward
 from posttrain.advantages import advantages
+from posttrain.bookkeeping import Bookkeeper
 from posttrain.config import PosttrainConfig
+from posttrain.evaluation import ExactEval
 from posttrain.for_trl import RewardFunction, prompt_dataset
 from posttrain.loss import policy_gradient_loss
 from posttrain.prompts import PromptSource
@@ -53,21 +55,22 @@ def prepare(run_dir: Path, base: Path, *overrides: str) -> dict:
     model, tokenizer, task_info = load_model_dir(base_dir / "model")
     check_supported(cfg, model)
     eval_set = load_dataset_dir(base_dir / "data" / "eval_prompts", ["prompt_ids", "target_ids", "base_alpha"])
-    make_accelerator(cfg.run)  # main() has one before it dispatches: TRL's Trainer must agree with its state
+    acc = make_accelerator(cfg.run)  # main() has one before it dispatches: TRL's Trainer must agree with its state
     task = task_from_info(task_info)
     threshold = cfg.eval.offsupport_threshold or task_info["offsupport_threshold"]
-    prompts_source = PromptSource(task, torch.Generator().manual_seed(cfg.run.seed * 7919))
+    prompts = PromptSource(task, torch.Generator().manual_seed(cfg.run.seed * 7919))
     run = RunDir(cfg, cfg.run)
     seed_everything(cfg.run.seed)
-    files = {"task.json": (base_dir / "model" / "task.json").read_text()}
-    return dict(cfg=cfg, model=model, tokenizer=tokenizer, reward=reward, task=task, files=files,
-                base_id=model_fingerprint(base_dir / "model"),
-                eval_set=eval_set, threshold=threshold, run=run, prompts_source=prompts_source)
+    evaluator = ExactEval(eval_set, threshold, cfg.eval.num_tracked, task.k, acc.device, cfg.prompts.clusters)
+    books = Bookkeeper(cfg, run, evaluator, N=task.N, base_id=model_fingerprint(base_dir / "model"),
+                       files={"task.json": (base_dir / "model" / "task.json").read_text()})
+    return dict(cfg=cfg, books=books, acc=acc, model=model, tokenizer=tokenizer, reward=reward, task=task,
+                prompts=prompts)
 
 
 def run_backend(run_dir: Path, base: Path, *overrides: str) -> None:
     kw = prepare(run_dir, base, *overrides)
-    run_trl(kw.pop("cfg"), **kw)
+    run_trl(kw.pop("cfg"), kw.pop("books"), **kw)
 
 
 @pytest.mark.parametrize("reward, extra", [
@@ -180,7 +183,7 @@ def test_trl_gradient_is_the_native_policy_gradient(tmp_path, tiny_base, reward,
     cfg, model, task = kw["cfg"], kw["model"], kw["task"]
     G = cfg.algo.group_size
     reward_fn = RewardFunction(kw["reward"], kw["tokenizer"], task.N)
-    dataset = prompt_dataset(kw["prompts_source"], 1, cfg.optim.batch_size // G)
+    dataset = prompt_dataset(kw["prompts"], 1, cfg.optim.batch_size // G)
     trainer = build_trainer(cfg, model, kw["tokenizer"], reward_fn, dataset, task.k, task.N, str(tmp_path / "trl"),
                             cfg.optim.max_steps)
     batch = trainer._generate_and_score_completions([row for row in dataset for _ in range(G)])  # as RepeatSampler
