@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import torch
+import yaml
 
 from barrierlab.errors import UserError
 from barrierlab.tokenizer import ANSWER0, vocab_size
@@ -94,6 +95,25 @@ def load_model_dir(path: Path, expected: str = "a run folder, its model/ or one 
                         "rerun the stage that wrote it") from None
     check_task_fits(path, model, task_info)
     return model, tokenizer, task_info
+
+
+def check_base(path: Path) -> None:
+    """Refuse, in one line that names the folder to pass, a post-training run given as ``--base``: it has a model but
+    no eval prompts, and its config.yaml records the base it was trained from."""
+    try:
+        config = yaml.safe_load((Path(path) / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return
+    if isinstance(config, dict) and "reward" in config:  # a post-training config: a pretraining one has no reward
+        recorded = config.get("base")
+        where = f"the base it was trained from, --base {recorded}" if isinstance(recorded, str) else BASE_EXPECTED
+        raise UserError(f"base: '{path}' is a post-training run, not a pretraining base; pass {where}")
+
+
+def load_base(path: Path):
+    """``load_model_dir`` of the pretraining run ``path`` (``--base``), after ``check_base``."""
+    check_base(path)
+    return load_model_dir(Path(path) / "model", BASE_EXPECTED)
 
 
 def check_task_fits(path: Path, model, task_info: dict) -> None:

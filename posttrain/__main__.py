@@ -17,14 +17,7 @@ from pathlib import Path
 import torch
 
 from barrierlab.errors import UserError, cli_entry
-from barrierlab.loading import (
-    BASE_EXPECTED,
-    column_tensor,
-    load_dataset_dir,
-    load_model_dir,
-    model_fingerprint,
-    prompt_tensors,
-)
+from barrierlab.loading import column_tensor, load_base, load_dataset_dir, model_fingerprint, prompt_tensors
 from barrierlab.rundir import RunDir, last_row
 from barrierlab.tasks import task_from_info
 from barrierlab.training import make_accelerator
@@ -83,7 +76,7 @@ def main(argv):
     reward = run_reward(cfg, acc.process_index)
     check_pairing(cfg, reward)
     base = Path(cfg.base)
-    model, tokenizer, task_info = load_model_dir(base / "model", BASE_EXPECTED)
+    model, tokenizer, task_info = load_base(base)  # a post-training run as base is refused, naming its base
     eval_set = load_dataset_dir(base / "data" / "eval_prompts", ["prompt_ids", "target_ids", "base_alpha"])
     probe_reward(reward, eval_set)
     task = task_from_info(task_info)

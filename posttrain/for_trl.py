@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from barrierlab.errors import UserError
-from barrierlab.loading import BASE_EXPECTED, load_model_dir, save_model_dir
+from barrierlab.loading import load_base, save_model_dir
 from barrierlab.models import MASKED_LOGIT
 from barrierlab.tasks import task_from_info
 from barrierlab.tokenizer import ANSWER0, BIT0, answer_ids, prompt_text
@@ -157,7 +157,7 @@ class TRLBase:
     @classmethod
     def load(cls, base_dir) -> TRLBase:
         path = Path(base_dir)
-        model, tokenizer, task_info = load_model_dir(path / "model", BASE_EXPECTED)
+        model, tokenizer, task_info = load_base(path)
         require_lm_head(model)
         task = task_from_info(task_info)
         base = cls(model, trl_tokenizer(tokenizer), task, path, tokenizer, saved_config(model))

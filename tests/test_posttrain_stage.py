@@ -240,6 +240,28 @@ def test_a_damaged_base_is_one_line(tmp_path, tiny_base, capsys, file, words):
     assert words.format(base=base) in err and not (tmp_path / "r").exists()
 
 
+def test_a_post_training_run_as_base_names_the_base_to_pass(tmp_path, tiny_base, capsys):
+    from posttrain.__main__ import main
+
+    trained = tmp_path / "outcome"
+    main(["--config", CONFIG, "--base", str(tiny_base), "--run.run_dir", str(trained), "--optim.max_steps", "1",
+          "--run.progress", "false"])
+    capsys.readouterr()
+    for run in (trained, tmp_path / "unfinished"):  # finished (it has a model/), or killed before its end (none yet)
+        if run.name == "unfinished":
+            run.mkdir()
+            shutil.copy(trained / "config.yaml", run / "config.yaml")
+        err = one_line_error(main, ["--config", CONFIG, "--base", str(run), "--run.run_dir", str(tmp_path / "r")], capsys)
+        assert err == f"error: base: '{run}' is a post-training run, not a pretraining base; pass the base it was " \
+            f"trained from, --base {tiny_base}\n" and not (tmp_path / "r").exists()
+    # TRL scripts load a base the same way
+    from barrierlab.errors import UserError
+    from posttrain.for_trl import TRLBase
+
+    with pytest.raises(UserError, match=f"'{trained}' is a post-training run, not a pretraining base"):
+        TRLBase.load(trained)
+
+
 def test_a_task_json_of_another_task_and_an_empty_prompt_dataset_are_one_line(tmp_path, tiny_base, capsys):
     import shutil
 
