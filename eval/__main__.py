@@ -25,7 +25,7 @@ import torch
 
 from barrierlab.config import dump_yaml, load_config, load_yaml
 from barrierlab.errors import UserError, cli_entry
-from barrierlab.loading import load_dataset_dir, load_model_dir, model_fingerprint, prompt_tensors, replace_dir
+from barrierlab.loading import check_base, load_dataset_dir, load_model_dir, model_fingerprint, prompt_tensors, replace_dir
 from barrierlab.metrics import fmt_value, split_masks
 from barrierlab.rundir import atomic_write_text, claim_output_dir, lock_run_folder
 from eval.config import EvalStageConfig
@@ -134,6 +134,7 @@ def csv_text(header: list[str], rows: list[list]) -> str:
 def main(argv):
     cfg = load_config(EvalStageConfig, argv, default_config="configs/eval.yaml", prog="eval")
     base = Path(cfg.base)
+    check_base(base)  # a post-training run given as the base: say so and name its base
     if not (base / "model" / "task.json").is_file():
         raise UserError(f"base: no pretraining run at '{base}' (model/task.json expected); run make pretrain or fix --base")
     base_info = json.loads((base / "model" / "task.json").read_text())

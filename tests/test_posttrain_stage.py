@@ -254,7 +254,13 @@ def test_a_post_training_run_as_base_names_the_base_to_pass(tmp_path, tiny_base,
         err = one_line_error(main, ["--config", CONFIG, "--base", str(run), "--run.run_dir", str(tmp_path / "r")], capsys)
         assert err == f"error: base: '{run}' is a post-training run, not a pretraining base; pass the base it was " \
             f"trained from, --base {tiny_base}\n" and not (tmp_path / "r").exists()
-    # TRL scripts load a base the same way
+    # eval and TRL scripts load a base the same way
+    from eval.__main__ import main as evaluate
+
+    err = one_line_error(evaluate, ["--config", "configs/tiny/eval.yaml", "--base", str(trained), "--out_dir",
+                                    str(tmp_path / "e")], capsys)
+    assert err == f"error: base: '{trained}' is a post-training run, not a pretraining base; pass the base it was " \
+        f"trained from, --base {tiny_base}\n" and not (tmp_path / "e").exists()
     from barrierlab.errors import UserError
     from posttrain.for_trl import TRLBase
 
