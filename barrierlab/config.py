@@ -143,6 +143,9 @@ def _describe(tp: Any) -> str:
     return str(tp)
 
 
+_SCALARS = {bool: (bool,), int: (int,), float: (int, float), str: (str,)}  # a type and the values it takes
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Return ``value`` as type ``tp`` or raise ``ConfigValueError`` (no silent casts)."""
     if isinstance(value, float) and not math.isfinite(value):  # YAML's .inf and .nan, or 1e400 (read as inf)
@@ -161,21 +164,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             except ConfigValueError:
                 continue
         raise bad
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise bad
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise bad
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise bad
-    if tp is str:
-        if isinstance(value, str):
-            return value
+    if tp in _SCALARS:  # YAML's true is not a 1, nor a 1 a true
+        if isinstance(value, _SCALARS[tp]) and (tp is bool or not isinstance(value, bool)):
+            return float(value) if tp is float else value
         raise bad
     if origin is Literal:
         if value in typing.get_args(tp):
