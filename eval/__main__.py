@@ -25,7 +25,14 @@ import torch
 
 from barrierlab.config import dump_yaml, load_config, load_yaml
 from barrierlab.errors import UserError, cli_entry
-from barrierlab.loading import check_base, load_dataset_dir, load_model_dir, model_fingerprint, prompt_tensors, replace_dir
+from barrierlab.loading import (
+    check_base,
+    load_dataset_dir,
+    load_model_dir,
+    model_fingerprint,
+    prompt_tensors,
+    replace_dir,
+)
 from barrierlab.metrics import fmt_value, split_masks
 from barrierlab.rundir import atomic_write_text, claim_output_dir, lock_run_folder
 from eval.config import EvalStageConfig
