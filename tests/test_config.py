@@ -269,8 +269,10 @@ def test_other_runtime_errors_keep_their_traceback():
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/<pid>/maps")
 @pytest.mark.parametrize("stage", ["pretrain", "posttrain", "eval", "experiments.bench"])
 def test_ctrl_c_while_a_stage_imports_is_one_line_and_writes_nothing(tmp_path, stage):
+    # the stage as a terminal starts it: Ctrl-C not ignored (a suite run as a background job would pass SIG_IGN on)
     proc = subprocess.Popen([sys.executable, "-m", stage, "--out_dir" if "." in stage or stage == "eval" else "--run.run_dir",
-                             str(tmp_path / "run")], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+                             str(tmp_path / "run")], cwd=ROOT, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     # once torch's library is mapped, the stage's package has set its handler and is importing (seconds to go)
     maps = Path(f"/proc/{proc.pid}/maps")
     assert wait_for(lambda: "libtorch" in maps.read_text(), 60, every=0.01)
