@@ -358,7 +358,7 @@ class RunDir:
                              "from the one before it")
 
         try:  # checkpoints are written atomically: one that fails to load was damaged afterwards
-            state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
+            state = torch.load(ckpt / "trainer_state.pt", weights_only=True)  # tensors, numbers, strings and containers only
         except Exception as err:
             raise damaged(err) from None
         if check is not None:  # before the weights: a run of another model would fail to load them, misleadingly

@@ -64,7 +64,7 @@ def trained_from(folder: Path) -> tuple[str, str] | None:
             return None
         state_file, run = states[-1], folder.parent
     try:
-        fingerprint = torch.load(state_file, weights_only=False).get("base_fingerprint")
+        fingerprint = torch.load(state_file, weights_only=True).get("base_fingerprint")
     except Exception as err:  # written atomically: one that fails to load was damaged afterwards
         raise UserError(f"cannot read '{state_file}' ({str(err).splitlines()[0]}) to tell which base '{folder}' was "
                         "trained from; it is damaged: rerun the stage that wrote it") from None

@@ -318,7 +318,7 @@ def test_rerun_of_a_finished_run_changes_nothing_and_a_damaged_checkpoint_is_one
     (run_dir / "metrics.jsonl").write_text("".join(line + "\n" for line in before.splitlines() if '"done/' not in line))
     ckpt = run_dir / "checkpoints" / "step_0000004"
     # one checkpointed by two processes (each keeps its own generator states) resumes with two only
-    state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
+    state = torch.load(ckpt / "trainer_state.pt", weights_only=True)
     native = {**state["native"], **{key: state["native"][key] * 2 for key in ("prompt_gen", "sample_gen")}}
     torch.save({**state, "reward": state["reward"] * 2, "native": native}, ckpt / "trainer_state.pt")
     with open(run_dir / "metrics.jsonl", "a") as f:  # a line the kill lost: resuming would drop it
@@ -378,7 +378,7 @@ def test_data_parallel_on_two_cpu_processes(tmp_path, tiny_base, stage):
         assert proc.stdout.count("started over there") == 1 and metrics(failed)[-1]["done/steps"] == 2
         assert sum("done/steps" in r for r in rows) == 1
         assert [r for r in rows if "train/samples" in r][-1]["train/samples"] == 12 * 32  # the global batch
-        state = torch.load(run_dir / "checkpoints" / "step_0000012" / "trainer_state.pt", weights_only=False)
+        state = torch.load(run_dir / "checkpoints" / "step_0000012" / "trainer_state.pt", weights_only=True)
         assert len(state["native"]["sample_gen"]) == len(state["reward"]) == 2
         killed = torchrun(tmp_path / "resumed", env={"BARRIERLAB_KILL_AFTER_STEP": "7"})  # after the step-5 checkpoint
         assert killed.returncode != 0 and torchrun(tmp_path / "resumed").returncode == 0

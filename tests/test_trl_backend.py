@@ -110,7 +110,7 @@ def test_trl_backend_writes_the_standard_outputs(tmp_path, tiny_base, reward, ex
     ckpts = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     assert ckpts == ["step_0000002", "step_0000003"]
     assert not (run_dir / ".trl_output").exists()  # TRL's scratch output_dir is gone once the run is done
-    state = torch.load(run_dir / "checkpoints" / "step_0000003" / "trainer_state.pt", weights_only=False)
+    state = torch.load(run_dir / "checkpoints" / "step_0000003" / "trainer_state.pt", weights_only=True)
     assert state["step"] == 3 and state["queries"] == queries[-1] and state["optimizer"]["state"]
     # the final model loads as the base did, without the training-time answer bias, and has moved
     model, _, info = load_model_dir(run_dir / "model")
