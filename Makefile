@@ -64,10 +64,10 @@ eval:  ## evaluate base, outcome and process checkpoints; figures and report.md 
 pipeline:  ## pretrain -> outcome PG and process PG at equal query budgets -> eval -> figures -> report
 	$(MAKE) pretrain outcome process eval
 
-scaling:  ## reward queries to target against N, outcome vs process (fits, figure, report.md in $(RUNS)/scaling)
+scaling:  ## discovery and queries to target against N: outcome, process, Algorithms 1 and 2 (fits with intervals, figure, report.md in $(RUNS)/scaling)
 	$(PYTHON) -m experiments.sweep --config $(CONFIGS)/scaling.yaml --out_dir $(RUNS)/scaling $(ARGS)
 
-alpha:  ## outcome-PG reward queries to target against the base α of on-support clusters
+alpha:  ## outcome-PG discovery and queries to target against the base α of on-support clusters (log-log slopes with intervals)
 	$(PYTHON) -m experiments.sweep --config $(CONFIGS)/alpha.yaml --out_dir $(RUNS)/alpha $(ARGS)
 
 bench:  ## native engine vs TRL: completions/s, queries/s, s/update, peak memory (bench.json in $(RUNS)/bench)
