@@ -1,5 +1,5 @@
 # Sourced by the GPU check scripts: the GPU image lacks trl and datasets, and TRL 1.16 wants a newer transformers
-# than the image's, so they come as wheels from .whl/ (README: "GPU and several GPUs"). Logs go to $OUT/$1.
+# than the image's, so they come as wheels from .whl/ (docs/engine.md). Logs go to $OUT/$1.
 set -uo pipefail
 : "${OUT:?set OUT to the folder that receives the results}"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 TOKENIZERS_PARALLELISM=false

@@ -35,9 +35,10 @@ class AlgoConfig:
     temperature: float = 1.0
     """Sampling temperature of the on-policy samples."""
     sample_ahead: int = 4096
-    """on_policy only: responses sampled in one call while no step has had a learning signal yet (the policy cannot
-    move before then, so this changes no distribution, only speed: large batches sample faster); unused ones are
-    dropped unscored when the signal arrives. 1 or the batch size: sample step by step."""
+    """on_policy only: at most this many responses sampled in one call while the policy is at rest (no signal yet, or,
+    under Adagrad, SGD or the adaptive step, none since the last step with signal: the weights cannot move, so this
+    changes no distribution, only speed). A rest after a signal starts at one step and doubles; unused responses are
+    dropped unscored when a signal arrives. 1 or the batch size: sample step by step."""
 
     def check(self):
         require(0.0 <= self.mixture_weight <= 1.0, "mixture_weight", "must be in [0, 1]")

@@ -58,8 +58,7 @@ def resolve_class(name: str) -> type:
     if cls is None:
         raise UserError(f"reward '{name}': module '{module_name}' has no '{attr}'; available built-ins: {available}")
     if not (isinstance(cls, type) and issubclass(cls, RewardModel)):
-        raise UserError(f"reward '{name}' is not a subclass of rewards.RewardModel; subclass it (see README: your own "
-                        "reward model)")
+        raise UserError(f"reward '{name}' is not a subclass of rewards.RewardModel; subclass it (see docs/rewards.md)")
     if getattr(cls, "granularity", None) not in ("outcome", "process"):
         raise UserError(f"reward '{name}' must define granularity = 'outcome' or 'process'")
     if cls.verdicts is RewardModel.verdicts:
