@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from barrierlab.config import dump_yaml, load_config, load_yaml
+from barrierlab.config import dump_yaml, load_config
 from barrierlab.errors import UserError, cli_entry
 from barrierlab.loading import (
     check_base,
@@ -53,25 +53,17 @@ def model_folder(path: str) -> Path:
 
 
 def trained_from(folder: Path) -> tuple[str, str] | None:
-    """``(fingerprint, folder)`` of the base a post-training checkpoint was trained from, as its trainer state and its
-    run's config.yaml record them (a run's model/ is its last checkpoint's weights); None where no base is recorded:
-    a pretraining run's model, or one a TRL script saved."""
-    if (folder / "trainer_state.pt").exists():  # checkpoints/step_N
-        state_file, run = folder / "trainer_state.pt", folder.parent.parent
-    else:
-        states = sorted((folder.parent / "checkpoints").glob("step_*/trainer_state.pt")) if folder.name == "model" else []
-        if not states:
-            return None
-        state_file, run = states[-1], folder.parent
-    try:
-        fingerprint = torch.load(state_file, weights_only=True).get("base_fingerprint")
-    except Exception as err:  # written atomically: one that fails to load was damaged afterwards
-        raise UserError(f"cannot read '{state_file}' ({str(err).splitlines()[0]}) to tell which base '{folder}' was "
-                        "trained from; it is damaged: rerun the stage that wrote it") from None
-    if fingerprint is None:
+    """``(fingerprint, path)`` of the base a post-trained model folder was trained from, as its ``base.json`` records
+    it (posttrain writes one into every model folder and checkpoint); None where no base is recorded: a pretraining
+    run's model, or one a TRL script saved."""
+    if not (folder / "base.json").is_file():
         return None
-    config = load_yaml((run / "config.yaml").read_text()) if (run / "config.yaml").is_file() else {}
-    return fingerprint, str(config.get("base", "?"))
+    try:
+        recorded = json.loads((folder / "base.json").read_text())
+        return recorded["fingerprint"], recorded["path"]
+    except (ValueError, KeyError, TypeError) as err:  # written atomically with its folder: edited or damaged since
+        raise UserError(f"cannot read '{folder / 'base.json'}' ({err}) to tell which base '{folder}' was trained "
+                        "from; it is damaged: rerun the stage that wrote it") from None
 
 
 def load_checkpoints(cfg: EvalStageConfig, base: Path, base_info: dict) -> tuple[dict[str, tuple], dict[str, str]]:

@@ -12,6 +12,7 @@ books through ``posttrain.bookkeeping``.
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import torch
@@ -95,9 +96,12 @@ def main(argv):
         return
     threshold = cfg.eval.offsupport_threshold or task_info["offsupport_threshold"]
     evaluator = ExactEval(eval_set, threshold, cfg.eval.num_tracked, task.k, acc.device, cfg.prompts.clusters)
+    base_id = model_fingerprint(base / "model")  # in every checkpoint: a resume from another base is refused
+    # in every model folder it writes: its task, and its base (eval refuses the folder against another, wherever it is)
+    files = {"task.json": (base / "model" / "task.json").read_text(),
+             "base.json": json.dumps({"fingerprint": base_id, "path": str(base)}) + "\n"}
     books = Bookkeeper(cfg, run, evaluator, N=task.N, processes=acc.num_processes, is_main=acc.is_main_process,
-                       base_id=model_fingerprint(base / "model"),  # in every checkpoint: a resume from another base is refused
-                       files={"task.json": (base / "model" / "task.json").read_text()})  # in every model folder it writes
+                       base_id=base_id, files=files)
     train(cfg, books, acc=acc, model=model, tokenizer=tokenizer, task=task, reward=reward, prompts=prompts)
 
 

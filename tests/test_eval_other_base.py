@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -24,7 +25,8 @@ def other_run(tmp_path_factory) -> tuple:
 def test_a_checkpoint_of_another_base_is_refused_in_one_line(other_run, tiny_base, tmp_path, capsys):
     other_base, run = other_run
     args = ["--config", str(TINY / "eval.yaml"), "--base", str(tiny_base), "--out_dir", str(tmp_path / "e")]
-    for path in (run, run / "checkpoints" / "step_0000002"):  # a run folder (its model/) and one of its checkpoints
+    copied = shutil.copytree(run / "model", tmp_path / "copied")  # a model folder moved out of its run keeps its base
+    for path in (run, run / "checkpoints" / "step_0000002", copied):  # a run folder (its model/), a checkpoint, a copy
         err = one_line_error(main, [*args, "--checkpoints.mine", str(path)], capsys)
         assert f"checkpoint 'mine' ({path if path != run else run / 'model'}) was trained from another base than " \
                f"'{tiny_base}' (its run's base: '{other_base}'" in err
