@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import os
@@ -23,7 +24,6 @@ def cli_entry(main):
         if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # a stage started with Ctrl-C ignored keeps it so
             signal.signal(signal.SIGINT, signal.default_int_handler)  # imports are done: a KeyboardInterrupt again
         die_with_parent()
-        quiet_libraries()
         try:
             return main(sys.argv[1:] if argv is None else argv)
         except UserError as err:
@@ -63,12 +63,28 @@ def quiet_interrupts_while_starting() -> None:
     modules keeps its own Ctrl-C)."""
     if sys.argv[:1] != ["-m"] or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # nohup, a script's `cmd &`
         return
+    signal.signal(signal.SIGINT, _stop_while_starting)
 
-    def stop(signum, frame):
-        print("interrupted while starting, before anything was written", file=sys.stderr)
-        os._exit(130)  # not an exception: it would surface as a traceback from the import it interrupts
 
-    signal.signal(signal.SIGINT, stop)
+def _stop_while_starting(signum, frame):
+    print("interrupted while starting, before anything was written", file=sys.stderr)
+    os._exit(130)  # not an exception: it would surface as a traceback from the import it interrupts
+
+
+@contextlib.contextmanager
+def loading_libraries():
+    """Around a stage's import of its body once its config is loaded and checked (``--help`` and a config error
+    need none of it): torch and transformers take seconds to import, and Ctrl-C meanwhile exits with one line and
+    code 130, as nothing is written yet, instead of a traceback from inside some import. Then the libraries are
+    quieted and Ctrl-C is a KeyboardInterrupt again (unless it was ignored)."""
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, _stop_while_starting)
+    try:
+        yield
+        quiet_libraries()
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def quiet_libraries() -> None:

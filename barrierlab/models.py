@@ -8,40 +8,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
-from barrierlab.config import require
 from barrierlab.loglinear import MASKED_LOGIT, LinearPolicyConfig, LinearPolicyLM
+from barrierlab.sections import ModelConfig
 from barrierlab.tokenizer import ANSWER0, BIT0, BOS, PAD, SEP, vocab_size
 
 __all__ = ["MASKED_LOGIT", "LinearPolicyConfig", "LinearPolicyLM", "ModelConfig", "build_model"]
-
-
-@dataclass
-class ModelConfig:
-    kind: Literal["transformer", "linear"] = "transformer"
-    """Policy class: a tiny Llama transformer, or the theory's log-linear model on the prompt bits."""
-    layers: int = 2
-    """Transformer blocks (transformer only)."""
-    width: int = 64
-    """Hidden size (transformer only)."""
-    heads: int = 4
-    """Attention heads; must divide width (transformer only)."""
-    context: int = 64
-    """Maximum sequence length the transformer accepts (prompt d + 2 plus response N must fit)."""
-    dropout: float = 0.0
-    """Attention dropout (transformer only)."""
-
-    def check(self):
-        require(self.layers >= 1, "layers", "must be at least 1")
-        require(self.width >= 4, "width", "must be at least 4")
-        require(self.heads >= 1 and self.width % self.heads == 0, "heads", f"must be ≥ 1 and divide width={self.width}")
-        require(self.context >= 4, "context", "must be at least 4")
-        require(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
 
 
 AutoConfig.register(LinearPolicyConfig.model_type, LinearPolicyConfig)

@@ -1,11 +1,11 @@
-"""Run folders: the resolved config, metrics (JSONL + TensorBoard), atomic checkpoints and resume, one writer at a
-time, and the output folders of the commands that are not runs (eval, the drivers).
+"""Run folders: the resolved config, metrics (JSONL + the trackers of run.report_to), atomic checkpoints and resume,
+one writer at a time, and the output folders of the commands that are not runs (eval, the drivers).
 
 Layout of ``runs/<name>/``::
 
     config.yaml        the resolved config (what actually ran)
     metrics.jsonl      one JSON object per logged step, stable metric names
-    tb/                TensorBoard events
+    tb/                TensorBoard events (with run.report_to: [tensorboard], the default)
     checkpoints/       step_0000500/ ...: model (save_pretrained), tokenizer, trainer_state.pt
     model/             the final model, loadable with AutoModelForCausalLM.from_pretrained
 """
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import math
 import os
 import shutil
 from pathlib import Path
@@ -25,7 +24,9 @@ import yaml
 from barrierlab.config import dump_yaml
 from barrierlab.errors import UserError
 from barrierlab.loading import first_line, save_model_dir
-from barrierlab.training import RunConfig
+from barrierlab.sections import RunConfig
+from barrierlab.trackers import Trackers
+from barrierlab.training import make_accelerator
 
 
 # ---------------------------------------------------------------------------------------------- configs of a folder
@@ -52,7 +53,7 @@ def check_same_config(path: Path, cfg, fix: str = "pass a new --run.run_dir, or 
     if isinstance(old.get("base"), str) and isinstance(new.get("base"), str) and \
             os.path.normpath(old["base"]) == os.path.normpath(new["base"]):
         old["base"] = new["base"]  # runs/base/ and ./runs/base name the same base
-    diff = _first_difference(old, new, ignore={"run.run_dir", "run.progress", "run.report_to"})
+    diff = _first_difference(old, new, ignore={"run.run_dir", "run.progress", "run.report_to", "run.project"})
     if diff:
         key, was, now = diff
         raise DifferentConfig(f"{path} already holds a run with a different config (key '{key}': {_short(was)} there, "
@@ -276,11 +277,13 @@ def _plain(value):
 # ---------------------------------------------------------------------------------------------- the run folder
 class RunDir:
     """One run folder: refuses to mix runs of different configs, resumes a run of the same config, and is written
-    by one process at a time (the main one; the others only read)."""
+    by one process at a time (the main one of ``acc``, the run's ``make_accelerator``, one made here if None; the
+    others only read). Its rows go to metrics.jsonl and to the accelerator's trackers."""
 
-    def __init__(self, cfg, run: RunConfig, is_main: bool = True, wait_for_main=None):
+    def __init__(self, cfg, run: RunConfig, acc=None):
+        acc = make_accelerator(run) if acc is None else acc
         self.path = output_dir(run.run_dir, "run.run_dir", create=False)
-        self.is_main = is_main
+        self.is_main = is_main = acc.is_main_process
         self.ckpt_dir = self.path / "checkpoints"
         self.keep = run.keep_checkpoints
         if (self.path / OUTPUT_MARKER).exists():
@@ -290,8 +293,7 @@ class RunDir:
         if is_main and failed_at_start(self.path, cfg) and \
                 remove_run_folder(self.path, only_if=lambda: failed_at_start(self.path, cfg)):  # again, under the lock
             print(f"{self.path} held a run of another config that stopped before its first step; started over there")
-        if wait_for_main is not None:  # the other processes compare configs once the main one has cleared the folder
-            wait_for_main()
+        acc.wait_for_everyone()  # the other processes compare configs once the main one has cleared the folder
         check_same_config(self.path, cfg)
         if is_main:
             make_dir(self.path, "run.run_dir")
@@ -300,36 +302,26 @@ class RunDir:
             text, config_file = dump_yaml(cfg), self.path / "config.yaml"
             if not config_file.exists() or config_file.read_text() != text:  # a moved folder records where it is now
                 atomic_write_text(config_file, text)
-        self._tb = None
-        self._tb_purge_step = None  # set by resume: TensorBoard hides the events of work lost in a kill
-        self._report_to = run.report_to
+        self._trackers = Trackers(acc, cfg, run, self.path)
         self._lines = 0  # metric lines in metrics.jsonl (this process writes them all): checkpoints record it
 
     def log(self, step: int, metrics: dict) -> None:
-        """Append one row to metrics.jsonl (and TensorBoard, for its finite numbers)."""
+        """Append one row to metrics.jsonl, then give its finite numbers to the trackers."""
         if not self.is_main:
             return
         row = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
         with open(self.path / "metrics.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
         self._lines += 1
-        if "tensorboard" in self._report_to:
-            if self._tb is None:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self._tb = SummaryWriter(str(self.path / "tb"), purge_step=self._tb_purge_step)
-            for key, value in row.items():
-                if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
-                    self._tb.add_scalar(key, value, step)
+        self._trackers.log(step, row)
 
     def close(self) -> None:
-        if self._tb is not None:
-            self._tb.close()
+        self._trackers.close()
 
     def _truncate_metrics(self, after_step: int, logged: int) -> None:
         """Drop the metric lines logged after ``after_step`` (work lost in a kill). ``logged``: how many lines the run
         had written by then; fewer left in the file is a one-line refusal, as the resumed curves would start mid-run."""
-        self._tb_purge_step = after_step + 1
+        self._trackers.purge_step = after_step + 1
         if not self.is_main:
             return
         path = self.path / "metrics.jsonl"

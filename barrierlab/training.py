@@ -1,47 +1,17 @@
-"""What every training loop shares: a run's settings (``RunConfig``), seeding, the accelerator and its precision,
-leaving the process group, stopping on divergence, fault injection for the resume tests, peak memory and device
-synchronisation."""
+"""What every training loop shares: seeding, the accelerator with its precision and trackers, leaving the process
+group, stopping on divergence, fault injection for the resume tests, peak memory and device synchronisation."""
 
 from __future__ import annotations
 
 import math
 import os
 import random
-from dataclasses import dataclass, field
-from typing import Literal
+from pathlib import Path
 
 import torch
 
-from barrierlab.config import require, require_seed
 from barrierlab.errors import UserError
-
-
-@dataclass
-class RunConfig:
-    """Every stage's ``run`` section: where it writes, its seed and precision, what it logs and checkpoints."""
-
-    run_dir: str = "runs/base"
-    """Folder of this run. Re-running on an existing folder resumes from its last checkpoint."""
-    seed: int = 0
-    """Seed of everything random in the run (prompts, sampling, initialisation)."""
-    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
-    """Loggers besides metrics.jsonl: 'tensorboard' or none ([])."""
-    mixed_precision: Literal["auto", "no", "bf16"] = "auto"
-    """'auto': bf16 autocast on a GPU, full precision on CPU."""
-    checkpoint_every: int = 500
-    """Steps between checkpoints (0: only the final model)."""
-    keep_checkpoints: int = 2
-    """How many recent checkpoints to keep."""
-    progress: bool = True
-    """Show a progress bar."""
-
-    def check(self):
-        require(self.run_dir != "", "run_dir", "must name a folder, e.g. runs/base")
-        for name in self.report_to:
-            require(name in ("tensorboard",), "report_to", f"unknown logger '{name}'; allowed: tensorboard")
-        require(self.checkpoint_every >= 0, "checkpoint_every", "must be ≥ 0")
-        require(self.keep_checkpoints >= 1, "keep_checkpoints", "must be ≥ 1")
-        require_seed(self.seed)
+from barrierlab.sections import RunConfig
 
 
 def seed_everything(seed: int) -> None:
@@ -58,11 +28,15 @@ def precision_of(run: RunConfig) -> str:
 
 
 def make_accelerator(run: RunConfig):
-    """An ``Accelerator`` with the run's precision (``precision_of``)."""
+    """An ``Accelerator`` with the run's precision (``precision_of``) and trackers (``run.report_to``; TensorBoard's
+    events go to the run folder's tb/). ``RunDir`` starts them at its first row and finishes them."""
     from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
 
+    project = ProjectConfiguration(project_dir=run.run_dir, logging_dir=str(Path(run.run_dir) / "tb"))
     # cpu=True without CUDA: under torchrun / accelerate launch the processes then form a gloo group
-    return Accelerator(mixed_precision=precision_of(run), cpu=not torch.cuda.is_available())
+    return Accelerator(mixed_precision=precision_of(run), cpu=not torch.cuda.is_available(),
+                       log_with=run.report_to or None, project_config=project)
 
 
 def leave_process_group(acc) -> None:

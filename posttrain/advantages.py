@@ -21,11 +21,10 @@ whole batch, as on one process, so they do not change with the number of process
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
 
 import torch
 
-Baseline = Literal["none", "batch_mean", "position_mean", "group_mean", "rloo"]
+from posttrain.config import Baseline
 
 
 def advantages(

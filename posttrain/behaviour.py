@@ -15,13 +15,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
 from barrierlab.policy import answer_logits, sample
-
-Behaviour = Literal["on_policy", "uniform", "mixture", "best_of_m", "token_best_of_m", "teacher_forcing"]
+from posttrain.config import Behaviour
 
 # Candidates drawn per row at once while searching: bounds memory, changes nothing in distribution
 # or in the queries charged (charging stops at the first accepted candidate).

@@ -6,10 +6,13 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from barrierlab.config import load_config, require
-from barrierlab.training import RunConfig
-from posttrain.advantages import Baseline
-from posttrain.behaviour import Behaviour
+from barrierlab.sections import RunConfig
 from rewards import RewardConfig
+
+Behaviour = Literal["on_policy", "uniform", "mixture", "best_of_m", "token_best_of_m", "teacher_forcing"]
+"""Who samples the responses (``posttrain.behaviour``)."""
+Baseline = Literal["none", "batch_mean", "position_mean", "group_mean", "rloo"]
+"""What is subtracted from the rewards (``posttrain.advantages``)."""
 
 
 @dataclass

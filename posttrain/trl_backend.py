@@ -208,7 +208,8 @@ def grpo_fields(cfg, N: int, k: int, vocab: int, output_dir: str, steps: int) ->
         use_bias_correction_kl=True,  # makes the k3 KL's gradient an unbiased estimate of the exact KL's
         sync_ref_model=False,  # q0 stays the base
         disable_dropout=False,  # native keeps the model's dropout in the loss pass
-        # we log and save ourselves
+        # we log and save ourselves: the Bookkeeper's rows reach run.report_to's trackers through RunDir, as the
+        # native loop's do
         logging_steps=1,
         report_to="none",
         save_strategy="no",

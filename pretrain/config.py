@@ -7,9 +7,7 @@ from typing import Literal
 
 from barrierlab.config import load_config, require
 from barrierlab.errors import UserError
-from barrierlab.models import ModelConfig
-from barrierlab.tasks import TaskConfig
-from barrierlab.training import RunConfig
+from barrierlab.sections import ModelConfig, RunConfig, TaskConfig
 from pretrain.profile import ClusterProfile
 
 

@@ -6,7 +6,7 @@ import torch
 from datasets import Dataset
 
 from barrierlab.tokenizer import prompt_ids, response_ids
-from pretrain.profile import ClusterProfile, designed_alpha, pretraining_responses
+from pretrain.profile import ClusterProfile, designed_alpha
 
 
 def build_corpus(task, profile: list[ClusterProfile], size: int, seed: int) -> Dataset:
@@ -40,3 +40,20 @@ def build_eval_prompts(task, profile: list[ClusterProfile], per_cluster: int, se
             "designed_alpha": [alphas[c] for c in clusters.tolist()],
         }
     )
+
+
+def pretraining_responses(
+    profile: ClusterProfile, targets: torch.Tensor, k: int, generator: torch.Generator
+) -> torch.Tensor:
+    """Responses ``(n, N)`` that a corpus shows for prompts whose correct responses are ``targets``."""
+    n, N = targets.shape
+    random = torch.randint(0, k, (n, N), generator=generator)
+    if profile.coverage == "exact":
+        return targets.clone()
+    if profile.coverage == "sequence":
+        keep = torch.rand(n, 1, generator=generator) < profile.p
+        return torch.where(keep, targets, random)
+    if profile.coverage == "token":
+        replace = torch.rand(n, N, generator=generator) < profile.q
+        return torch.where(replace, random, targets)
+    raise ValueError("an 'absent' cluster has no pretraining responses")

@@ -6,14 +6,14 @@ Coverage modes and their designed base likelihood ``α_c`` in closed form:
 - ``token`` (q): each symbol of ``y*`` replaced by a uniform one with probability q
   (per-token coverage 1 - q + q/k, α = (1 - q + q/k)^N: tiny α, good token-level coverage);
 - ``absent``: the cluster never appears in pretraining (α is whatever the model extrapolates).
+
+The corpus draws its responses by these modes in ``pretrain.data``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
-
-import torch
 
 from barrierlab.config import require
 
@@ -68,20 +68,3 @@ def designed_token_coverage(profile: ClusterProfile, k: int) -> float | None:
     if profile.coverage == "sequence" and profile.p == 0:
         return 1 / k
     return None
-
-
-def pretraining_responses(
-    profile: ClusterProfile, targets: torch.Tensor, k: int, generator: torch.Generator
-) -> torch.Tensor:
-    """Responses ``(n, N)`` that a corpus shows for prompts whose correct responses are ``targets``."""
-    n, N = targets.shape
-    random = torch.randint(0, k, (n, N), generator=generator)
-    if profile.coverage == "exact":
-        return targets.clone()
-    if profile.coverage == "sequence":
-        keep = torch.rand(n, 1, generator=generator) < profile.p
-        return torch.where(keep, targets, random)
-    if profile.coverage == "token":
-        replace = torch.rand(n, N, generator=generator) < profile.q
-        return torch.where(replace, random, targets)
-    raise ValueError("an 'absent' cluster has no pretraining responses")

@@ -526,11 +526,12 @@ def test_log_axes_carry_two_numbers_or_more_and_query_axes_keep_the_base(span, l
 
 
 def test_an_evaluation_that_fails_late_leaves_the_previous_outputs_whole(tmp_path, tiny_base, monkeypatch):
-    import eval.__main__ as stage
+    import eval.stage as stage
+    from eval.__main__ import main
 
     out = tmp_path / "e"
     args = ["--config", str(TINY / "eval.yaml"), "--base", str(tiny_base), "--out_dir", str(out), "--progress", "false"]
-    stage.main(args)
+    main(args)
     before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".lock"}
 
     def failing_report(run_dir, **kw):  # the new outputs are written, the report fails (or the process is killed)
@@ -540,12 +541,12 @@ def test_an_evaluation_that_fails_late_leaves_the_previous_outputs_whole(tmp_pat
 
     monkeypatch.setattr(stage, "build_report", failing_report)
     with pytest.raises(RuntimeError, match="killed while drawing"):
-        stage.main([*args, "--seed", "7"])
+        main([*args, "--seed", "7"])
     after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*")
              if p.is_file() and p.name != ".lock" and ".tmp_outputs" not in p.parts}
     assert after == before  # not the new config.yaml and eval.json beside the old report.md
     monkeypatch.undo()
-    stage.main([*args, "--seed", "7"])  # the rerun clears the staging folder and replaces everything
+    main([*args, "--seed", "7"])  # the rerun clears the staging folder and replaces everything
     assert json.loads((out / "eval.json").read_text())["seed"] == 7 and not (out / ".tmp_outputs").exists()
     report = (out / "report.md").read_text()
     assert report.startswith(f"# Evaluation report: `{out}`") and ".tmp_outputs" not in report

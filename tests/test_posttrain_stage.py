@@ -288,7 +288,8 @@ def test_a_task_json_of_another_task_and_an_empty_prompt_dataset_are_one_line(tm
 
 
 def test_a_reward_that_breaks_its_contract_is_refused_before_the_run_folder(tmp_path, tiny_base, capsys):
-    from posttrain.__main__ import main, probe_reward
+    from posttrain.__main__ import main
+    from posttrain.stage import probe_reward
 
     err = one_line_error(main, ["--config", CONFIG, "--base", str(tiny_base), "--run.run_dir", str(tmp_path / "r"),
                                 "--reward.name", "tests.user_reward:NaNReward"], capsys)

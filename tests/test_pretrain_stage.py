@@ -14,8 +14,9 @@ from transformers import AutoModelForCausalLM
 import barrierlab.models  # noqa: F401  (registers the linear policy with the Auto classes)
 from barrierlab.loading import load_dataset_dir
 from barrierlab.rundir import read_metrics
-from pretrain.__main__ import batch_rows
+from pretrain.stage import batch_rows
 from tests.conftest import TINY, run_stage
+from tests.test_trackers import tensorboard_scalars
 
 
 def test_pretrain_writes_a_loadable_base_run(tiny_base):
@@ -90,17 +91,9 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
     rows = {name: read_metrics(tmp_path / name / "metrics.jsonl") for name in ("straight", "resumed")}
     assert rows["resumed"] == rows["straight"]  # the same values, no duplicated or lost lines
     # TensorBoard too: the killed run's events after its checkpoint (steps 36-37) are purged, not shown twice
-    scalars = {name: tensorboard_scalars(tmp_path / name / "tb", "train/loss") for name in ("straight", "resumed")}
+    scalars = {name: tensorboard_scalars(tmp_path / name / "tb" / "barrierlab")["train/loss"] for name in ("straight", "resumed")}
     assert [step for step, _ in scalars["resumed"]] == list(range(1, 41))
     assert scalars["resumed"] == scalars["straight"]
-
-
-def tensorboard_scalars(tb_dir, tag: str) -> list[tuple[int, float]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    events = EventAccumulator(str(tb_dir))
-    events.Reload()
-    return [(e.step, e.value) for e in events.Scalars(tag)]
 
 
 def test_a_dataset_a_kill_left_unwritten_is_rebuilt_on_rerun(tiny_base, tmp_path):

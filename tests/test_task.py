@@ -10,8 +10,8 @@ import torch
 
 from barrierlab.tasks import TaskConfig, build_task
 from barrierlab.tokenizer import ANSWER0, BIT0, prompt_ids
-from pretrain.data import build_corpus
-from pretrain.profile import ClusterProfile, designed_alpha, pretraining_responses
+from pretrain.data import build_corpus, pretraining_responses
+from pretrain.profile import ClusterProfile, designed_alpha
 
 
 def test_target_rule_matches_hand_computation():

@@ -1,5 +1,5 @@
 """The TRL backend: a few steps of each reward type on the tiny base, the standard outputs, and the per-token
-advantages the process trainer hands TRL. Calls ``run_trl`` with the arguments ``posttrain.__main__.main`` builds."""
+advantages the process trainer hands TRL. Calls ``run_trl`` with the arguments ``posttrain.stage.run_posttrain`` builds."""
 
 from __future__ import annotations
 
@@ -23,7 +23,6 @@ from barrierlab.rundir import RunDir
 from barrierlab.tasks import task_from_info
 from barrierlab.tokenizer import ANSWER0, answer_ids
 from barrierlab.training import make_accelerator, seed_everything
-from posttrain.__main__ import run_reward
 from posttrain.advantages import advantages
 from posttrain.bookkeeping import Bookkeeper
 from posttrain.config import PosttrainConfig
@@ -31,6 +30,7 @@ from posttrain.evaluation import ExactEval
 from posttrain.for_trl import RewardFunction, prompt_dataset
 from posttrain.loss import policy_gradient_loss
 from posttrain.prompts import PromptSource
+from posttrain.stage import run_reward
 from posttrain.trl_backend import (
     LEFT_TO_TRL,
     _trainer_classes,

@@ -1,18 +1,19 @@
 """Synthetic tasks: prompts with exactly one correct response ``y*(x)`` of N symbols over k.
 
 A task is anything with the ``Task`` interface below. To add one, write a module here with a class that implements
-it, register it in ``TASKS`` and add its name to ``TaskConfig.name``; configs then select it by ``task.name``. Every
-task is built with ``TaskConfig``'s fields as keyword arguments (``flip_prob`` and ``per_cluster_rule`` included).
+it, register it in ``TASKS`` and add its name to ``TaskConfig.name`` (``barrierlab/sections.py``); configs then
+select it by ``task.name``. Every task is built with ``TaskConfig``'s fields as keyword arguments (``flip_prob`` and
+``per_cluster_rule`` included).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Literal, Protocol
+from dataclasses import asdict
+from typing import Protocol
 
 import torch
 
-from barrierlab.config import require, require_seed
+from barrierlab.sections import TaskConfig
 from barrierlab.tasks.cluster_bits import ClusterBitsTask
 
 
@@ -43,31 +44,6 @@ class Task(Protocol):
 
 
 TASKS = {"cluster_bits": ClusterBitsTask}
-
-
-@dataclass
-class TaskConfig:
-    name: Literal["cluster_bits"] = "cluster_bits"
-    """Which task module generates prompts and their correct responses."""
-    d: int = 16
-    """Prompt length in bits."""
-    k: int = 8
-    """Answer alphabet size (k ≥ 2)."""
-    N: int = 8
-    """Response length in symbols."""
-    flip_prob: float = 0.01
-    """Probability that each prompt bit differs from its cluster's centre."""
-    per_cluster_rule: bool = True
-    """Give every cluster its own hidden rule (W1, W2), so learning one cluster does not transfer."""
-    seed: int = 0
-    """Seed of the hidden rule and the cluster centres (the task's identity)."""
-
-    def check(self):
-        require(self.d >= 1, "d", "must be ≥ 1")
-        require(self.k >= 2, "k", f"must be ≥ 2 (an answer alphabet of at least two symbols), got {self.k}")
-        require(self.N >= 1, "N", f"must be ≥ 1, got {self.N}")
-        require(0.0 <= self.flip_prob <= 1.0, "flip_prob", f"must be a probability in [0, 1], got {self.flip_prob}")
-        require_seed(self.seed)
 
 
 def build_task(cfg: TaskConfig, num_clusters: int, state: dict | None = None) -> Task:
