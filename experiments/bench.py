@@ -12,8 +12,9 @@ samples (it zeroes the gradients and takes the optimiser's step without the loss
 dataloader fetches and tokenises them), sampling, rewards and the update, not evaluation or checkpoints. The first
 ``warmup_steps`` are left out (first calls build kernel caches and grow the allocator; a TRL run's first also sets
 up the Trainer), and every update's time is kept in ``bench.json``. Both backends run in the same invocation, one
-after the other, so their ratio is measured side by side. Writes ``bench.json`` and prints a table:
-completions/s, reward queries/s, seconds per update, peak memory, native/TRL and no-signal/full-step ratios.
+after the other, so their ratio is measured side by side; unlike the other drivers the bench runs no two runs at once
+(no Ray): each is timed alone. Writes ``bench.json`` and prints a table: completions/s, reward queries/s, seconds per
+update, peak memory, native/TRL and no-signal/full-step ratios.
 """
 
 from __future__ import annotations
@@ -24,14 +25,11 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from barrierlab.config import load_config, require, require_distinct
-from barrierlab.errors import cli_entry
-from barrierlab.rundir import atomic_write_text, claim_output_dir, read_metrics, remove_run_folder
-from experiments.stages import check_stage_args, check_trl_config, ensure_base, run_stage
-from posttrain.config import PosttrainConfig
-from pretrain.config import PretrainConfig
+from barrierlab.errors import cli_entry, loading_libraries
+
+# torch, transformers and the stages are imported where they are used, once the config is parsed and checked: --help
+# and a config error answer at once
 
 
 @dataclass
@@ -94,6 +92,9 @@ def runs(cfg: BenchConfig) -> list[tuple[str, int, bool]]:
 
 
 def measure(cfg: BenchConfig, base: Path, backend: str, batch: int, signal: bool) -> dict:
+    from barrierlab.rundir import read_metrics, remove_run_folder
+    from experiments.stages import run_stage
+
     run_dir = Path(cfg.out_dir) / f"{backend}{'' if signal else '_nosignal'}_b{batch}"
     remove_run_folder(run_dir)  # every number from this invocation (an old run may be another device's)
     run_stage("posttrain", "--config", cfg.posttrain_config, "--base", str(base), "--run.run_dir", str(run_dir),
@@ -113,6 +114,8 @@ def measure(cfg: BenchConfig, base: Path, backend: str, batch: int, signal: bool
 
 
 def device_name() -> str:
+    import torch
+
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({torch.get_num_threads()} threads)"
 
 
@@ -153,13 +156,21 @@ def busy_warning(results: list[dict], cpus: int) -> str | None:
 @cli_entry
 def main(argv):
     cfg = load_config(BenchConfig, argv, default_config="configs/bench.yaml", prog="experiments.bench")
+    from experiments.stages import check_stage_args, check_trl_config, ensure_base
+    from posttrain.config import PosttrainConfig
+    from pretrain.config import PretrainConfig
+
     check_stage_args(PretrainConfig, cfg.pretrain_config, cfg.pretrain_args, user_args=cfg.pretrain_args,
                      config_key="pretrain_config", user_key="pretrain_args")
-    for backend, batch, signal in runs(cfg):
-        run_cfg = check_stage_args(PosttrainConfig, cfg.posttrain_config, posttrain_overrides(cfg, backend, batch, signal),
-                                   user_args=cfg.posttrain_args, config_key="posttrain_config", user_key="posttrain_args")
-        if backend == "trl":
-            check_trl_config(run_cfg, "posttrain_args")
+    run_cfgs = [check_stage_args(PosttrainConfig, cfg.posttrain_config, posttrain_overrides(cfg, backend, batch, signal),
+                                 user_args=cfg.posttrain_args, config_key="posttrain_config", user_key="posttrain_args")
+                for backend, batch, signal in runs(cfg)]
+    with loading_libraries():  # torch, and TRL to check what its backend refuses: seconds, once the configs pass
+        from barrierlab.rundir import atomic_write_text, claim_output_dir
+
+        for (backend, _, _), run_cfg in zip(runs(cfg), run_cfgs):
+            if backend == "trl":
+                check_trl_config(run_cfg, "posttrain_args")
     out = claim_output_dir(cfg.out_dir, "out_dir", "make bench")
     base = out / "base"
     ensure_base(cfg.pretrain_config, base, *cfg.pretrain_args)

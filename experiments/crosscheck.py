@@ -21,26 +21,17 @@ import json
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from barrierlab.config import load_config, require, require_distinct, require_seeds
-from barrierlab.errors import UserError, cli_entry
-from barrierlab.loading import load_dataset_dir
-from barrierlab.metrics import fmt_value
-from barrierlab.rundir import atomic_write_text, claim_output_dir, last_row, read_metrics
-from experiments.crosscheck_analysis import (
-    OFF,
-    analyse,
-    discovery_lines,
-    figure,
-    final,
-    first_success,
-    likelihood_lines,
-    report,
-    summarise,
-)
-from experiments.stages import check_stage_args, check_trl_config, ensure_base, reuse_or_run
-from posttrain.config import PosttrainConfig, load_posttrain_config
-from pretrain.config import PretrainConfig
+from barrierlab.errors import UserError, cli_entry, loading_libraries
+from experiments.cluster import Cluster, RayConfig
+
+if TYPE_CHECKING:
+    from posttrain.config import PosttrainConfig
+
+# torch, transformers, Ray, the stages and the analysis are imported where they are used, once the config is parsed
+# and checked: --help and a config error answer at once
 
 
 @dataclass
@@ -66,6 +57,8 @@ class CrosscheckConfig:
     """Confidence of each test's interval: a backend that follows the theory fails a test with at most 1 − this."""
     posttrain_args: list[str] = field(default_factory=list)
     """Overrides for every run, e.g. ['--optim.lr', '0.002']."""
+    ray: RayConfig = field(default_factory=RayConfig)
+    """Where the runs go (a local Ray by default, or a cluster) and what each reserves: CPU threads, GPUs."""
 
     def check(self):
         require(len(self.backends) >= 1 and all(b in ("native", "trl") for b in self.backends), "backends",
@@ -97,6 +90,8 @@ def steps_within(run_cfg: PosttrainConfig, cfg: CrosscheckConfig) -> int:
 def run_overrides(cfg: CrosscheckConfig, config: str, backend: str, seed: int) -> list[str]:
     """What each run gets on top of its post-training config (besides its base and run folder): it trains the
     base's eval prompts, whose exact α is known."""
+    from posttrain.config import PosttrainConfig
+
     run_cfg = load_config(PosttrainConfig, ["--config", config, *cfg.posttrain_args])
     return ["--backend", backend, "--run.seed", str(seed), "--optim.max_queries", str(cfg.max_queries),
             "--optim.max_steps", str(steps_within(run_cfg, cfg)), "--prompts.dataset", str(eval_prompts(cfg)),
@@ -107,24 +102,31 @@ def eval_prompts(cfg: CrosscheckConfig) -> Path:
     return Path(cfg.out_dir) / "base" / "data" / "eval_prompts"
 
 
-@cli_entry
-def main(argv):
-    cfg = load_config(CrosscheckConfig, argv, default_config="configs/crosscheck.yaml", prog="experiments.crosscheck")
+def check_configs(cfg: CrosscheckConfig) -> dict:
+    """Every stage call's config and overrides, checked before any run is reused or started; arm → backend → the config
+    of its runs (seed 0's)."""
+    from experiments.stages import check_stage_args
+    from posttrain.config import PosttrainConfig
+    from pretrain.config import PretrainConfig
+
     check_stage_args(PretrainConfig, cfg.pretrain_config, cfg.pretrain_args, user_args=cfg.pretrain_args,
                      config_key="pretrain_config", user_key="pretrain_args")
     user = dict(user_args=cfg.posttrain_args, config_key="posttrain_configs", user_key="posttrain_args")
-    arm_cfgs = {}
+    run_cfgs = {}
     for arm, config in cfg.posttrain_configs.items():
         # the overrides alone first (the run's step count is read through them), then every run's whole command line
         check_stage_args(PosttrainConfig, config, cfg.posttrain_args, **user)
-        for backend in cfg.backends:
-            run_cfg = check_stage_args(PosttrainConfig, config, run_overrides(cfg, config, backend, 0), **user)
-            if backend == "trl":
-                check_trl_config(run_cfg, f"posttrain_configs '{config}' with posttrain_args")
-        arm_cfgs[arm] = run_cfg
-    out = claim_output_dir(cfg.out_dir, "out_dir", "make crosscheck")
-    base = out / "base"
-    support = ensure_base(cfg.pretrain_config, base, *cfg.pretrain_args)
+        run_cfgs[arm] = {backend: check_stage_args(PosttrainConfig, config, run_overrides(cfg, config, backend, 0), **user)
+                         for backend in cfg.backends}
+    return run_cfgs
+
+
+def arm_facts(cfg: CrosscheckConfig, arm_cfgs: dict, support: dict) -> dict:
+    """Per arm, from the base: how many eval prompts it trains, whether any is on-support, and the discovery rate the
+    theory predicts (E α over them) for an arm whose discovery is tested (else None). ``arm_cfgs``: arm → a config
+    of its runs (what is read from it is the same for every backend and seed)."""
+    from barrierlab.loading import load_dataset_dir
+
     prompts = load_dataset_dir(eval_prompts(cfg), ["base_alpha", "cluster"])
     arms = {}
     for arm, run_cfg in arm_cfgs.items():
@@ -134,26 +136,62 @@ def main(argv):
             raise UserError(f"posttrain_configs '{arm}': the base has no eval prompts of prompts.clusters {clusters}")
         arms[arm] = {"prompts": len(alpha), "trains_onsupport": max(alpha) >= support["offsupport_threshold"],
                      "rate": statistics.fmean(alpha) if tests_discovery(run_cfg) else None}
+    return arms
+
+
+def run_all(cfg: CrosscheckConfig, out: Path, cluster: Cluster, arm_cfgs: dict) -> tuple[dict, dict]:
+    """The base, then every (arm, backend, seed) run at once (finished ones reused); the arms' facts and the runs'
+    metrics rows, (arm, backend) → seed → rows."""
+    from barrierlab.rundir import last_row, read_metrics
+    from experiments.stages import base_job, plan_run
+    from posttrain.config import load_posttrain_config
+
+    base = out / "base"
+    cluster.run([base_job(cfg.pretrain_config, base, *cfg.pretrain_args)])
+    cluster.check()
+    arms = arm_facts(cfg, arm_cfgs, json.loads((base / "support.json").read_text()))
+    folders = {(arm, backend, seed): out / f"{arm}_{backend}_s{seed}" for arm in cfg.posttrain_configs
+               for backend in cfg.backends for seed in (cfg.discovery_seeds if arms[arm]["rate"] is not None else cfg.seeds)}
+    cluster.run([plan_run("posttrain", load_posttrain_config, run_dir, last_row(run_dir, "done/steps") is not None,
+                          "--config", cfg.posttrain_configs[arm], "--base", str(base), "--run.run_dir", str(run_dir),
+                          *run_overrides(cfg, cfg.posttrain_configs[arm], backend, seed))
+                 for (arm, backend, seed), run_dir in folders.items()])  # every folder checked before any run starts
+    cluster.check()
     runs: dict = {}
-    for arm, config in cfg.posttrain_configs.items():
-        for backend in cfg.backends:
-            for seed in cfg.discovery_seeds if arms[arm]["rate"] is not None else cfg.seeds:
-                run_dir = out / f"{arm}_{backend}_s{seed}"
-                reuse_or_run("posttrain", load_posttrain_config, run_dir, last_row(run_dir, "done/steps") is not None,
-                             "--config", config, "--base", str(base), "--run.run_dir", str(run_dir),
-                             *run_overrides(cfg, config, backend, seed))
-                rows = runs.setdefault((arm, backend), {})[seed] = read_metrics(run_dir / "metrics.jsonl")
-                print(f"{arm} {backend} seed {seed}: first success {first_success(rows)}, off-support "
-                      f"{fmt_value(final(rows, OFF))}", flush=True)
-    table = summarise(runs)
-    results = analyse(runs, arms, cfg.max_queries, cfg.confidence)
-    lines = [line for r in results for line in discovery_lines(r, cfg.max_queries, cfg.confidence)]
-    lines += likelihood_lines(table, arms)
-    figure(runs, results, cfg.max_queries, lines, out / "crosscheck.png")
+    for (arm, backend, seed), run_dir in folders.items():
+        runs.setdefault((arm, backend), {})[seed] = read_metrics(run_dir / "metrics.jsonl")
+    return arms, runs
+
+
+@cli_entry
+def main(argv):
+    cfg = load_config(CrosscheckConfig, argv, default_config="configs/crosscheck.yaml", prog="experiments.crosscheck")
+    run_cfgs = check_configs(cfg)
+    with loading_libraries():  # torch, TRL (to check what its backend refuses) and the analysis: seconds
+        from barrierlab.metrics import fmt_value
+        from barrierlab.rundir import atomic_write_text, claim_output_dir
+        from experiments import crosscheck_analysis as analysis
+        from experiments.stages import check_trl_config
+
+        for arm, by_backend in run_cfgs.items():
+            if "trl" in by_backend:
+                check_trl_config(by_backend["trl"], f"posttrain_configs '{cfg.posttrain_configs[arm]}' with posttrain_args")
+    out = claim_output_dir(cfg.out_dir, "out_dir", "make crosscheck")
+    with Cluster(cfg.ray, out) as cluster:
+        arms, runs = run_all(cfg, out, cluster, {arm: next(iter(by.values())) for arm, by in run_cfgs.items()})
+    for (arm, backend), seeds in runs.items():
+        for seed, rows in seeds.items():
+            print(f"{arm} {backend} seed {seed}: first success {analysis.first_success(rows)}, off-support "
+                  f"{fmt_value(analysis.final(rows, analysis.OFF))}", flush=True)
+    table = analysis.summarise(runs)
+    results = analysis.analyse(runs, arms, cfg.max_queries, cfg.confidence)
+    lines = [line for r in results for line in analysis.discovery_lines(r, cfg.max_queries, cfg.confidence)]
+    lines += analysis.likelihood_lines(table, arms)
+    analysis.figure(runs, results, cfg.max_queries, lines, out / "crosscheck.png")
     atomic_write_text(out / "crosscheck.json", json.dumps({"max_queries": cfg.max_queries, "confidence": cfg.confidence,
                                                            "arms": arms, "discovery": results, "table": table,
                                                            "verdicts": lines}, indent=2))
-    text = report(cfg, table, results, lines)
+    text = analysis.report(cfg, table, results, lines)
     atomic_write_text(out / "report.md", text)
     print(text.split("<details>")[0].rstrip())
 

@@ -1,4 +1,5 @@
-"""Running stages from the experiment drivers: each stage is its own process, handing files to the next."""
+"""Running stages from the experiment drivers: each stage is its own process, handing files to the next. Checking a
+stage's config needs no torch; planning and running a stage (``plan_run``, ``run_stage``) import it."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from barrierlab.config import load_config, parse_overrides
 from barrierlab.errors import PARENT_PID_ENV, UserError
-from barrierlab.rundir import DifferentConfig, check_same_config, stopped_before_first_step
+from experiments.cluster import Job
 from pretrain.config import load_pretrain_config
 
 DRIVER_KEYS = ("base", "run.run_dir")  # where a driver's stage reads and writes: the driver sets them for each run
@@ -47,15 +48,26 @@ def check_stage_args(stage_config: type, config: str, args: list[str], *, user_a
         raise UserError(f"{user_key}: {err}") from None
 
 
-def run_stage(stage: str, *args: str) -> None:
-    """``python -m <stage> args`` in a forked child that dies with this process; a failure becomes a UserError
-    carrying the stage's own last line.
+class StageFailed(UserError):
+    """A stage run that exited with an error: the stage's own last line, and ``tail``, its log's last lines."""
+
+    def __init__(self, message: str, tail: str):
+        super().__init__(message)
+        self.tail = tail
+
+
+def run_stage(stage: str, *args: str, threads: int | None = None) -> None:
+    """``python -m <stage> args`` in a forked child that dies with this process, with ``threads`` CPU threads (None:
+    torch's default); a failure is a ``StageFailed`` carrying the stage's own last line.
 
     A fork, not a new interpreter: the stage's imports (torch, transformers: seconds each time) are done once here and
     inherited, so a sweep of a hundred short runs does not spend most of its time importing. The child is still its
     own process (its own memory, seeds, accelerator state, exit code), as ``python -m`` would give. This process
     itself computes nothing with torch, so the child inherits no thread pool."""
-    main = importlib.import_module(f"{stage}.__main__").main  # imported in the parent once, then inherited
+    import torch
+
+    main = importlib.import_module(f"{stage}.__main__").main
+    importlib.import_module(f"{stage}.stage")  # the stage's body, which its main imports: here once, then inherited
     sys.stdout.flush()
     sys.stderr.flush()
     with tempfile.TemporaryFile("w+") as log:
@@ -66,6 +78,9 @@ def run_stage(stage: str, *args: str) -> None:
                 os.dup2(log.fileno(), 1)
                 os.dup2(log.fileno(), 2)
                 os.environ[PARENT_PID_ENV] = str(os.getppid())
+                if threads is not None:
+                    os.environ["OMP_NUM_THREADS"] = str(threads)  # for what the run starts itself
+                    torch.set_num_threads(threads)
                 main(list(args))
                 code = 0
             except SystemExit as done:
@@ -84,29 +99,37 @@ def run_stage(stage: str, *args: str) -> None:
         code = os.waitstatus_to_exitcode(status)
         if code != 0:
             log.seek(0)
-            tail = (log.read().strip().splitlines() or ["(no output)"])[-1]
-            raise UserError(f"{stage} {' '.join(args[:4])} ... failed: {tail}")
+            lines = log.read().strip().splitlines() or ["(no output)"]
+            raise StageFailed(f"{stage} {' '.join(args[:4])} ... failed: {lines[-1]}", "\n".join(lines[-20:]))
 
 
-def reuse_or_run(stage: str, saved_config, run_dir: Path, finished: bool, *args: str) -> None:
-    """Run ``python -m <stage> args`` (writing ``run_dir``) unless the run there is ``finished``: a driver rerun
-    reuses what it has (an unfinished run resumes), but never a run of other settings, which is refused (unless it
-    stopped before its first step: the stage then starts over there, see ``run.failed_at_start``).
-    ``saved_config(args)``: the config the stage would run and save for ``args``."""
+def plan_run(stage: str, saved_config, run_dir: Path, finished: bool, *args: str) -> Job | None:
+    """The job that runs ``python -m <stage> args`` (writing ``run_dir``), or None if the run there is ``finished``: a
+    driver rerun reuses what it has (an unfinished run resumes), but never a run of other settings, which is refused
+    here, before any job starts (unless it stopped before its first step: the stage then starts over there, see
+    ``run.failed_at_start``). ``saved_config(args)``: the config the stage would run and save for ``args``."""
+    from barrierlab.rundir import DifferentConfig, check_same_config, stopped_before_first_step
+
     cfg = saved_config(list(args))
     try:
         check_same_config(run_dir, cfg, fix="pass a new --out_dir, or delete that folder to rerun it")
     except DifferentConfig:
         if not stopped_before_first_step(run_dir):
             raise  # else it gives way to the stage (which says so)
-    if not finished:
-        run_stage(stage, *args)
+    return None if finished else Job(stage, run_dir, tuple(args))
+
+
+def base_job(pretrain_config: str, run_dir: Path, *overrides: str) -> Job | None:
+    """The job that pretrains a base into ``run_dir``, or None if it is already there (of the same config)."""
+    return plan_run("pretrain", load_pretrain_config, run_dir, (run_dir / "support.json").exists(), "--config",
+                    pretrain_config, "--run.run_dir", str(run_dir), "--run.progress", "false", *overrides)
 
 
 def ensure_base(pretrain_config: str, run_dir: Path, *overrides: str) -> dict:
-    """Pretrain a base into ``run_dir`` unless it is already there (of the same config); its support.json."""
-    reuse_or_run("pretrain", load_pretrain_config, run_dir, (run_dir / "support.json").exists(), "--config",
-                 pretrain_config, "--run.run_dir", str(run_dir), "--run.progress", "false", *overrides)
+    """Pretrain a base into ``run_dir`` here and now unless it is already there (of the same config); its support.json."""
+    job = base_job(pretrain_config, run_dir, *overrides)
+    if job is not None:
+        run_stage(job.stage, *job.args)
     return json.loads((run_dir / "support.json").read_text())
 
 

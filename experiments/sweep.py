@@ -9,8 +9,9 @@ or the query budget runs out (censored). Fits the outcome growth factor per unit
 growth in N. ``alpha``: one base with clusters of different designed α; outcome PG on each cluster that the base
 puts on-support (measured α), alone; the log-log slope of queries against the base α (the theory's is -1).
 
-Every run is a stage subprocess writing its own run folder, so a killed experiment resumes: finished runs
-are reused (only if of the same config), unfinished ones resume from their checkpoints.
+Every run is a stage process writing its own run folder, run as a Ray task (``experiments.cluster``: the bases
+first, then every post-training run at once as far as the CPUs or GPUs go), so a killed experiment resumes:
+finished runs are reused (only if of the same config), unfinished ones resume from their checkpoints.
 """
 
 from __future__ import annotations
@@ -20,19 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import yaml
-
 from barrierlab.config import dump_yaml, load_config, require, require_distinct, require_seeds
-from barrierlab.errors import UserError, cli_entry
-from barrierlab.rundir import atomic_write_text, claim_output_dir, last_row, read_metrics
-from eval import rate_figures
-from eval.analysis import eval_rows, queries_to_reach
-from eval.rates import METHOD, alpha_analysis, alpha_verdict, scaling_analysis, scaling_verdict
-from experiments.stages import check_stage_args, ensure_base, reuse_or_run
-from posttrain.config import PosttrainConfig, load_posttrain_config
-from pretrain.config import PretrainConfig
-from pretrain.profile import designed_alpha
-from rewards import granularity_of
+from barrierlab.errors import UserError, cli_entry, loading_libraries
+from experiments.cluster import Cluster, Job, RayConfig
+
+# torch, transformers, Ray and the stages are imported where they are used, once the config is parsed and checked:
+# --help and a config error answer at once
 
 
 @dataclass
@@ -63,6 +57,8 @@ class ExperimentConfig:
     """Query budget of every post-training run; a run that spends it without reaching the target is censored."""
     extra_args: list[str] = field(default_factory=list)
     """Extra overrides passed to every stage, e.g. ['--run.mixed_precision', 'bf16']."""
+    ray: RayConfig = field(default_factory=RayConfig)
+    """Where the runs go (a local Ray by default, or a cluster) and what each reserves: CPU threads, GPUs."""
 
     def check(self):
         require(len(self.Ns) >= 1 and all(n >= 1 for n in self.Ns), "Ns", "must list response lengths ≥ 1")
@@ -91,6 +87,11 @@ def posttrain_overrides(cfg: ExperimentConfig, seed: int, clusters: list[int]) -
 def check_overrides(cfg: ExperimentConfig) -> None:
     """Every stage call's config and overrides, and the clusters to post-train on, checked before any run is reused
     or started."""
+    from experiments.stages import check_stage_args
+    from posttrain.config import PosttrainConfig
+    from pretrain.config import PretrainConfig
+    from pretrain.profile import designed_alpha
+
     for N in cfg.Ns if cfg.experiment == "scaling" else [None]:
         base = check_stage_args(PretrainConfig, cfg.pretrain_config, pretrain_overrides(cfg, N), user_args=cfg.extra_args,
                                 config_key="pretrain_config", user_key="extra_args (given to the bases' pretraining too)")
@@ -110,14 +111,28 @@ def check_overrides(cfg: ExperimentConfig) -> None:
                          user_args=cfg.extra_args, config_key="posttrain_configs", user_key="extra_args")
 
 
-def posttrain_to_target(cfg: ExperimentConfig, arm: str, base: Path, run_dir: Path, seed: int,
-                        clusters: list[int]) -> dict:
-    """One run of ``arm`` on ``clusters`` (reused if finished) and what the analysis needs of it: its reward granularity
-    and behaviour (as run, overrides included), the base's mean α of the trained prompts (its step-0 evaluation), the
-    queries to reach the target and the discovery queries (the first y* sampled), each with its censoring flag."""
-    reuse_or_run("posttrain", load_posttrain_config, run_dir, last_row(run_dir, "done/steps") is not None,
-                 "--config", cfg.posttrain_configs[arm], "--base", str(base), "--run.run_dir", str(run_dir),
-                 *posttrain_overrides(cfg, seed, clusters))
+def posttrain_job(cfg: ExperimentConfig, arm: str, base: Path, run_dir: Path, seed: int,
+                  clusters: list[int]) -> Job | None:
+    """The job of one run of ``arm`` on ``clusters``, or None if it is finished (a folder of other settings: refused)."""
+    from barrierlab.rundir import last_row
+    from experiments.stages import plan_run
+    from posttrain.config import load_posttrain_config
+
+    return plan_run("posttrain", load_posttrain_config, run_dir, last_row(run_dir, "done/steps") is not None,
+                    "--config", cfg.posttrain_configs[arm], "--base", str(base), "--run.run_dir", str(run_dir),
+                    *posttrain_overrides(cfg, seed, clusters))
+
+
+def run_result(cfg: ExperimentConfig, run_dir: Path) -> dict:
+    """What the analysis needs of a finished run: its reward granularity and behaviour (as run, overrides included),
+    the base's mean α of the trained prompts (its step-0 evaluation), the queries to reach the target and the
+    discovery queries (the first y* sampled), each with its censoring flag."""
+    import yaml
+
+    from barrierlab.rundir import read_metrics
+    from eval.analysis import eval_rows, queries_to_reach
+    from rewards import granularity_of
+
     rows = read_metrics(run_dir / "metrics.jsonl")
     queries, censored = queries_to_reach(rows, "eval/trained_likelihood", cfg.target_likelihood)
     done = rows[-1]
@@ -130,25 +145,41 @@ def posttrain_to_target(cfg: ExperimentConfig, arm: str, base: Path, run_dir: Pa
             "discovery": done["done/reward_queries"] if first is None else first, "discovery_censored": first is None}
 
 
-def run_scaling(cfg: ExperimentConfig, out: Path) -> dict:
-    runs, k = [], None
-    for N in cfg.Ns:
-        base = out / f"N{N}" / "base"
-        support = ensure_base(cfg.pretrain_config, base, *pretrain_overrides(cfg, N))
-        k = support["k"]
+def run_bases(cfg: ExperimentConfig, cluster: Cluster, bases: dict) -> dict:
+    """Pretrain the bases (N or None → folder) that are not there yet, at once; the support.json of each that is."""
+    from experiments.stages import base_job
+
+    failed = {job.run_dir for job in cluster.run([base_job(cfg.pretrain_config, base, *pretrain_overrides(cfg, N))
+                                                  for N, base in bases.items()])}
+    return {N: json.loads((base / "support.json").read_text()) for N, base in bases.items() if base not in failed}
+
+
+def run_posttraining(cfg: ExperimentConfig, cluster: Cluster, runs: list[tuple[dict, tuple]]) -> list[dict]:
+    """``runs`` (each: its fields in results.json, and ``posttrain_job``'s arguments after ``cfg``) at once; their
+    results, in order, or one line naming every run that failed (bases included) once the others are done."""
+    cluster.run([posttrain_job(cfg, *args) for _, args in runs])  # every folder checked before any run starts
+    cluster.check()
+    return [{**fields, **run_result(cfg, args[2])} for fields, args in runs]
+
+
+def run_scaling(cfg: ExperimentConfig, out: Path, cluster: Cluster) -> dict:
+    bases = {N: out / f"N{N}" / "base" for N in cfg.Ns}
+    supports, runs = run_bases(cfg, cluster, bases), []
+    for N, support in supports.items():
         clusters = cfg.clusters or support_clusters(support, on=False)
         if not clusters:
-            raise UserError(f"clusters: no cluster of the base {base} at N = {N} measures off-support (geometric-mean "
+            raise UserError(f"clusters: no cluster of the base {bases[N]} at N = {N} measures off-support (geometric-mean "
                             f"base α < {support['offsupport_threshold']:g}) to train on by default; list clusters, or "
                             "add a {coverage: sequence, p: 0.0} cluster to pretrain_config")
-        for seed in cfg.seeds:
-            for arm in cfg.posttrain_configs:
-                run = posttrain_to_target(cfg, arm, base, base.parent / f"{arm}_s{seed}", seed, clusters)
-                runs.append({"arm": arm, "N": N, "seed": seed, **run})
-                print(f"N={N} seed={seed} {arm}: first y* after {run['discovery']} queries"
-                      f"{' (censored)' if run['discovery_censored'] else ''}, target after {run['queries']}"
-                      f"{' (censored)' if run['censored'] else ''}", flush=True)
-    return {"k": k, "target_likelihood": cfg.target_likelihood, "max_queries": cfg.max_queries, "runs": runs}
+        runs += [({"arm": arm, "N": N, "seed": seed}, (arm, bases[N], bases[N].parent / f"{arm}_s{seed}", seed, clusters))
+                 for seed in cfg.seeds for arm in cfg.posttrain_configs]
+    results = run_posttraining(cfg, cluster, runs)
+    for run in results:
+        print(f"N={run['N']} seed={run['seed']} {run['arm']}: first y* after {run['discovery']} queries"
+              f"{' (censored)' if run['discovery_censored'] else ''}, target after {run['queries']}"
+              f"{' (censored)' if run['censored'] else ''}", flush=True)
+    k = next(iter(supports.values()))["k"]  # every base is there: cluster.check() passed
+    return {"k": k, "target_likelihood": cfg.target_likelihood, "max_queries": cfg.max_queries, "runs": results}
 
 
 def support_clusters(support: dict, on: bool) -> list[int]:
@@ -158,24 +189,28 @@ def support_clusters(support: dict, on: bool) -> list[int]:
     return [r["cluster"] for r in support["clusters"] if (r["alpha_geomean"] >= support["offsupport_threshold"]) == on]
 
 
-def run_alpha(cfg: ExperimentConfig, out: Path) -> dict:
-    runs = []
+def run_alpha(cfg: ExperimentConfig, out: Path, cluster: Cluster) -> dict:
     base = out / "base"
-    support = ensure_base(cfg.pretrain_config, base, *pretrain_overrides(cfg, None))
+    support = run_bases(cfg, cluster, {None: base}).get(None)
+    cluster.check()  # one line if the base failed
     rows = {r["cluster"]: r for r in support["clusters"]}
-    chosen = cfg.clusters or support_clusters(support, on=True)
     arm = next(iter(cfg.posttrain_configs))
-    for seed in cfg.seeds:
-        for c in chosen:
-            run = posttrain_to_target(cfg, arm, base, out / f"{arm}_c{c}_s{seed}", seed, [c])
-            runs.append({"cluster": c, "seed": seed, "alpha": run["base_alpha"], "designed_alpha": rows[c]["designed_alpha"],
-                         **run})
-            print(f"seed={seed} cluster {c} (α {run['base_alpha']:.3g}): first y* after {run['discovery']} queries, "
-                  f"target after {run['queries']}{' (censored)' if run['censored'] else ''}", flush=True)
-    return {"target_likelihood": cfg.target_likelihood, "max_queries": cfg.max_queries, "runs": runs}
+    runs = [({"cluster": c, "seed": seed}, (arm, base, out / f"{arm}_c{c}_s{seed}", seed, [c]))
+            for seed in cfg.seeds for c in cfg.clusters or support_clusters(support, on=True)]
+    results = [{"cluster": r["cluster"], "seed": r["seed"], "alpha": r["base_alpha"],
+                "designed_alpha": rows[r["cluster"]]["designed_alpha"], **r} for r in run_posttraining(cfg, cluster, runs)]
+    for run in results:
+        print(f"seed={run['seed']} cluster {run['cluster']} (α {run['base_alpha']:.3g}): first y* after "
+              f"{run['discovery']} queries, target after {run['queries']}{' (censored)' if run['censored'] else ''}",
+              flush=True)
+    return {"target_likelihood": cfg.target_likelihood, "max_queries": cfg.max_queries, "runs": results}
 
 
 def write_report(cfg: ExperimentConfig, out: Path, results: dict) -> None:
+    from barrierlab.rundir import atomic_write_text
+    from eval import rate_figures
+    from eval.rates import METHOD, alpha_analysis, alpha_verdict, scaling_analysis, scaling_verdict
+
     atomic_write_text(out / "results.json", json.dumps(results, indent=2))
     if cfg.experiment == "scaling":
         analysis = scaling_analysis(results)
@@ -205,8 +240,11 @@ def write_report(cfg: ExperimentConfig, out: Path, results: dict) -> None:
 def main(argv):
     cfg = load_config(ExperimentConfig, argv, default_config="configs/scaling.yaml", prog="experiments.sweep")
     check_overrides(cfg)
+    with loading_libraries():  # torch and the analysis: seconds, once the configs pass
+        from barrierlab.rundir import claim_output_dir
     out = claim_output_dir(cfg.out_dir, "out_dir", f"the {cfg.experiment} experiment")
-    results = run_scaling(cfg, out) if cfg.experiment == "scaling" else run_alpha(cfg, out)
+    with Cluster(cfg.ray, out) as cluster:
+        results = run_scaling(cfg, out, cluster) if cfg.experiment == "scaling" else run_alpha(cfg, out, cluster)
     write_report(cfg, out, results)
 
 

@@ -74,15 +74,15 @@ def test_a_damaged_checkpoint_or_metrics_line_is_a_one_line_error(tmp_path):
 
 
 def test_a_drivers_run_that_failed_at_its_start_gives_way_too(tmp_path):
-    from experiments.stages import reuse_or_run
+    from experiments.stages import plan_run
 
     args = ("--config", str(TINY / "pretrain.yaml"), "--run.run_dir", str(tmp_path / "base"))
     failed = load_pretrain_config([*args, "--train.steps", "7"])
     RunDir(failed, failed.run)  # started with another step count, stopped before its first step
-    reuse_or_run("pretrain", load_pretrain_config, tmp_path / "base", True, *args)  # not refused (finished: not run)
+    assert plan_run("pretrain", load_pretrain_config, tmp_path / "base", True, *args) is None  # not refused (finished)
     RunDir(failed, failed.run).log(5, {"train/loss": 1.0})  # one that got somewhere is refused
     with pytest.raises(UserError, match="already holds a run with a different config \\(key 'train.steps': 7 there"):
-        reuse_or_run("pretrain", load_pretrain_config, tmp_path / "base", True, *args)
+        plan_run("pretrain", load_pretrain_config, tmp_path / "base", True, *args)
 
 
 def test_a_run_folder_refuses_another_config(tmp_path):
