@@ -153,28 +153,34 @@ class Cluster:
         refs = {self.task.remote(job, cwd, self.threads): job for job in jobs}
         pending, failed = list(refs), []
         try:
-            while pending:
-                (ref,), pending = ray.wait(pending, num_returns=1)
-                job = refs[ref]
-                try:
-                    start, end, tail = ray.get(ref)
-                except ray.exceptions.RayError as err:  # the worker died, or the job could not start on its node
-                    start = end = time.time()
-                    tail = str(err.cause if isinstance(err, ray.exceptions.RayTaskError) else err).strip()
-                done = len(refs) - len(pending)
-                if tail is None:
-                    print(f"[{done}/{len(refs)}] {job.run_dir}: {job.stage} done in {end - start:.1f} s", flush=True)
-                else:
-                    failed.append(job)
-                    self.failed.append(job)
-                    lines = "\n".join("    " + line for line in tail.splitlines()[-8:])
-                    print(f"[{done}/{len(refs)}] {job.run_dir}: {job.stage} FAILED; its log ends:\n{lines}",
-                          file=sys.stderr, flush=True)
+            while pending:  # waits of a second: Python handles a Ctrl-C (SIGINT) only between them
+                ready, pending = ray.wait(pending, num_returns=1, timeout=1.0)
+                for ref in ready:
+                    if not self.report(ref, refs[ref], f"[{len(refs) - len(pending)}/{len(refs)}]"):
+                        failed.append(refs[ref])
         except KeyboardInterrupt:
             for ref in pending:
                 ray.cancel(ref, force=True)  # kills the worker; the run, its forked child, dies with it
             raise
         return failed
+
+    def report(self, ref, job: Job, count: str) -> bool:
+        """Print how the finished ``job`` (its task ``ref``) went, a failure with its log's last lines; whether it
+        succeeded."""
+        import ray
+
+        try:
+            start, end, tail = ray.get(ref)
+        except ray.exceptions.RayError as err:  # the worker died, or the job could not start on its node
+            start = end = time.time()
+            tail = str(err.cause if isinstance(err, ray.exceptions.RayTaskError) else err).strip()
+        if tail is None:
+            print(f"{count} {job.run_dir}: {job.stage} done in {end - start:.1f} s", flush=True)
+            return True
+        self.failed.append(job)
+        lines = "\n".join("    " + line for line in tail.splitlines()[-8:])
+        print(f"{count} {job.run_dir}: {job.stage} FAILED; its log ends:\n{lines}", file=sys.stderr, flush=True)
+        return False
 
     def check(self) -> None:
         """One line naming the failed runs, if any (a failed base's runs were not started)."""
