@@ -13,8 +13,8 @@ MODEL ?= transformer
 REWARD ?= outcome
 ARGS ?=
 # one word, one of the allowed ones ("1" is what a good value gives); a reward is a built-in name or an import path
-ifneq ($(words $(REWARD))$(if $(filter outcome process noisy_outcome noisy_process,$(REWARD))$(findstring :,$(REWARD)),,x),1)
-$(error REWARD='$(REWARD)': use REWARD=outcome, process, noisy_outcome, noisy_process or package.module:ClassName)
+ifneq ($(words $(REWARD))$(if $(filter outcome process noisy_outcome noisy_process learned_prm,$(REWARD))$(findstring :,$(REWARD)),,x),1)
+$(error REWARD='$(REWARD)': use REWARD=outcome, process, noisy_outcome, noisy_process, learned_prm or package.module:ClassName)
 endif
 ifneq ($(words $(MODEL))$(filter-out transformer linear,$(MODEL)),1)
 $(error MODEL='$(MODEL)': use MODEL=transformer or MODEL=linear)
@@ -50,7 +50,7 @@ REWARD_RUN = $(shell echo '$(lastword $(subst :, ,$(REWARD)))' | tr '[:upper:]' 
 REWARD_ARM = $(if $(filter outcome process,$(REWARD)),$(REWARD),$(shell $(PYTHON) -c 'import sys; from rewards import \
 	resolve_class; print(resolve_class(sys.argv[1]).granularity)' '$(REWARD)' 2>/dev/null || echo outcome))
 
-posttrain:  ## post-train the base with REWARD=outcome|process|noisy_outcome|noisy_process|pkg.module:MyReward, into $(RUNS)/REWARD ($(RUNS)/myreward for an import path)
+posttrain:  ## post-train the base with REWARD=outcome|process|noisy_outcome|noisy_process|learned_prm|pkg.module:MyReward, into $(RUNS)/REWARD ($(RUNS)/myreward for an import path)
 	$(LAUNCH) -m posttrain --config $(CONFIGS)/posttrain_$(REWARD_ARM).yaml --reward.name $(REWARD) --base $(BASE) \
 		--run.run_dir $(RUNS)/$(REWARD_RUN)$(SUFFIX) $(ARGS)
 

@@ -19,6 +19,7 @@ import json
 from pathlib import Path
 
 import torch
+import yaml
 
 from barrierlab.errors import UserError
 from barrierlab.loading import first_line
@@ -84,6 +85,15 @@ class PRM:
         return torch.sigmoid(self.prefix_logits(prompt_ids, responses))
 
 
+def _saved_config(path: Path) -> dict:
+    """The run config saved in folder ``path`` (empty if none can be read)."""
+    try:
+        config = yaml.safe_load((path / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
 def read_prm_info(path) -> dict:
     """``prm.json`` of the PRM run folder ``path``, or one line saying why it is not a finished PRM."""
     path = Path(path)
@@ -91,7 +101,7 @@ def read_prm_info(path) -> dict:
         raise UserError(f"PRM '{path}' does not exist; pass the run folder of a finished python -m rewards.train_prm")
     info_file = path / PRM_FILE
     if not info_file.is_file():
-        if (path / "config.yaml").is_file() and (path / "metrics.jsonl").is_file() and (path / "data").is_dir():
+        if "labels" in _saved_config(path):  # a PRM run's config has a labels section; no other stage's has
             raise UserError(f"PRM '{path}' has not finished (no {PRM_FILE}); rerun the python -m rewards.train_prm "
                             "command that started it (it resumes)")
         raise UserError(f"'{path}' is not a PRM (no {PRM_FILE}); pass the run folder of python -m rewards.train_prm")
