@@ -162,9 +162,9 @@ def quality_responses(base, prompt_ids: torch.Tensor, targets: torch.Tensor, sam
     """The responses a PRM's quality is measured on: ``samples`` draws from the base per prompt, then y* itself
     (prompt-major). Returns (prompt index per row, responses)."""
     P = prompt_ids.shape[0]
-    drawn = sample(base, prompt_ids.repeat_interleave(samples, 0), targets.shape[1], k, generator=generator) \
-        if samples else targets[:0]
-    responses = torch.cat([drawn.view(P, samples, -1), targets.unsqueeze(1)], 1).view(P * (samples + 1), -1)
+    N = targets.shape[1]
+    drawn = sample(base, prompt_ids.repeat_interleave(samples, 0), N, k, generator=generator) if samples else targets[:0]
+    responses = torch.cat([drawn.view(P, samples, N), targets.unsqueeze(1)], 1).view(P * (samples + 1), N)
     return torch.arange(P, device=prompt_ids.device).repeat_interleave(samples + 1), responses
 
 

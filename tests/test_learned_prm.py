@@ -117,3 +117,35 @@ def test_learned_prm_without_a_folder_says_how_to_give_one(tiny_base, tmp_path, 
     err = one_line_error(posttrain, ["--config", str(TINY / "posttrain_process.yaml"), "--base", str(tiny_base),
                                      "--run.run_dir", str(tmp_path / "run"), "--reward.name", "learned_prm"], capsys)
     assert "needs params.run" in err
+
+
+def test_eval_measures_prm_quality_per_split_and_cluster(tiny_base, tiny_prm, tmp_path):
+    from eval.__main__ import main as evaluate
+
+    out = tmp_path / "eval"
+    argv = ["--config", str(TINY / "eval.yaml"), "--base", str(tiny_base), "--out_dir", str(out), "--progress", "false",
+            "--prms.exact", str(tiny_prm)]
+    evaluate([*argv, "--prm_samples", "3"])
+    results = json.loads((out / "eval.json").read_text())
+    prm = results["prms"]["exact"]
+    assert prm["label_queries"] == json.loads((tiny_prm / PRM_FILE).read_text())["label_queries"]
+    quality, N = prm["quality"], results["N"]
+    prompts = results["prompts"]
+    assert set(quality) == {"all", "onsupport", "offsupport", "c0", "c1", "c2"}
+    for split in ("all", "onsupport", "offsupport"):  # every prefix of 3 base draws and of y*, per prompt
+        assert quality[split]["prefixes"] == prompts[split] * 4 * N
+    assert sum(quality[f"c{c}"]["prefixes"] for c in range(3)) == quality["all"]["prefixes"]
+    assert all(0 <= q["auc"] <= 1 and 0 <= q["accuracy"] <= 1 for q in quality.values())
+    assert "## Learned PRMs" in (out / "report.md").read_text()
+    evaluate([*argv, "--prm_samples", "0"])  # y* alone: every prefix correct, so accuracy is the share accepted
+    quality = json.loads((out / "eval.json").read_text())["prms"]["exact"]["quality"]
+    assert quality["all"]["auc"] is None and quality["all"]["correct_share"] == 1.0
+
+
+def test_eval_refuses_a_prm_of_another_task_in_one_line(tiny_base, tiny_prm, tmp_path, capsys):
+    from eval.__main__ import main as evaluate
+
+    folder, message = broken("other_N", tiny_prm, tiny_base, tmp_path)
+    err = one_line_error(evaluate, ["--config", str(TINY / "eval.yaml"), "--base", str(tiny_base), "--out_dir",
+                                    str(tmp_path / "eval"), "--prms.bad", str(folder)], capsys)
+    assert message in err and not (tmp_path / "eval").exists()
