@@ -15,7 +15,7 @@ from barrierlab.prm import PRM_FILE
 from barrierlab.tokenizer import build_tokenizer, prompt_ids, vocab_size
 from posttrain.__main__ import main as posttrain
 from rewards import RewardConfig, make_reward
-from rewards.train_prm import main as train_prm
+from rewards.train_prm.__main__ import main as train_prm
 from tests.conftest import TINY, metrics, one_line_error
 
 

@@ -12,9 +12,9 @@ from barrierlab.models import LinearPolicyConfig, LinearPolicyLM, ModelConfig, b
 from barrierlab.prm import PRM, auc, build_classifier, classifier_logits, implicit_token_rewards, load_prm
 from barrierlab.tasks import TaskConfig, build_task
 from barrierlab.tokenizer import build_tokenizer, prompt_ids, vocab_size
-from rewards.prm_config import LabelConfig
-from rewards.prm_labels import exact_labels, make_labels, monte_carlo_labels
-from rewards.train_prm import main as train_prm
+from rewards.train_prm.__main__ import main as train_prm
+from rewards.train_prm.config import LabelConfig
+from rewards.train_prm.labels import exact_labels, make_labels, monte_carlo_labels
 from tests.conftest import metrics, one_line_error
 
 

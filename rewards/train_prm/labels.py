@@ -19,7 +19,7 @@ import torch
 
 from barrierlab.policy import sample
 from barrierlab.tokenizer import ANSWER0, prompt_ids
-from rewards.prm_config import LabelConfig
+from rewards.train_prm.config import LabelConfig
 from rewards.verifiers import OutcomeVerifier, ProcessVerifier
 
 

@@ -2,7 +2,7 @@
 
     python -m rewards.train_prm --config configs/prm/exact.yaml [--labels.source monte_carlo] ...
 
-Labels responses drawn from the base (``rewards.prm_labels``: exact prefix labels, Monte Carlo completions or
+Labels responses drawn from the base (``rewards.train_prm.labels``: exact prefix labels, Monte Carlo completions or
 outcome verdicts), trains a PRM on them (``barrierlab.prm``: a token classifier, or PRIME's implicit PRM from
 the outcome labels), measures its prefix verdicts on the base's eval prompts, and writes the run folder:
 ``config.yaml``, ``metrics.jsonl`` (``label/`` at step 0, ``train/``, ``eval/prm_*``, ``done/``), ``data/labels.pt``
@@ -39,8 +39,8 @@ from barrierlab.rundir import RunDir, atomic_write_text
 from barrierlab.tasks import task_from_info
 from barrierlab.training import fault_point, seed_everything, stop_if_diverged
 from rewards.base import correct_prefixes
-from rewards.prm_config import TrainPRMConfig, load_prm_config
-from rewards.prm_labels import Labels, make_labels, most_per_response
+from rewards.train_prm.config import TrainPRMConfig, load_prm_config
+from rewards.train_prm.labels import Labels, make_labels, most_per_response
 
 
 def check_inputs(cfg: TrainPRMConfig, model, task) -> None:
