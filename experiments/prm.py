@@ -41,8 +41,8 @@ class PRMExperimentConfig:
     budget: int = 20_000
     """Verifier queries of every arm, labelling included: a PRM's labels, or an exact arm's post-training."""
     prm_configs: dict[str, str] = field(default_factory=lambda: {
-        "exact_all": "configs/prm/exact.yaml", "exact_onsupport": "configs/prm/exact_onsupport.yaml",
-        "monte_carlo": "configs/prm/monte_carlo.yaml", "implicit": "configs/prm/implicit.yaml"})
+        "exact_all": "configs/prm/train_exact.yaml", "exact_onsupport": "configs/prm/train_exact_onsupport.yaml",
+        "monte_carlo": "configs/prm/train_monte_carlo.yaml", "implicit": "configs/prm/train_implicit.yaml"})
     """PRM name → its training config (python -m rewards.train_prm)."""
     prm_args: list[str] = field(default_factory=list)
     """Overrides of every PRM's training config, e.g. ['--train.steps', '100']."""

@@ -90,7 +90,7 @@ def figure(runs: dict[str, dict[int, list[dict]]], labels: dict[str, dict], budg
         ax.set_ylabel("mean likelihood of y* on off-support prompts")
         ax.legend(fontsize=7)
     axes[0].set_title("Off-support likelihood against verifier queries")
-    axes[1].set_title("Against PG steps (a PRM arm: as many as the exact process arm of its seed)")
+    axes[1].set_title("Against PG steps (a PRM arm: the exact process arm's steps)")
     fig.savefig(path, dpi=120)
     plt.close(fig)
 

@@ -13,7 +13,7 @@ from experiments.prm_analysis import OFF, ON, summarise, verdicts
 from tests.conftest import one_line_error
 from tests.conftest import run_make as make
 
-TWO_PRMS = '{exact_all: configs/prm/exact.yaml, implicit: configs/prm/implicit.yaml}'
+TWO_PRMS = '{exact_all: configs/prm/train_exact.yaml, implicit: configs/prm/train_implicit.yaml}'
 
 
 @pytest.mark.slow  # eight stage runs: about 25 s of CPU, a minute on a loaded machine
@@ -69,7 +69,7 @@ def test_prm_verdicts_on_hand_made_runs():
 
 
 @pytest.mark.parametrize(("args", "words"), [
-    (["--prm_configs", "{outcome: configs/prm/exact.yaml}"], "name the exact arms"),
+    (["--prm_configs", "{outcome: configs/prm/train_exact.yaml}"], "name the exact arms"),
     (["--prm_configs", "{a: configs/prm/nowhere.yaml}"], "not found"),
     (["--prm_args", "[--labels.source, exac]"], "prm_args"),
     (["--posttrain_args", "[--run.run_dir, x]"], "which the driver sets"),

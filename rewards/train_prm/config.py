@@ -1,4 +1,4 @@
-"""Config of the PRM training stage (``python -m rewards.train_prm --config configs/prm/exact.yaml``)."""
+"""Config of the PRM training stage (``python -m rewards.train_prm --config configs/prm/train_exact.yaml``)."""
 
 from __future__ import annotations
 
@@ -98,4 +98,4 @@ class TrainPRMConfig:
 
 
 def load_prm_config(argv: list[str]) -> TrainPRMConfig:
-    return load_config(TrainPRMConfig, argv, default_config="configs/prm/exact.yaml", prog="rewards.train_prm")
+    return load_config(TrainPRMConfig, argv, default_config="configs/prm/train_exact.yaml", prog="rewards.train_prm")
