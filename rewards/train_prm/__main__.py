@@ -1,6 +1,6 @@
 """Train a process reward model (PRM) from one of three label sources, charging the verifier queries they cost.
 
-    python -m rewards.train_prm --config configs/prm/exact.yaml [--labels.source monte_carlo] ...
+    python -m rewards.train_prm --config configs/prm/train_exact.yaml [--labels.source monte_carlo] ...
 
 Labels responses drawn from the base (``rewards.train_prm.labels``: exact prefix labels, Monte Carlo completions or
 outcome verdicts), trains a PRM on them (``barrierlab.prm``: a token classifier, or PRIME's implicit PRM from
