@@ -170,12 +170,17 @@ def quality_responses(base, prompt_ids: torch.Tensor, targets: torch.Tensor, sam
 
 def prefix_quality(probs: torch.Tensor, truth: torch.Tensor, threshold: float = 0.5) -> dict:
     """AUC and accuracy (verdict: probability > ``threshold``) of prefix probabilities against the true prefix
-    correctness, and how many prefixes (and what share of correct ones) they were measured on."""
+    correctness, the share of correct and of wrong prefixes accepted, and how many prefixes (and what share of
+    correct ones) they were measured on."""
     probs, truth = probs.flatten(), truth.flatten().bool()
-    n = truth.numel()
-    accuracy = float(((probs > threshold) == truth).double().mean()) if n else None
-    value = auc(probs, truth) if n else None
-    return {"auc": value, "accuracy": accuracy, "prefixes": n, "correct_share": float(truth.double().mean()) if n else None}
+    accepted = probs > threshold
+
+    def share(values: torch.Tensor) -> float | None:
+        return float(values.double().mean()) if values.numel() else None
+
+    return {"auc": auc(probs, truth) if truth.numel() else None, "accuracy": share(accepted == truth),
+            "accept_correct": share(accepted[truth]), "accept_wrong": share(accepted[~truth]), "prefixes": truth.numel(),
+            "correct_share": share(truth)}
 
 
 def quality_by_group(probs: torch.Tensor, truth: torch.Tensor, groups: dict[str, torch.Tensor],

@@ -116,8 +116,9 @@ def verdicts(table: list[dict]) -> list[str]:
             text += (f" Its {lab['responses']:,} labelled responses held {lab['offsupport_positive']:,} positive labels "
                      f"out of {lab['offsupport_labels']:,} on off-support clusters ({lab['onsupport_positive']:,} of "
                      f"{lab['onsupport_labels']:,} on on-support ones); on off-support prefixes its verdicts have AUC "
-                     f"{fmt_value(q['auc'])} and accuracy {fmt_value(q['accuracy'])} (correct share "
-                     f"{fmt_value(q['correct_share'])}).")
+                     f"{fmt_value(q['auc'])} and accuracy {fmt_value(q['accuracy'])}, accepting "
+                     f"{fmt_value(q['accept_correct'])} of the correct prefixes and {fmt_value(q['accept_wrong'])} of "
+                     f"the wrong ones (correct share {fmt_value(q['correct_share'])}).")
         lines.append(text)
     prms = [r for r in table if "labels" in r]
     no_positive = [r["arm"] for r in prms if r["labels"]["offsupport_positive"] == 0]

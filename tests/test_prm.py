@@ -9,7 +9,15 @@ import pytest
 import torch
 
 from barrierlab.models import LinearPolicyConfig, LinearPolicyLM, ModelConfig, build_model
-from barrierlab.prm import PRM, auc, build_classifier, classifier_logits, implicit_token_rewards, load_prm
+from barrierlab.prm import (
+    PRM,
+    auc,
+    build_classifier,
+    classifier_logits,
+    implicit_token_rewards,
+    load_prm,
+    prefix_quality,
+)
 from barrierlab.tasks import TaskConfig, build_task
 from barrierlab.tokenizer import build_tokenizer, prompt_ids, vocab_size
 from rewards.train_prm.__main__ import main as train_prm
@@ -115,6 +123,14 @@ def test_auc_against_hand_cases():
     assert auc(torch.tensor([0.5, 0.5, 0.5, 0.5]), truth) == 0.5
     assert auc(torch.tensor([0.1, 0.2, 0.3, 0.4]), truth) == 1.0
     assert auc(torch.tensor([0.1, 0.2]), torch.tensor([True, True])) is None
+
+
+def test_prefix_quality_against_a_hand_case():
+    probs = torch.tensor([0.9, 0.6, 0.2, 0.7, 0.1])
+    truth = torch.tensor([True, True, True, False, False])
+    # AUC: of the 6 (correct, wrong) pairs, 4 rank the correct prefix higher
+    assert prefix_quality(probs, truth) == pytest.approx({"auc": 4 / 6, "accuracy": 0.6, "accept_correct": 2 / 3,
+                                                          "accept_wrong": 0.5, "prefixes": 5, "correct_share": 0.6})
 
 
 def test_classifier_round_trips_through_the_auto_classes(tmp_path):

@@ -53,7 +53,8 @@ def test_prm_verdicts_on_hand_made_runs():
     runs = {"process": {0: run(0.3, 0.9, 1000), 1: run(0.2, 0.8, 1010)},
             "mc": {0: run(2e-5, 0.9, 0, 990, 40), 1: run(1e-3, 0.9, 0, 990, 44)}}
     quality = {"mc": {"label_source": "monte_carlo", "clusters": None,
-                      "quality": {s: {"auc": 0.5, "accuracy": 0.9, "correct_share": 0.1} for s in ("onsupport", "offsupport")}}}
+                      "quality": {s: {"auc": 0.5, "accuracy": 0.9, "accept_correct": 0.0, "accept_wrong": 0.0, "correct_share": 0.1}
+                                  for s in ("onsupport", "offsupport")}}}
     labels = {"mc": {"queries": 990, "responses": 30, "offsupport_labels": 120, "offsupport_positive": 0,
                      "onsupport_labels": 120, "onsupport_positive": 60}}
     table = summarise(runs, quality, labels)
