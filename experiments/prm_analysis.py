@@ -69,24 +69,30 @@ def summarise(runs: dict[str, dict[int, list[dict]]], quality: dict[str, dict], 
 
 
 def figure(runs: dict[str, dict[int, list[dict]]], labels: dict[str, dict], budget: int, path: Path) -> None:
-    """Off-support likelihood against verifier queries (a PRM arm's labels included: it starts where its labelling
-    ended and asks no more) and against PG steps, every seed."""
+    """Off-support likelihood against verifier queries and against PG steps, every seed. A PRM arm asks the verifier
+    nothing after its labels, so on the query axis it is its seeds' final values at its labelling cost (each PRM
+    shifted a little to the right, to tell them apart); its course is on the step axis."""
     fig, axes = plt.subplots(1, 2, figsize=(13, 5), layout="constrained")
+    prm_index = {arm: i for i, arm in enumerate(a for a in runs if a in labels)}
     for i, (arm, by_seed) in enumerate(runs.items()):
         colour = f"C{i}"
+        label = f"{arm} (labels: {labels[arm]['queries']:,} queries)" if arm in labels else arm
         for j, rows in enumerate(by_seed.values()):
             evals = [r for r in eval_rows(rows) if r.get(OFF) is not None]
             v = [max(r[OFF], 1e-12) for r in evals]
-            label = None if j else (f"{arm} (labels: {labels[arm]['queries']:,} queries)" if arm in labels else arm)
-            axes[0].plot([verifier_queries(r) for r in evals], v, "o-" if arm in labels else "-", ms=2.5,
-                         color=colour, alpha=0.7, lw=1, label=label)
-            axes[1].plot([r["step"] for r in evals], v, "-", color=colour, alpha=0.7, lw=1, label=label)
+            if arm in labels:
+                x = verifier_queries(evals[-1]) + 0.015 * budget * (prm_index[arm] + 1)
+                axes[0].plot([x], [v[-1]], "o", ms=5, color=colour, label=None if j else label + ", final")
+            else:
+                axes[0].plot([verifier_queries(r) for r in evals], v, "-", color=colour, alpha=0.7, lw=1,
+                             label=None if j else label)
+            axes[1].plot([r["step"] for r in evals], v, "-", color=colour, alpha=0.7, lw=1, label=None if j else label)
     axes[0].axvline(budget, color="gray", ls=":", lw=1, label=f"budget {budget:,}")
     axes[0].set_xlabel("verifier queries (a PRM's labelling included)")
     axes[1].set_xlabel("PG steps")
     for ax in axes:
         ax.set_yscale("log")
-        ax.axhline(BREAKS, color="firebrick", ls="--", lw=0.8)
+        ax.axhline(BREAKS, color="firebrick", ls="--", lw=0.8, label=f"barrier broken: ≥ {BREAKS} in every seed")
         ax.set_ylabel("mean likelihood of y* on off-support prompts")
         ax.legend(fontsize=7)
     axes[0].set_title("Off-support likelihood against verifier queries")
@@ -95,13 +101,24 @@ def figure(runs: dict[str, dict[int, list[dict]]], labels: dict[str, dict], budg
     plt.close(fig)
 
 
-def _range(s: dict | None) -> str:
+def _range(s: dict | None, count: bool = False) -> str:
     if s is None:
         return "–"
-    return f"{fmt_value(s['mean'])} [{fmt_value(s['min'])}, {fmt_value(s['max'])}]"
+    f = (lambda v: f"{v:,.0f}") if count else fmt_value  # noqa: E731
+    return f"{f(s['mean'])} [{f(s['min'])}, {f(s['max'])}]"
 
 
-def verdicts(table: list[dict]) -> list[str]:
+def right_when_accepted(accept_correct: float | None, accept_wrong: float | None, k: int) -> float | None:
+    """About how often token-wise search (Algorithm 2) takes the right token off-support: there the base is about
+    uniform over the k symbols, so the candidate mixture draws the right one with probability about 1/k, and the first
+    accepted candidate is right with probability a_c / (a_c + (k − 1) a_w), given the PRM accepts a right prefix with
+    probability a_c and a wrong one with a_w (rates averaged over the measured prefixes: an approximation)."""
+    if accept_correct is None or accept_wrong is None or accept_correct + accept_wrong == 0:
+        return None
+    return accept_correct / (accept_correct + (k - 1) * accept_wrong)
+
+
+def verdicts(table: list[dict], k: int, N: int) -> list[str]:
     """Sentences from the data: which arms break the barrier, and what each PRM's labels and verdicts held off-support."""
     lines = []
     for row in table:
@@ -119,6 +136,12 @@ def verdicts(table: list[dict]) -> list[str]:
                      f"{fmt_value(q['auc'])} and accuracy {fmt_value(q['accuracy'])}, accepting "
                      f"{fmt_value(q['accept_correct'])} of the correct prefixes and {fmt_value(q['accept_wrong'])} of "
                      f"the wrong ones (correct share {fmt_value(q['correct_share'])}).")
+            right = right_when_accepted(q["accept_correct"], q["accept_wrong"], k)
+            if right is not None:
+                text += (f" So Algorithm 2 takes the right token off-support about {fmt_value(right)} of the times it "
+                         f"accepts one (1/k = {1 / k:.3g} at random), a whole y* about {fmt_value(right ** N)} of the "
+                         "times (≈ a_c / (a_c + (k − 1) a_w) from its acceptance rates a_c and a_w, the candidate "
+                         "mixture being about uniform off-support).")
         lines.append(text)
     prms = [r for r in table if "labels" in r]
     no_positive = [r["arm"] for r in prms if r["labels"]["offsupport_positive"] == 0]
@@ -145,8 +168,8 @@ def arm_table(table: list[dict]) -> list[str]:
                        for s in ("onsupport", "offsupport"))
         else:
             labels, on, off = "(exact verifier)", "–", "–"
-        lines.append(f"| {r['arm']} | {labels} | {_range(r['verifier_queries'])} | {_range(r['steps'])} | "
-                     f"{_range(r['prm_calls'])} | {on} | {off} | {_range(r['onsupport'])} | {_range(r['offsupport'])} |")
+        lines.append(f"| {r['arm']} | {labels} | {_range(r['verifier_queries'], True)} | {_range(r['steps'], True)} | "
+                     f"{_range(r['prm_calls'], True)} | {on} | {off} | {_range(r['onsupport'])} | {_range(r['offsupport'])} |")
     return lines
 
 
@@ -160,7 +183,7 @@ def report(cfg, table: list[dict], support: dict, wall_s: float) -> str:
              "each PRM on its labels (its post-training asks the verifier nothing and takes as many Algorithm 2 steps "
              f"as the exact process arm of its seed). Seeds {cfg.seeds}. This run of the driver took {wall_s:.0f} s "
              "(runs it reused cost nothing here).", "", "## Verdicts", ""]
-    lines += [f"- {v}" for v in verdicts(table)]
+    lines += [f"- {v}" for v in verdicts(table, support["k"], support["N"])]
     lines += ["", "## Table", "", "Mean [min, max] over seeds; PRM quality from `eval/eval.json` (every prefix of 4 "
               "base draws and of y* per eval prompt; verdict: probability > 0.5; per cluster there too).", "",
               *arm_table(table), "", "## Figure", "", "![off-support likelihood against verifier queries](prm.png)", "",

@@ -9,7 +9,7 @@ import pytest
 
 from barrierlab.rundir import read_metrics
 from experiments.prm import main as prm_driver
-from experiments.prm_analysis import OFF, ON, summarise, verdicts
+from experiments.prm_analysis import OFF, ON, right_when_accepted, summarise, verdicts
 from tests.conftest import one_line_error
 from tests.conftest import run_make as make
 
@@ -62,11 +62,17 @@ def test_prm_verdicts_on_hand_made_runs():
     assert process["breaks"] and process["offsupport"]["mean"] == pytest.approx(0.25) and process["prm_calls"] is None
     assert process["verifier_queries"]["max"] == 1010 and mc["verifier_queries"]["seeds"] == [990, 990]
     assert not mc["breaks"] and mc["prm_calls"]["seeds"] == [40, 44]
-    lines = verdicts(table)
+    lines = verdicts(table, 4, 8)
     assert lines[0].startswith("**process** breaks the barrier: off-support likelihood 1e-05 → 0.25 [0.2, 0.3]")
     assert lines[1].startswith("**mc** lifts off-support prompts partly")  # mean 5e-4 ≥ 10 × 1e-5, not every seed ≥ 0.1
     assert "held 0 positive labels out of 120 on off-support clusters" in lines[1]
     assert lines[2] == "PRMs whose labels held no positive off-support prefix: mc; of these, none broke the barrier."
+
+
+def test_right_when_accepted_against_a_hand_case():
+    # k = 4: the right token is drawn 1/4 of the time and accepted half the time; each wrong one (3/4) a tenth
+    assert right_when_accepted(0.5, 0.1, 4) == pytest.approx((0.25 * 0.5) / (0.25 * 0.5 + 0.75 * 0.1))
+    assert right_when_accepted(0.0, 0.0, 4) is None and right_when_accepted(0.0, 0.2, 4) == 0.0
 
 
 @pytest.mark.parametrize(("args", "words"), [
