@@ -23,7 +23,7 @@ endif
 SUFFIX := $(if $(filter linear,$(MODEL)),_linear,)
 BASE := $(RUNS)/base$(SUFFIX)
 
-.PHONY: help install pretrain posttrain outcome process eval pipeline scaling alpha crosscheck bench train_prm prm test test-all lint clean
+.PHONY: help install pretrain posttrain outcome process eval pipeline scaling alpha crosscheck bench train-prm prm test test-all lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/'
@@ -77,8 +77,8 @@ bench:  ## native engine vs TRL: completions/s, queries/s, s/update, peak memory
 crosscheck:  ## the same base, task and budget through the native engine and TRL, several seeds; figure + table
 	$(PYTHON) -m experiments.crosscheck --config $(CONFIGS)/crosscheck.yaml --out_dir $(RUNS)/crosscheck $(ARGS)
 
-train_prm:  ## train a PRM on the base from SOURCE=exact|exact_onsupport|monte_carlo|implicit labels (configs/prm/train_SOURCE.yaml), into $(RUNS)/prm_SOURCE
-	$(PYTHON) -m rewards.train_prm --config $(CONFIGS)/prm/train_$(SOURCE).yaml --base $(BASE) --run.run_dir $(RUNS)/prm_$(SOURCE) $(ARGS)
+train-prm:  ## train a PRM on the base from SOURCE=exact|exact_onsupport|monte_carlo|implicit labels (configs/prm/train_SOURCE.yaml), into $(RUNS)/prm_SOURCE
+	$(PYTHON) -m rewards.train_prm --config configs/prm/train_$(SOURCE).yaml --base $(BASE) --run.run_dir $(RUNS)/prm_$(SOURCE) $(ARGS)
 
 prm:  ## which learned PRMs (exact, exact on on-support clusters, Monte Carlo, implicit) break the barrier at equal verifier-query budgets, labelling included
 	$(PYTHON) -m experiments.prm --config $(CONFIGS)/prm.yaml --out_dir $(RUNS)/prm $(ARGS)

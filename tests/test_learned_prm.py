@@ -149,3 +149,16 @@ def test_eval_refuses_a_prm_of_another_task_in_one_line(tiny_base, tiny_prm, tmp
     err = one_line_error(evaluate, ["--config", str(TINY / "eval.yaml"), "--base", str(tiny_base), "--out_dir",
                                     str(tmp_path / "eval"), "--prms.bad", str(folder)], capsys)
     assert message in err and not (tmp_path / "eval").exists()
+
+
+def test_figures_and_hitting_times_count_a_prms_labels_as_verifier_queries():
+    from eval.analysis import queries_to_reach
+    from eval.figures import _series
+
+    rows = [{"step": 0, "eval/likelihood": 0.1, "train/reward_queries": 0, "train/label_queries": 500},
+            {"step": 5, "eval/likelihood": 0.6, "train/reward_queries": 0, "train/label_queries": 500}]
+    assert _series(rows, "eval/likelihood")[0].tolist() == [500, 500]
+    assert _series(rows, "eval/likelihood", "step")[0].tolist() == [0, 5]
+    assert queries_to_reach(rows, "eval/likelihood", 0.5) == (500, False)
+    verifier = [{k: v for k, v in r.items() if k != "train/label_queries"} for r in rows]  # an exact verifier's run
+    assert queries_to_reach(verifier, "eval/likelihood", 0.5) == (0, False)
