@@ -162,3 +162,14 @@ def test_figures_and_hitting_times_count_a_prms_labels_as_verifier_queries():
     assert queries_to_reach(rows, "eval/likelihood", 0.5) == (500, False)
     verifier = [{k: v for k, v in r.items() if k != "train/label_queries"} for r in rows]  # an exact verifier's run
     assert queries_to_reach(verifier, "eval/likelihood", 0.5) == (0, False)
+
+
+def test_a_damaged_prm_record_is_one_line(tiny_prm, tmp_path):
+    from barrierlab.errors import UserError
+    from barrierlab.prm import load_prm
+
+    copy = tmp_path / "damaged"
+    shutil.copytree(tiny_prm, copy)
+    (copy / PRM_FILE).write_text('{"kind": "classifier"')
+    with pytest.raises(UserError, match="is not a PRM's record"):
+        load_prm(copy)
