@@ -11,10 +11,11 @@ CONFIGS ?= configs
 RUNS ?= runs
 MODEL ?= transformer
 REWARD ?= outcome
+SOURCE ?= exact
 ARGS ?=
 # one word, one of the allowed ones ("1" is what a good value gives); a reward is a built-in name or an import path
-ifneq ($(words $(REWARD))$(if $(filter outcome process noisy_outcome noisy_process,$(REWARD))$(findstring :,$(REWARD)),,x),1)
-$(error REWARD='$(REWARD)': use REWARD=outcome, process, noisy_outcome, noisy_process or package.module:ClassName)
+ifneq ($(words $(REWARD))$(if $(filter outcome process noisy_outcome noisy_process learned_prm,$(REWARD))$(findstring :,$(REWARD)),,x),1)
+$(error REWARD='$(REWARD)': use REWARD=outcome, process, noisy_outcome, noisy_process, learned_prm or package.module:ClassName)
 endif
 ifneq ($(words $(MODEL))$(filter-out transformer linear,$(MODEL)),1)
 $(error MODEL='$(MODEL)': use MODEL=transformer or MODEL=linear)
@@ -22,7 +23,7 @@ endif
 SUFFIX := $(if $(filter linear,$(MODEL)),_linear,)
 BASE := $(RUNS)/base$(SUFFIX)
 
-.PHONY: help install pretrain posttrain outcome process eval pipeline scaling alpha crosscheck bench test test-all lint clean
+.PHONY: help install pretrain posttrain outcome process eval pipeline scaling alpha crosscheck bench train-prm prm test test-all lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/'
@@ -50,7 +51,7 @@ REWARD_RUN = $(shell echo '$(lastword $(subst :, ,$(REWARD)))' | tr '[:upper:]' 
 REWARD_ARM = $(if $(filter outcome process,$(REWARD)),$(REWARD),$(shell $(PYTHON) -c 'import sys; from rewards import \
 	resolve_class; print(resolve_class(sys.argv[1]).granularity)' '$(REWARD)' 2>/dev/null || echo outcome))
 
-posttrain:  ## post-train the base with REWARD=outcome|process|noisy_outcome|noisy_process|pkg.module:MyReward, into $(RUNS)/REWARD ($(RUNS)/myreward for an import path)
+posttrain:  ## post-train the base with REWARD=outcome|process|noisy_outcome|noisy_process|learned_prm|pkg.module:MyReward, into $(RUNS)/REWARD ($(RUNS)/myreward for an import path)
 	$(LAUNCH) -m posttrain --config $(CONFIGS)/posttrain_$(REWARD_ARM).yaml --reward.name $(REWARD) --base $(BASE) \
 		--run.run_dir $(RUNS)/$(REWARD_RUN)$(SUFFIX) $(ARGS)
 
@@ -75,6 +76,12 @@ bench:  ## native engine vs TRL: completions/s, queries/s, s/update, peak memory
 
 crosscheck:  ## the same base, task and budget through the native engine and TRL, several seeds; figure + table
 	$(PYTHON) -m experiments.crosscheck --config $(CONFIGS)/crosscheck.yaml --out_dir $(RUNS)/crosscheck $(ARGS)
+
+train-prm:  ## train a PRM on the base from SOURCE=exact|exact_onsupport|monte_carlo|implicit labels (configs/prm/train_SOURCE.yaml), into $(RUNS)/prm_SOURCE
+	$(PYTHON) -m rewards.train_prm --config configs/prm/train_$(SOURCE).yaml --base $(BASE) --run.run_dir $(RUNS)/prm_$(SOURCE) $(ARGS)
+
+prm:  ## which learned PRMs (exact, exact on on-support clusters, Monte Carlo, implicit) break the barrier at equal verifier-query budgets, labelling included
+	$(PYTHON) -m experiments.prm --config $(CONFIGS)/prm.yaml --out_dir $(RUNS)/prm $(ARGS)
 
 test:  ## the fast test suite (what CI runs)
 	$(PYTHON) -m pytest -q

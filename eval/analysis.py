@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 QUERIES = "train/reward_queries"
+LABEL_QUERIES = "train/label_queries"  # a learned reward's labelling cost, in every evaluation row of its runs
+
+
+def verifier_queries(row: dict) -> int:
+    """The verifier queries a run had spent at ``row``, a learned reward's labelling included: what every figure and
+    hitting time counts."""
+    return row[QUERIES] + row.get(LABEL_QUERIES, 0)
 
 
 def eval_rows(rows: list[dict]) -> list[dict]:
@@ -11,10 +18,10 @@ def eval_rows(rows: list[dict]) -> list[dict]:
 
 
 def queries_to_reach(rows: list[dict], key: str, target: float) -> tuple[int, bool]:
-    """``(queries, censored)``: reward queries at the first evaluation where ``key`` ≥ ``target``; if it never
+    """``(queries, censored)``: verifier queries (labelling included) at the first evaluation where ``key`` ≥ ``target``; if it never
     does, the queries spent in all (a lower bound on the answer) with ``censored`` true."""
     evals = eval_rows(rows)
     for r in evals:
         if r.get(key) is not None and r[key] >= target:
-            return int(r[QUERIES]), False
-    return (int(evals[-1][QUERIES]) if evals else 0), True
+            return int(verifier_queries(r)), False
+    return (int(verifier_queries(evals[-1])) if evals else 0), True

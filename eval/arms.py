@@ -41,6 +41,8 @@ class Arm:
         done = [r for r in self.rows if "done/reward_queries" in r]
         self.done = done[-1] if done else {}
         self.queries = self.done.get("done/reward_queries", self.last.get("train/reward_queries"))
+        if self.queries is not None:  # a learned reward's labels count as verifier queries too
+            self.queries += self.done.get("done/label_queries", self.last.get("train/label_queries", 0))
         self.kind = granularity_of(self.config)
 
     def label(self) -> str:

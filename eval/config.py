@@ -15,6 +15,11 @@ class EvalStageConfig:
     checkpoints: dict[str, str] | list[str] = field(default_factory=dict)
     """Models to evaluate: name → model folder or post-training run folder (or a list of folders, named after
     them). On the command line add one with --checkpoints.NAME PATH."""
+    prms: dict[str, str] = field(default_factory=dict)
+    """Learned PRMs to measure (name → run folder of python -m rewards.train_prm): AUC and accuracy of their prefix
+    verdicts against the truth, per split and per cluster. On the command line add one with --prms.NAME PATH."""
+    prm_samples: int = 4
+    """Responses drawn from the base per eval prompt, besides y* itself, whose prefixes the PRMs are measured on."""
     include_base: bool = True
     """Also evaluate the base model q0 itself, as checkpoint 'base'."""
     allow_other_base: bool = False
@@ -58,6 +63,8 @@ class EvalStageConfig:
                 "checkpoint something else")
         require(self.include_base or len(names) > 0, "checkpoints", "nothing to evaluate: list checkpoints or set include_base")
         require(self.n_samples >= 1, "n_samples", "must be ≥ 1")
+        require(self.prm_samples >= 0, "prm_samples", "must be ≥ 0")
+        require(all(self.prms.values()), "prms", "every entry must be a PRM run folder, not empty")
         require(self.pass_k is None or len(self.pass_k) > 0, "pass_k", "must list at least one k (or be null)")
         require(all(1 <= k <= self.n_samples for k in self.pass_k or []), "pass_k",
                 f"every k must be in [1, n_samples = {self.n_samples}]")

@@ -16,7 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from eval.analysis import QUERIES, eval_rows  # noqa: E402
+from eval.analysis import QUERIES, eval_rows, verifier_queries  # noqa: E402
 from eval.passk import fmt_k  # noqa: E402
 
 TINY = 1e-300  # likelihoods that underflowed to 0 are drawn here, so a log axis keeps them
@@ -88,8 +88,9 @@ def _queries_axis(ax, queries) -> None:
 
 
 def _series(rows: list[dict], key: str, x: str = QUERIES) -> tuple[np.ndarray, np.ndarray]:
-    """(x, values) of ``key`` at the evaluations, the base model's (step 0, 0 queries) first."""
-    points = [(r[x], r[key]) for r in eval_rows(rows) if r.get(key) is not None]
+    """(x, values) of ``key`` at the evaluations, the base model's (step 0, 0 queries) first; on the query axis a
+    learned reward's labelling queries are included."""
+    points = [(verifier_queries(r) if x == QUERIES else r[x], r[key]) for r in eval_rows(rows) if r.get(key) is not None]
     q, v = zip(*points, strict=True) if points else ((), ())
     return np.array(q, dtype=float), np.array(v, dtype=float)
 
@@ -150,7 +151,7 @@ def barrier_figure(arms: dict[str, list[dict]], path, tracked_alpha: dict[str, l
     for ax, name in zip(axes, names, strict=True):
         rows = [r for r in eval_rows(arms[name]) if r.get("eval/tracked_likelihood")]
         alpha = (tracked_alpha or {}).get(name)
-        q = np.array([r[QUERIES] for r in rows], dtype=float)
+        q = np.array([verifier_queries(r) for r in rows], dtype=float)
         if rows:
             traj = np.maximum(np.array([r["eval/tracked_likelihood"] for r in rows], dtype=float), TINY)
             for j in range(traj.shape[1]):

@@ -18,6 +18,7 @@ from barrierlab.rundir import atomic_write_text
 from eval import figures, rate_figures
 from eval.arms import Arm, arm_table, barrier_sentences, tracked_alpha, training_runs
 from eval.passk import fmt_k
+from eval.prm_quality import prm_table
 from eval.rates import METHOD, alpha_analysis, alpha_verdict, scaling_analysis, scaling_verdict
 
 
@@ -280,6 +281,10 @@ def build_report(run_dir, *, scaling=None, alpha=None, shown_as=None) -> Path:
         lines += ["## Exact pass@k by cluster", "", "Where the base's exact pass@k 1 − (1 − p(y*|x))^k, averaged over a "
                   "cluster's prompts, overtakes each checkpoint's (the smallest k on the grid, refined by bisection in "
                   "log k); all curves, per split and per cluster, are in `passk_exact.csv`.", "", *crossing_table, ""]
+    if results.get("prms"):
+        lines += ["## Learned PRMs", "", "AUC / accuracy (verdict: probability > 0.5) of each PRM's prefix verdicts "
+                  "against the true prefix correctness, on every prefix of base draws and of y* on the eval prompts, per "
+                  "split and per cluster.", "", *prm_table(results["prms"]), ""]
     lines += ["## Figures", ""]
     for title, file in made.items():
         lines += [f"### {title}", "", f"![{title}](figures/{file})", ""]

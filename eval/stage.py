@@ -28,6 +28,7 @@ from barrierlab.rundir import atomic_write_text, claim_output_dir, lock_run_fold
 from eval.config import EvalStageConfig
 from eval.evaluate import PromptSet, evaluate_checkpoint
 from eval.passk import crossing_k, default_ks, fmt_k, log_grid, mean_exact
+from eval.prm_quality import load_prms, measure_prms
 from eval.report import build_report, load_experiment
 
 OUTPUTS = ("config.yaml", "eval.json", "per_prompt.csv", "passk.csv", "passk_exact.csv", "report.md")  # and figures/
@@ -126,6 +127,7 @@ def run_eval(cfg: EvalStageConfig) -> None:
         raise UserError(f"base: no pretraining run at '{base}' (model/task.json expected); run make pretrain or fix --base")
     base_info = json.loads((base / "model" / "task.json").read_text())
     models, other_base = load_checkpoints(cfg, base, base_info)
+    prms = load_prms(cfg.prms, base_info)  # of this base's task, or a one-line error
     for experiment in ("scaling", "alpha"):  # checked before anything is evaluated or written
         path = getattr(cfg, f"{experiment}_results")
         if path is not None:
@@ -164,6 +166,12 @@ def run_eval(cfg: EvalStageConfig) -> None:
         print(f"{name}: likelihood of y* on-support {fmt_value(like['onsupport'])}, off-support {fmt_value(like['offsupport'])}; "
               f"pass@1 {fmt_value(summary['pass_at_k']['all'][0])}, pass@{ks[-1]} {fmt_value(summary['pass_at_k']['all'][-1])}")
 
+    results["prms"] = measure_prms(prms, base, prompt_set, columns, cfg.prm_samples, cfg.seed, cfg.batch_size)
+    for name, p in results["prms"].items():
+        q = p["quality"]
+        print(f"PRM {name}: prefix AUC on-support {fmt_value(q['onsupport']['auc'])}, off-support "
+              f"{fmt_value(q['offsupport']['auc'])}; accuracy {fmt_value(q['onsupport']['accuracy'])}, "
+              f"{fmt_value(q['offsupport']['accuracy'])}")
     exact_ks = log_grid(cfg.exact_pass_k_max, cfg.exact_pass_k_per_decade)
     curves, exact_rows, crossings = exact_outputs(log_p, columns, exact_ks)
     for name, by_split in curves.items():

@@ -33,6 +33,9 @@ COMMANDS = {
     "alpha": Command("experiments.sweep", "outcome-PG queries to target against the base α (make alpha; default "
                      "config configs/alpha.yaml)", experiment="alpha"),
     "crosscheck": Command("experiments.crosscheck", "the same runs through the native engine and TRL (make crosscheck)"),
+    "train-prm": Command("rewards.train_prm.__main__", "train a process reward model from exact, Monte Carlo or implicit "
+                         "labels (make train-prm)"),
+    "prm": Command("experiments.prm", "which learned PRMs break the barrier at equal verifier queries (make prm)"),
     "bench": Command("experiments.bench", "native engine against TRL's GRPOTrainer: completions/s (make bench)"),
 }
 

@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from barrierlab.config import dump_yaml  # noqa: E402
 from barrierlab.metrics import fmt_value  # noqa: E402
-from eval.analysis import QUERIES, eval_rows  # noqa: E402
+from eval.analysis import QUERIES, eval_rows, verifier_queries  # noqa: E402
 
 if TYPE_CHECKING:
     from experiments.crosscheck import CrosscheckConfig
@@ -235,7 +235,7 @@ def figure(runs: dict, results: list[dict], budget: int, lines: list[str], path:
         for i, rows in enumerate(by_seed.values()):
             evals = eval_rows(rows)
             for ax, key in zip(axes[1:], (OFF, ON)):
-                q = [max(r[QUERIES], 1) for r in evals if r.get(key) is not None]
+                q = [max(verifier_queries(r), 1) for r in evals if r.get(key) is not None]
                 v = [max(r[key], 1e-30) for r in evals if r.get(key) is not None]
                 # a value holds until the next evaluation (the native loop skips them while nothing can have moved)
                 ax.step(q, v, style, where="post", color=colour, alpha=0.6, lw=1, label=f"{arm}, {backend}" if i == 0 else None)

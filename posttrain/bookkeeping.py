@@ -27,8 +27,10 @@ class Bookkeeper:
     under the backend's name (``native`` or ``trl``), what only that backend restores."""
 
     def __init__(self, cfg, run: RunDir, evaluator: ExactEval, *, base_id: str, files: dict[str, str], N: int,
-                 processes: int = 1, is_main: bool = True):
+                 processes: int = 1, is_main: bool = True, label_queries: int | None = None):
         self.cfg, self.run, self.evaluator = cfg, run, evaluator
+        # verifier queries spent before the run (a learned reward's labels): in every evaluation row, for the figures
+        self.label_row = {} if label_queries is None else {"train/label_queries": label_queries}
         self.base_id, self.files, self.processes, self.is_main = base_id, files, processes, is_main
         self.step = self.queries = self.samples = 0
         self.stop: str | None = None  # why the run stops after this step (None: it goes on)
@@ -95,9 +97,11 @@ class Bookkeeper:
         return self.step % self.cfg.eval.log_every == 0
 
     def log_train(self, *, reward_mean: float, success_rate: float, loss: float, grad_norm: float,
-                  update_time_s: float, **stats: float) -> None:
-        """The step's ``train/`` row, under the names both backends log (``stats``: entropy, and kl if it is used)."""
-        self.run.log(self.step, {"train/reward_queries": self.queries, "train/samples": self.samples,
+                  update_time_s: float, prm_calls: int | None = None, **stats: float) -> None:
+        """The step's ``train/`` row, under the names both backends log (``stats``: entropy, and kl if it is used;
+        ``prm_calls``: a learned reward's calls so far, over all processes)."""
+        calls = {} if prm_calls is None else {"train/prm_calls": prm_calls}
+        self.run.log(self.step, {"train/reward_queries": self.queries, "train/samples": self.samples, **calls,
                                  "train/reward_mean": reward_mean, "train/success_rate": success_rate,
                                  "train/loss": loss, "train/grad_norm": grad_norm, "train/update_time_s": update_time_s,
                                  **{f"train/{name}": value for name, value in stats.items()}})
@@ -142,7 +146,8 @@ class Bookkeeper:
         """The exact evaluation of the policy now, logged with the counts so far (the policy keeps its mode)."""
         training = self.model.training
         self.model.eval()
-        self.last = {**self.evaluator(self.model), "train/reward_queries": self.queries, "train/samples": self.samples}
+        self.last = {**self.evaluator(self.model), "train/reward_queries": self.queries, "train/samples": self.samples,
+                     **self.label_row}
         self.model.train(training)
         self.run.log(self.step, self.last)
         self.moved = False
@@ -182,7 +187,8 @@ class Bookkeeper:
             self.run.log(self.step, {"done/stop_reason": reason, "done/steps": self.step,
                                      "done/reward_queries": self.queries, "done/wall_time_s": round(self.wall_time(), 2),
                                      "done/peak_memory_mb": round(peak_memory_mb(self.evaluator.device), 1),
-                                     "done/processes": self.processes, **self.discovery.done_metrics()})
+                                     "done/processes": self.processes, **self.discovery.done_metrics(),
+                                     **{key.replace("train/", "done/"): v for key, v in self.label_row.items()}})
             print(f"stopped ({reason}) after {self.step} steps on {self.processes} process"
                   f"{'es' * (self.processes > 1)}, {self.queries} reward queries: on-support likelihood "
                   f"{fmt_value(on, 4)}, off-support likelihood {fmt_value(off, 4)}")

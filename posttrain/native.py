@@ -143,6 +143,8 @@ def run_native(cfg, books: Bookkeeper, *, acc, model, tokenizer, task, reward, p
             reward_mean = (rollout.rewards * rollout.mask).sum() / rollout.mask.sum().clamp_min(1)
             books.log_train(reward_mean=mean(reward_mean), success_rate=mean(rollout.success.float().mean()),
                             loss=mean(loss), grad_norm=float(grad_norm), update_time_s=update_time,
+                            prm_calls=None if reward.model_calls() is None else
+                            int(acc.reduce(torch.tensor(reward.model_calls(), device=acc.device), "sum")),
                             **{name: None if v is None else mean(v) for name, v in stats.items()})
         if world > 1 and books.discovery.success is None:
             books.discovery.sync(lambda t: reduce_min(t, acc.device))

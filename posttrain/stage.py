@@ -68,6 +68,7 @@ def run_posttrain(cfg: PosttrainConfig) -> None:
     check_pairing(cfg, reward)
     base = Path(cfg.base)
     model, tokenizer, task_info = load_base(base)  # a post-training run as base is refused, naming its base
+    reward.check_task(task_info)  # a learned reward of another task is refused here
     eval_set = load_dataset_dir(base / "data" / "eval_prompts", ["prompt_ids", "target_ids", "base_alpha"])
     probe_reward(reward, eval_set)
     task = task_from_info(task_info)
@@ -91,5 +92,5 @@ def run_posttrain(cfg: PosttrainConfig) -> None:
     files = {"task.json": (base / "model" / "task.json").read_text(),
              "base.json": json.dumps({"fingerprint": base_id, "path": str(base)}) + "\n"}
     books = Bookkeeper(cfg, run, evaluator, N=task.N, processes=acc.num_processes, is_main=acc.is_main_process,
-                       base_id=base_id, files=files)
+                       base_id=base_id, files=files, label_queries=reward.label_queries)
     train(cfg, books, acc=acc, model=model, tokenizer=tokenizer, task=task, reward=reward, prompts=prompts)

@@ -300,7 +300,7 @@ def run_trl(cfg, books: Bookkeeper, *, acc, model, tokenizer, task, reward, prom
                     stats["kl"] = logs["kl"] * N
                 books.log_train(reward_mean=reward_fn.values.mean().item(), loss=logs["loss"],
                                 success_rate=reward_fn.success.float().mean().item(), grad_norm=logs["grad_norm"],
-                                update_time_s=update_time, **stats)
+                                update_time_s=update_time, prm_calls=reward.model_calls(), **stats)
             control.should_training_stop = books.end_step()
             self.tick = time.perf_counter()
 

@@ -34,9 +34,20 @@ class RewardModel:
     """Base class of reward models; subclasses implement ``verdicts``."""
 
     granularity: Literal["outcome", "process"] = "outcome"
+    label_queries: int | None = None
+    """Verifier queries spent before post-training to build this reward (a learned PRM's labels), or None: a run logs
+    them as ``train/label_queries`` and every figure adds them to its query axis."""
 
     def __init__(self, signed: bool = False):
         self.signed = signed
+
+    def check_task(self, task_info: dict) -> None:
+        """Refuse, with a one-line UserError, a base (its task.json) whose task this reward cannot score; checked
+        before anything is written. A verifier scores any task."""
+
+    def model_calls(self) -> int | None:
+        """Calls of a learned reward model so far (``train/prm_calls``, apart from verifier queries), or None."""
+        return None
 
     def verdicts(self, prompts, responses, columns) -> tuple[torch.Tensor, int]:
         """(B, L) bool verdicts and the queries charged. Outcome models return (B, 1)."""

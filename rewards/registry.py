@@ -9,10 +9,11 @@ import inspect
 from barrierlab.errors import UserError
 from rewards import BUILT_IN, RewardConfig, unknown_reward
 from rewards.base import RewardModel
+from rewards.learned import LearnedPRM
 from rewards.verifiers import NoisyOutcomeVerifier, NoisyProcessVerifier, OutcomeVerifier, ProcessVerifier
 
 REWARDS: dict[str, type] = dict(zip(BUILT_IN, (OutcomeVerifier, ProcessVerifier, NoisyOutcomeVerifier,
-                                               NoisyProcessVerifier), strict=True))
+                                               NoisyProcessVerifier, LearnedPRM), strict=True))
 
 
 def resolve_class(name: str) -> type:

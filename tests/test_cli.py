@@ -29,7 +29,8 @@ def test_help_lists_every_command_without_importing_torch():
     proc = barrierlab("--help", python_flags=("-X", "importtime"))
     assert proc.returncode == 0, proc.stderr
     listed = [line.split()[0] for line in proc.stdout.splitlines() if line.startswith("  ")]
-    assert listed == list(COMMANDS) == ["pretrain", "posttrain", "eval", "scaling", "alpha", "crosscheck", "bench"]
+    assert listed == list(COMMANDS) == ["pretrain", "posttrain", "eval", "scaling", "alpha", "crosscheck", "train-prm",
+                                               "prm", "bench"]
     imported = {line.split("|")[-1].strip().split(".")[0] for line in proc.stderr.splitlines() if "import time:" in line}
     assert "experiments" in imported and not imported & {"torch", "transformers", "pretrain", "posttrain", "eval"}
 

@@ -31,6 +31,8 @@ TWO_CPUS = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="two runs
     ("crosscheck", ["--ray.cpus_per_run", "0"], 2, "key 'ray.cpus_per_run': must be ≥ 1, or null"),
     ("crosscheck", ["--posttrain_args", "[--optim.lr, '-1']"], 2, "posttrain_args: command line: key 'optim.lr'"),
     ("bench", ["--batch_sizes", "[8, 8]"], 2, "key 'batch_sizes'"),
+    ("prm", ["--help"], 0, "--ray.cpus_per_run"),
+    ("prm", ["--budget", "0"], 2, "key 'budget': must be ≥ 1"),
 ])
 def test_help_and_config_errors_import_neither_ray_nor_torch(driver, args, code, says):
     proc = subprocess.run([sys.executable, "-X", "importtime", "-m", f"experiments.{driver}", *args], cwd=ROOT,
