@@ -156,7 +156,7 @@ def busy_warning(results: list[dict], cpus: int) -> str | None:
 @cli_entry
 def main(argv):
     cfg = load_config(BenchConfig, argv, default_config="configs/bench.yaml", prog="experiments.bench")
-    from experiments.stages import check_stage_args, check_trl_config, ensure_base
+    from experiments.stages import check_stage_args, check_trl_run, ensure_base
     from posttrain.config import PosttrainConfig
     from pretrain.config import PretrainConfig
 
@@ -165,12 +165,11 @@ def main(argv):
     run_cfgs = [check_stage_args(PosttrainConfig, cfg.posttrain_config, posttrain_overrides(cfg, backend, batch, signal),
                                  user_args=cfg.posttrain_args, config_key="posttrain_config", user_key="posttrain_args")
                 for backend, batch, signal in runs(cfg)]
-    with loading_libraries():  # torch, and TRL to check what its backend refuses: seconds, once the configs pass
+    for (backend, _, _), run_cfg in zip(runs(cfg), run_cfgs):
+        if backend == "trl":
+            check_trl_run(run_cfg, "posttrain_args")
+    with loading_libraries():  # torch: seconds, once the configs pass
         from barrierlab.rundir import atomic_write_text, claim_output_dir
-
-        for (backend, _, _), run_cfg in zip(runs(cfg), run_cfgs):
-            if backend == "trl":
-                check_trl_config(run_cfg, "posttrain_args")
     out = claim_output_dir(cfg.out_dir, "out_dir", "make bench")
     base = out / "base"
     ensure_base(cfg.pretrain_config, base, *cfg.pretrain_args)

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 from barrierlab.config import load_config, require, require_distinct, require_seeds
 from barrierlab.errors import UserError, cli_entry, loading_libraries
 from experiments.cluster import Cluster, RayConfig
+from experiments.stages import check_trl_run
 
 if TYPE_CHECKING:
     from posttrain.config import PosttrainConfig
@@ -167,15 +168,13 @@ def run_all(cfg: CrosscheckConfig, out: Path, cluster: Cluster, arm_cfgs: dict) 
 def main(argv):
     cfg = load_config(CrosscheckConfig, argv, default_config="configs/crosscheck.yaml", prog="experiments.crosscheck")
     run_cfgs = check_configs(cfg)
-    with loading_libraries():  # torch, TRL (to check what its backend refuses) and the analysis: seconds
+    for arm, by_backend in run_cfgs.items():
+        if "trl" in by_backend:
+            check_trl_run(by_backend["trl"], f"posttrain_configs '{cfg.posttrain_configs[arm]}' with posttrain_args")
+    with loading_libraries():  # torch and the analysis: seconds, once the configs pass
         from barrierlab.metrics import fmt_value
         from barrierlab.rundir import atomic_write_text, claim_output_dir
         from experiments import crosscheck_analysis as analysis
-        from experiments.stages import check_trl_config
-
-        for arm, by_backend in run_cfgs.items():
-            if "trl" in by_backend:
-                check_trl_config(by_backend["trl"], f"posttrain_configs '{cfg.posttrain_configs[arm]}' with posttrain_args")
     out = claim_output_dir(cfg.out_dir, "out_dir", "make crosscheck")
     with Cluster(cfg.ray, out) as cluster:
         arms, runs = run_all(cfg, out, cluster, {arm: next(iter(by.values())) for arm, by in run_cfgs.items()})

@@ -133,11 +133,11 @@ def ensure_base(pretrain_config: str, run_dir: Path, *overrides: str) -> dict:
     return json.loads((run_dir / "support.json").read_text())
 
 
-def check_trl_config(run_cfg, where: str) -> None:
-    """What the TRL backend refuses in a driver's run config, as one line before any run starts."""
-    from posttrain.trl_backend import check_supported
+def check_trl_run(run_cfg, where: str) -> None:
+    """What the TRL backend refuses in a driver's run config, as one line before any run starts (and before torch)."""
+    from posttrain.config import check_trl_config
 
     try:
-        check_supported(run_cfg)
+        check_trl_config(run_cfg)
     except UserError as err:
         raise UserError(f"{where}: {err}") from None

@@ -13,12 +13,14 @@ books through ``posttrain.bookkeeping``; ``posttrain.stage`` sets them up. The c
 from __future__ import annotations
 
 from barrierlab.errors import cli_entry, loading_libraries
-from posttrain.config import load_posttrain_config
+from posttrain.config import check_trl_config, load_posttrain_config
 
 
 @cli_entry
 def main(argv):
     cfg = load_posttrain_config(argv)
+    if cfg.backend == "trl":
+        check_trl_config(cfg)  # what the config alone tells, before torch
     with loading_libraries():  # torch, transformers: seconds
         from posttrain.stage import run_posttrain
     run_posttrain(cfg)

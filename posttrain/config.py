@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from barrierlab.config import load_config, require
+from barrierlab.errors import UserError
 from barrierlab.sections import RunConfig
 from rewards import RewardConfig
 
@@ -152,3 +153,16 @@ class PosttrainConfig:
 def load_posttrain_config(argv: list[str]) -> PosttrainConfig:
     """The post-training config of a command line: what the stage runs and saves in its run folder."""
     return load_config(PosttrainConfig, argv, default_config="configs/posttrain_outcome.yaml", prog="posttrain")
+
+
+def check_trl_config(cfg: PosttrainConfig) -> None:
+    """What the TRL backend cannot run that the config alone tells, as one-line UserErrors: checked before torch is
+    imported, by the stage (``--backend trl``) and by the drivers for their TRL runs."""
+    if cfg.algo.behaviour != "on_policy":
+        raise UserError(f"algo.behaviour '{cfg.algo.behaviour}': the trl backend samples on-policy only; "
+                        "use --backend native for other behaviour policies")
+    if cfg.algo.group_size < 2:
+        raise UserError(f"algo.group_size {cfg.algo.group_size}: the trl backend needs ≥ 2 (TRL's num_generations); "
+                        "set --algo.group_size 2 or more (and a baseline, e.g. group_mean)")
+    if cfg.optim.optimizer == "adaptive":
+        raise UserError("optim.optimizer 'adaptive' needs per-response gradients: use adam/adagrad/sgd with the trl backend")

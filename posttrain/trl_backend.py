@@ -66,6 +66,7 @@ from barrierlab.errors import UserError
 from barrierlab.training import precision_of, seed_everything, synchronize
 from posttrain.advantages import advantages
 from posttrain.bookkeeping import Bookkeeper
+from posttrain.config import check_trl_config
 from posttrain.for_trl import (
     RewardFunction,
     add_answer_bias,
@@ -90,18 +91,11 @@ def _offline() -> None:
 
 
 def check_supported(cfg, model=None, processes: int = 1) -> None:
-    """What the TRL backend cannot run, as one-line UserErrors (see the module docstring for why); without a
-    ``model``, what the config alone tells."""
+    """What the TRL backend cannot run, as one-line UserErrors (see the module docstring for why): the config's
+    (``check_trl_config``), then the launch's and the model's."""
     if processes > 1:
         raise UserError(f"the trl backend runs on one process, not {processes}; launch it without accelerate/torchrun")
-    if cfg.algo.behaviour != "on_policy":
-        raise UserError(f"algo.behaviour '{cfg.algo.behaviour}': the trl backend samples on-policy only; "
-                        "use --backend native for other behaviour policies")
-    if cfg.algo.group_size < 2:
-        raise UserError(f"algo.group_size {cfg.algo.group_size}: the trl backend needs ≥ 2 (TRL's num_generations); "
-                        "set --algo.group_size 2 or more (and a baseline, e.g. group_mean)")
-    if cfg.optim.optimizer == "adaptive":
-        raise UserError("optim.optimizer 'adaptive' needs per-response gradients: use adam/adagrad/sgd with the trl backend")
+    check_trl_config(cfg)
     if model is not None:
         require_lm_head(model)
 

@@ -39,7 +39,7 @@ def test_an_unknown_command_is_one_line():
     proc = barrierlab("pretrian", "--config", "configs/tiny/pretrain.yaml")
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr == ("error: unknown command 'pretrian'; use one of pretrain, posttrain, eval, scaling, alpha, "
-                           "crosscheck, bench (barrierlab --help)\n")
+                           "crosscheck, train-prm, prm, bench (barrierlab --help)\n")
 
 
 def test_a_stage_through_the_command_is_the_python_m_run(tiny_base, tmp_path):

@@ -22,6 +22,8 @@ COMMANDS = {  # what is typed → (arguments of python, exit code, what stderr s
     "posttrain, bad value": (["-m", "posttrain", "--optim.lr", "-1"], 2, "key 'optim.lr': must be > 0"),
     "posttrain, unknown reward": (["-m", "posttrain", "--reward.name", "outcom"], 2, "unknown reward 'outcom'"),
     "eval, missing config file": (["-m", "eval", "--config", "nope.yaml"], 2, "config file 'nope.yaml' not found"),
+    "posttrain, what trl cannot run": (["-m", "posttrain", "--backend", "trl", "--algo.behaviour", "uniform"], 2,
+                                       "the trl backend samples on-policy only"),
     "rewards.train_prm --help": (["-m", "rewards.train_prm", "--help"], 0, ""),
     "rewards.train_prm, bad value": (["-m", "rewards.train_prm", "--labels.source", "oracle"], 2, "key 'labels.source'"),
 }
