@@ -3,7 +3,6 @@ config."""
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 
@@ -17,7 +16,14 @@ from barrierlab.policy import ResponseLogits, target_stats
 from barrierlab.rundir import RunDir
 from barrierlab.tasks import build_task
 from barrierlab.tokenizer import ANSWER0, build_tokenizer
-from barrierlab.training import fault_point, leave_process_group, make_accelerator, seed_everything, stop_if_diverged
+from barrierlab.training import (
+    batch_rows,
+    fault_point,
+    leave_process_group,
+    make_accelerator,
+    seed_everything,
+    stop_if_diverged,
+)
 from pretrain.config import PretrainConfig
 from pretrain.data import build_corpus, build_eval_prompts
 from pretrain.support import control_check, plot_support, support_summary
@@ -30,25 +36,6 @@ def lr_at(step: int, t) -> float:
         return t.lr * (step + 1) / t.warmup_steps
     progress = (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps)
     return t.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-@functools.lru_cache(maxsize=2)  # the epoch a batch starts in and the next (a batch larger than the corpus recomputes)
-def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
-    """The corpus order of one epoch, drawn once per epoch rather than once per step: a permutation of 1M rows costs
-    about 8 ms on a CPU core, a sixth of a GPU pretraining step (H200, configs/gpu). Seeded by (seed, epoch) alone,
-    so a resumed run sees the same batches. Shared: read it, never write to it."""
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-
-
-def batch_rows(step: int, batch_size: int, n: int, seed: int) -> torch.Tensor:
-    """Rows of the corpus for ``step``: a fixed shuffle per epoch, walked in order."""
-    first = step * batch_size
-    epoch, offset = divmod(first, n)
-    rows = []
-    while len(rows) < batch_size:
-        rows.extend(epoch_order(n, seed, epoch)[offset : offset + batch_size - len(rows)].tolist())
-        epoch, offset = epoch + 1, 0
-    return torch.tensor(rows)
 
 
 def response_loss(learner, input_ids: torch.Tensor, prompt_len: int) -> torch.Tensor:

@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM
 import barrierlab.models  # noqa: F401  (registers the linear policy with the Auto classes)
 from barrierlab.loading import load_dataset_dir
 from barrierlab.rundir import read_metrics
-from pretrain.stage import batch_rows
+from barrierlab.training import batch_rows
 from tests.conftest import TINY, run_stage
 from tests.test_trackers import tensorboard_scalars
 

@@ -26,7 +26,7 @@ from barrierlab.prm import (
 )
 from barrierlab.rundir import RunDir, atomic_write_text
 from barrierlab.tasks import task_from_info
-from barrierlab.training import fault_point, seed_everything, stop_if_diverged
+from barrierlab.training import batch_rows, fault_point, seed_everything, stop_if_diverged
 from rewards.base import correct_prefixes
 from rewards.train_prm.config import TrainPRMConfig
 from rewards.train_prm.labels import Labels, make_labels, most_per_response
@@ -44,17 +44,6 @@ def check_inputs(cfg: TrainPRMConfig, model, task) -> None:
     if cfg.labels.query_budget is not None and cfg.labels.query_budget < most:
         raise UserError(f"labels.query_budget {cfg.labels.query_budget} cannot pay for one response's labels ({most} "
                         f"queries under source '{cfg.labels.source}' at N = {task.N}); raise it")
-
-
-def batch_rows(step: int, batch_size: int, n: int, seed: int) -> torch.Tensor:
-    """Rows of the labelled set for ``step``: a fixed shuffle per epoch, walked in order (the same on a resume)."""
-    first = step * batch_size
-    rows: list[int] = []
-    while len(rows) < batch_size:
-        epoch, offset = divmod(first + len(rows), n)
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-        rows += order[offset : offset + batch_size - len(rows)].tolist()
-    return torch.tensor(rows)
 
 
 def prm_loss(prm: PRM, labels: Labels, rows: torch.Tensor) -> torch.Tensor:
