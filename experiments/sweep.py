@@ -136,13 +136,15 @@ def run_result(cfg: ExperimentConfig, run_dir: Path) -> dict:
     rows = read_metrics(run_dir / "metrics.jsonl")
     queries, censored = queries_to_reach(rows, "eval/trained_likelihood", cfg.target_likelihood)
     done = rows[-1]
+    labels = done.get("done/label_queries", 0)  # a learned reward's labelling, counted as queries_to_reach counts it
     if censored:  # the budget it spent: its evaluations may have paused while the policy was at rest
-        queries = done["done/reward_queries"]
+        queries = done["done/reward_queries"] + labels
     first = done["done/first_success_queries"]
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     return {"reward": granularity_of(config), "behaviour": config["algo"]["behaviour"],
             "base_alpha": eval_rows(rows)[0]["eval/trained_likelihood"], "queries": queries, "censored": censored,
-            "discovery": done["done/reward_queries"] if first is None else first, "discovery_censored": first is None}
+            "discovery": labels + (done["done/reward_queries"] if first is None else first),
+            "discovery_censored": first is None}
 
 
 def run_bases(cfg: ExperimentConfig, cluster: Cluster, bases: dict) -> dict:

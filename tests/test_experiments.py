@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from barrierlab.rundir import read_metrics
+from experiments.sweep import ExperimentConfig, run_result, support_clusters
 from experiments.sweep import main as experiments_main
-from experiments.sweep import support_clusters
 from tests.conftest import TINY, one_line_error
 from tests.conftest import run_make as make
 
@@ -79,6 +79,23 @@ def test_experiments_pick_clusters_by_measured_alpha():
     support = {"offsupport_threshold": 1e-3, "clusters": clusters}
     assert support_clusters(support, on=True) == [0, 2]  # alpha's default
     assert support_clusters(support, on=False) == [1, 3]  # scaling's default
+
+
+@pytest.mark.parametrize("reached", [True, False], ids=["reached", "censored"])
+def test_a_learned_rewards_labels_count_in_the_sweeps_queries(tmp_path, reached):
+    """A run of a learned PRM (train/label_queries in its evaluation rows, done/label_queries at its end): its
+    queries to target and to discovery count the labels whether it reached the target or was censored."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump({"reward": {"name": "process"}, "algo": {"behaviour": "uniform"}}))
+    evals = [{"eval/likelihood": 0.1, "train/reward_queries": 0, "train/label_queries": 500}] * 2
+    rows = [{"step": 0, "eval/trained_likelihood": 0.01, **evals[0]},
+            {"step": 4, "eval/trained_likelihood": 0.9 if reached else 0.2, **evals[1]},
+            {"step": 4, "done/reward_queries": 0, "done/label_queries": 500, "done/first_success_queries": None}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = run_result(ExperimentConfig(target_likelihood=0.5), run)
+    assert (result["queries"], result["censored"]) == (500, not reached)
+    assert (result["discovery"], result["discovery_censored"]) == (500, True)
 
 
 @pytest.mark.parametrize("args, words", [
