@@ -199,3 +199,17 @@ def test_train_prm_bad_input_is_one_line_before_anything_is_written(tiny_base, t
     run = tmp_path / "prm"
     err = one_line_error(train_prm, ["--base", str(tiny_base), "--run.run_dir", str(run), *args], capsys)
     assert message in err and not run.exists()
+
+
+def test_damaged_labels_are_one_line_and_left_as_they_are(tiny_base, tmp_path, capsys):
+    run = tmp_path / "prm"
+    argv = ["--base", str(tiny_base), "--run.run_dir", str(run), "--labels.query_budget", "60", "--train.steps", "2",
+            "--train.eval_every", "2", "--run.progress", "false"]
+    train_prm(argv)
+    (run / "prm.json").unlink()  # unfinished, as if killed: its rerun reads the labels it paid for
+    labels = run / "data" / "labels.pt"
+    labels.write_bytes(labels.read_bytes()[:100])
+    damaged = labels.read_bytes()
+    err = one_line_error(train_prm, argv, capsys)
+    assert "labels.pt' cannot be loaded" in err and "delete it to label again" in err
+    assert labels.read_bytes() == damaged and not (run / "prm.json").exists()

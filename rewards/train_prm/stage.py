@@ -12,7 +12,14 @@ import torch
 from tqdm import tqdm
 
 from barrierlab.errors import UserError
-from barrierlab.loading import load_base, load_dataset_dir, model_fingerprint, prompt_tensors, save_model_dir
+from barrierlab.loading import (
+    first_line,
+    load_base,
+    load_dataset_dir,
+    model_fingerprint,
+    prompt_tensors,
+    save_model_dir,
+)
 from barrierlab.metrics import split_masks
 from barrierlab.models import LinearPolicyLM
 from barrierlab.prm import (
@@ -106,7 +113,11 @@ def run_train_prm(cfg: TrainPRMConfig) -> None:
 
     labels_file = run.path / "data" / "labels.pt"
     if labels_file.exists():  # written atomically once: a resumed run does not pay for its labels twice
-        labels = Labels(**torch.load(labels_file, weights_only=True))
+        try:
+            labels = Labels(**torch.load(labels_file, weights_only=True))
+        except Exception as err:  # truncated or edited since
+            raise UserError(f"'{labels_file}' cannot be loaded ({first_line(err)}); it is damaged: delete it to label "
+                            "again (at the same verifier-query cost), or rerun in a new run folder") from None
     else:
         labels = make_labels(cfg.labels, base_model, task, torch.Generator().manual_seed(cfg.run.seed * 104729 + 3))
         labels_file.parent.mkdir(exist_ok=True)
