@@ -98,7 +98,14 @@ def check(cfg: PRMExperimentConfig) -> None:
     user = dict(user_args=cfg.posttrain_args, config_key="posttrain configs", user_key="posttrain_args")
     check_stage_args(PosttrainConfig, cfg.outcome_config, [*exact_arm(cfg.budget), *cfg.posttrain_args], **user)
     check_stage_args(PosttrainConfig, cfg.process_config, [*exact_arm(cfg.budget), *cfg.posttrain_args], **user)
+    for prm_dir in prm_dirs(cfg, Path(cfg.out_dir)).values():  # what each PRM's arm gets: its reward and steps
+        check_stage_args(PosttrainConfig, cfg.process_config, [*prm_arm(prm_dir, 1), *cfg.posttrain_args], **user)
     check_stage_args(EvalStageConfig, cfg.eval_config, [], user_args=[], config_key="eval_config", user_key="eval_config")
+
+
+def prm_dirs(cfg: PRMExperimentConfig, out: Path) -> dict[str, Path]:
+    """PRM name → its run folder."""
+    return {name: out / f"prm_{name}" for name in cfg.prm_configs}
 
 
 def posttrain_job(run_dir: Path, args: list[str]) -> Job | None:
@@ -126,7 +133,7 @@ def run_all(cfg: PRMExperimentConfig, out: Path, cluster: Cluster) -> tuple[dict
     base = out / "base"
     cluster.run([base_job(cfg.pretrain_config, base, *cfg.pretrain_args)])
     cluster.check()
-    prms = {name: out / f"prm_{name}" for name in cfg.prm_configs}
+    prms = prm_dirs(cfg, out)
     exact = {(arm, seed): out / f"{arm}_s{seed}" for seed in cfg.seeds for arm in ("outcome", "process")}
     configs = {"outcome": cfg.outcome_config, "process": cfg.process_config}
     cluster.run([prm_job(cfg, name, base, run_dir) for name, run_dir in prms.items()]

@@ -80,6 +80,8 @@ def test_right_when_accepted_against_a_hand_case():
     (["--prm_configs", "{a: configs/prm/nowhere.yaml}"], "not found"),
     (["--prm_args", "[--labels.source, exac]"], "prm_args"),
     (["--posttrain_args", "[--run.run_dir, x]"], "which the driver sets"),
+    (["--posttrain_args", "[--reward.name, noisy_process]"], "--reward.name would override reward.name"),
+    (["--posttrain_args", "[--optim.max_steps, '5']"], "--optim.max_steps would override optim.max_steps"),
 ])
 def test_bad_prm_experiment_config_is_one_line_before_anything_runs(tmp_path, capsys, args, words):
     out = tmp_path / "prm"
