@@ -33,9 +33,9 @@ class RayConfig:
     cpus_per_run: int | None = None
     """CPU threads of each run (torch.set_num_threads in its process), the CPUs it reserves from Ray. null: torch's
     default here (every core, or OMP_NUM_THREADS if set), so on a CPU machine runs go one at a time and give the
-    numbers of a run started by hand; with GPUs, that capped at a run's share of the smallest GPU node's CPUs. 1 on
-    a CPU machine runs one run per core, with the numbers of OMP_NUM_THREADS=1 (1 and 2 threads may round
-    differently)."""
+    numbers of a run started by hand; never more than one node has, and with GPUs, a run's share of the smallest GPU
+    node's CPUs. 1 on a CPU machine runs one run per core, with the numbers of OMP_NUM_THREADS=1 (1 and 2 threads may
+    round differently)."""
     gpus_per_run: float = 1.0
     """GPUs each run reserves where the cluster has GPUs (1: one run per GPU, which it sees as cuda:0; 0.5: two runs
     share a GPU). Unused on a cluster without GPUs."""
@@ -85,6 +85,25 @@ def check_reachable(address: str) -> None:
                         "`ray start --head`, or leave ray.address null for a local Ray") from None
 
 
+def run_resources(cfg: RayConfig, default: int, nodes: list[dict]) -> tuple[int, float]:
+    """The CPU threads and GPUs each run reserves on a cluster whose live nodes have the resources ``nodes``
+    (``default``: torch's thread count on the driver's machine, capped at what one node has), or one line if no node
+    can hold a run: Ray would keep such a task waiting forever."""
+    gpu_nodes = [r for r in nodes if r.get("GPU", 0) > 0]
+    if gpu_nodes:  # a run's share of a GPU node's CPUs, on the smallest such node
+        gpus = cfg.gpus_per_run
+        threads = cfg.cpus_per_run or max(1, min(default, min(int(r.get("CPU", 0) * gpus / r["GPU"]) for r in gpu_nodes)))
+    else:
+        gpus = 0
+        threads = cfg.cpus_per_run or max(1, min(default, max(int(r.get("CPU", 0)) for r in nodes)))
+    if not any(r.get("CPU", 0) >= threads and r.get("GPU", 0) >= gpus for r in gpu_nodes or nodes):
+        sizes = ", ".join(sorted({f"{r.get('CPU', 0):g} CPUs" + (f" {r['GPU']:g} GPUs" if r.get("GPU") else "")
+                                  for r in nodes}))
+        raise UserError(f"ray.cpus_per_run {threads}{f' and ray.gpus_per_run {gpus:g}' if gpus else ''}: no node of the "
+                        f"Ray cluster has that much for one run (its nodes: {sizes}); lower them")
+    return threads, gpus
+
+
 class Cluster:
     """Ray for one driver invocation, started on the first wave with work: ``with Cluster(cfg.ray, out) as cluster:
     cluster.run(bases); cluster.run(runs); cluster.check()``. ``out``: the driver's output folder."""
@@ -121,13 +140,7 @@ class Cluster:
         except ConnectionError as err:
             raise UserError(f"ray.address {self.cfg.address}: no Ray cluster there ({str(err).splitlines()[0]}); start "
                             "one with `ray start --head`, or leave ray.address null for a local Ray") from None
-        gpu_nodes = [n["Resources"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("GPU", 0) > 0]
-        if gpu_nodes:  # a run's share of a GPU node's CPUs, on the smallest such node
-            gpus = self.cfg.gpus_per_run
-            share = min(int(r.get("CPU", 0) * gpus / r["GPU"]) for r in gpu_nodes)
-            self.threads = self.cfg.cpus_per_run or max(1, min(default, share))
-        else:
-            self.threads, gpus = self.cfg.cpus_per_run or default, 0
+        self.threads, gpus = run_resources(self.cfg, default, [n["Resources"] for n in ray.nodes() if n["Alive"]])
         self.task = ray.remote(run_job).options(num_cpus=self.threads, num_gpus=gpus, max_retries=0)
         total = ray.cluster_resources()
         where = f"Ray at {self.cfg.address}" if self.cfg.address else "a local Ray"

@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from barrierlab.errors import UserError
 from barrierlab.rundir import read_metrics
+from experiments.cluster import RayConfig, run_resources
 from tests.conftest import ROOT, TINY, run_stage, wait_for
 
 TWO_CPUS = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="two runs at once need two CPUs")
@@ -44,6 +46,20 @@ def test_help_and_config_errors_import_neither_ray_nor_torch(driver, args, code,
     assert "barrierlab" in imported and not imported & {"ray", "torch", "transformers", "matplotlib", "trl"}
     said = proc.stdout + "".join(line for line in proc.stderr.splitlines(True) if not line.startswith("import time:"))
     assert proc.returncode == code and says in said, said[-2000:]
+
+
+def test_what_a_run_reserves_fits_a_node_or_is_one_line():
+    cpu_nodes, gpu_node = [{"CPU": 2.0}, {"CPU": 8.0}], [{"CPU": 16.0, "GPU": 8.0}, {"CPU": 0.0}]
+    assert run_resources(RayConfig(), 4, cpu_nodes) == (4, 0)  # torch's threads here, where a node holds them
+    assert run_resources(RayConfig(), 16, cpu_nodes) == (8, 0)  # capped at the largest node: Ray would wait forever
+    assert run_resources(RayConfig(cpus_per_run=2), 16, cpu_nodes) == (2, 0)
+    assert run_resources(RayConfig(), 16, gpu_node) == (2, 1.0)  # a GPU's share of its node's CPUs
+    assert run_resources(RayConfig(gpus_per_run=0.5), 16, gpu_node) == (1, 0.5)
+    with pytest.raises(UserError, match=r"ray.cpus_per_run 9: no node of the Ray cluster has that much for one run "
+                                        r"\(its nodes: 2 CPUs, 8 CPUs\); lower them"):
+        run_resources(RayConfig(cpus_per_run=9), 2, cpu_nodes)
+    with pytest.raises(UserError, match="ray.cpus_per_run 16 and ray.gpus_per_run 9: no node"):
+        run_resources(RayConfig(gpus_per_run=9.0), 16, gpu_node)
 
 
 def sweep_config(tmp_path: Path, arms: dict, Ns: list[int], seeds: list[int], max_queries: int) -> Path:
