@@ -143,9 +143,8 @@ def arm_facts(cfg: CrosscheckConfig, arm_cfgs: dict, support: dict) -> dict:
 def run_all(cfg: CrosscheckConfig, out: Path, cluster: Cluster, arm_cfgs: dict) -> tuple[dict, dict]:
     """The base, then every (arm, backend, seed) run at once (finished ones reused); the arms' facts and the runs'
     metrics rows, (arm, backend) → seed → rows."""
-    from barrierlab.rundir import last_row, read_metrics
-    from experiments.stages import base_job, plan_run
-    from posttrain.config import load_posttrain_config
+    from barrierlab.rundir import read_metrics
+    from experiments.stages import base_job, posttrain_job
 
     base = out / "base"
     cluster.run([base_job(cfg.pretrain_config, base, *cfg.pretrain_args)])
@@ -153,9 +152,8 @@ def run_all(cfg: CrosscheckConfig, out: Path, cluster: Cluster, arm_cfgs: dict) 
     arms = arm_facts(cfg, arm_cfgs, json.loads((base / "support.json").read_text()))
     folders = {(arm, backend, seed): out / f"{arm}_{backend}_s{seed}" for arm in cfg.posttrain_configs
                for backend in cfg.backends for seed in (cfg.discovery_seeds if arms[arm]["rate"] is not None else cfg.seeds)}
-    cluster.run([plan_run("posttrain", load_posttrain_config, run_dir, last_row(run_dir, "done/steps") is not None,
-                          "--config", cfg.posttrain_configs[arm], "--base", str(base), "--run.run_dir", str(run_dir),
-                          *run_overrides(cfg, cfg.posttrain_configs[arm], backend, seed))
+    cluster.run([posttrain_job(run_dir, "--config", cfg.posttrain_configs[arm], "--base", str(base), "--run.run_dir",
+                               str(run_dir), *run_overrides(cfg, cfg.posttrain_configs[arm], backend, seed))
                  for (arm, backend, seed), run_dir in folders.items()])  # every folder checked before any run starts
     cluster.check()
     runs: dict = {}

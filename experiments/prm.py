@@ -23,7 +23,7 @@ from barrierlab.errors import cli_entry, loading_libraries
 from eval.config import EvalStageConfig
 from experiments.cluster import Cluster, Job, RayConfig
 from experiments.stages import check_stage_args
-from posttrain.config import PosttrainConfig, load_posttrain_config
+from posttrain.config import PosttrainConfig
 from pretrain.config import PretrainConfig
 from rewards.train_prm.config import TrainPRMConfig, load_prm_config
 
@@ -108,14 +108,6 @@ def prm_dirs(cfg: PRMExperimentConfig, out: Path) -> dict[str, Path]:
     return {name: out / f"prm_{name}" for name in cfg.prm_configs}
 
 
-def posttrain_job(run_dir: Path, args: list[str]) -> Job | None:
-    """The post-training run in ``run_dir``, or None if it finished (a folder of other settings is refused)."""
-    from barrierlab.rundir import last_row
-    from experiments.stages import plan_run
-
-    return plan_run("posttrain", load_posttrain_config, run_dir, last_row(run_dir, "done/steps") is not None, *args)
-
-
 def prm_job(cfg: PRMExperimentConfig, name: str, base: Path, run_dir: Path) -> Job | None:
     """The training of PRM ``name`` in ``run_dir``, or None if it finished (its prm.json is written last)."""
     from experiments.stages import plan_run
@@ -128,7 +120,7 @@ def run_all(cfg: PRMExperimentConfig, out: Path, cluster: Cluster) -> tuple[dict
     """The base, then the PRMs and the exact arms at once, then each PRM's arm (as many steps as its seed's exact
     process arm): every arm's metric rows by seed, and the PRMs' folders; one line naming every failed run."""
     from barrierlab.rundir import last_row, read_metrics
-    from experiments.stages import base_job
+    from experiments.stages import base_job, posttrain_job
 
     base = out / "base"
     cluster.run([base_job(cfg.pretrain_config, base, *cfg.pretrain_args)])
@@ -137,13 +129,13 @@ def run_all(cfg: PRMExperimentConfig, out: Path, cluster: Cluster) -> tuple[dict
     exact = {(arm, seed): out / f"{arm}_s{seed}" for seed in cfg.seeds for arm in ("outcome", "process")}
     configs = {"outcome": cfg.outcome_config, "process": cfg.process_config}
     cluster.run([prm_job(cfg, name, base, run_dir) for name, run_dir in prms.items()]
-                + [posttrain_job(run_dir, posttrain_args(cfg, configs[arm], base, run_dir, seed, *exact_arm(cfg.budget)))
+                + [posttrain_job(run_dir, *posttrain_args(cfg, configs[arm], base, run_dir, seed, *exact_arm(cfg.budget)))
                    for (arm, seed), run_dir in exact.items()])
     done = {seed: last_row(exact["process", seed], "done/steps") for seed in cfg.seeds}
     steps = {seed: row and row["done/steps"] for seed, row in done.items()}  # None where that run failed
     learned = {(name, seed): out / f"{name}_s{seed}" for seed in cfg.seeds for name in prms}
-    cluster.run([posttrain_job(run_dir, posttrain_args(cfg, cfg.process_config, base, run_dir, seed,
-                                                       *prm_arm(prms[name], steps[seed])))
+    cluster.run([posttrain_job(run_dir, *posttrain_args(cfg, cfg.process_config, base, run_dir, seed,
+                                                        *prm_arm(prms[name], steps[seed])))
                  for (name, seed), run_dir in learned.items()
                  if steps[seed] is not None and (prms[name] / "prm.json").exists()])  # a failed run's arms wait
     cluster.check()

@@ -125,6 +125,15 @@ def base_job(pretrain_config: str, run_dir: Path, *overrides: str) -> Job | None
                     pretrain_config, "--run.run_dir", str(run_dir), "--run.progress", "false", *overrides)
 
 
+def posttrain_job(run_dir: Path, *args: str) -> Job | None:
+    """The job that post-trains into ``run_dir`` (``python -m posttrain args``, which name it), or None if the run
+    there finished (its done/ row)."""
+    from barrierlab.rundir import last_row
+    from posttrain.config import load_posttrain_config
+
+    return plan_run("posttrain", load_posttrain_config, run_dir, last_row(run_dir, "done/steps") is not None, *args)
+
+
 def ensure_base(pretrain_config: str, run_dir: Path, *overrides: str) -> dict:
     """Pretrain a base into ``run_dir`` here and now unless it is already there (of the same config); its support.json."""
     job = base_job(pretrain_config, run_dir, *overrides)

@@ -114,13 +114,10 @@ def check_overrides(cfg: ExperimentConfig) -> None:
 def posttrain_job(cfg: ExperimentConfig, arm: str, base: Path, run_dir: Path, seed: int,
                   clusters: list[int]) -> Job | None:
     """The job of one run of ``arm`` on ``clusters``, or None if it is finished (a folder of other settings: refused)."""
-    from barrierlab.rundir import last_row
-    from experiments.stages import plan_run
-    from posttrain.config import load_posttrain_config
+    from experiments.stages import posttrain_job as job
 
-    return plan_run("posttrain", load_posttrain_config, run_dir, last_row(run_dir, "done/steps") is not None,
-                    "--config", cfg.posttrain_configs[arm], "--base", str(base), "--run.run_dir", str(run_dir),
-                    *posttrain_overrides(cfg, seed, clusters))
+    return job(run_dir, "--config", cfg.posttrain_configs[arm], "--base", str(base), "--run.run_dir", str(run_dir),
+               *posttrain_overrides(cfg, seed, clusters))
 
 
 def run_result(cfg: ExperimentConfig, run_dir: Path) -> dict:
