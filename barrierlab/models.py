@@ -2,8 +2,11 @@
 
 - ``transformer``: a tiny ``LlamaForCausalLM``.
 - ``linear``: the theory's log-linear autoregressive policy on fixed features: the logits of step i are
-  ``W1 s(x) + W2[:, y_{i-1}]`` (``s`` = ±1 prompt bits, ``y_0`` = a start column), zero-initialised, so the
-  initial policy is uniform. Importing this module registers it with the Auto classes.
+  ``W1 s(x) + W2[:, y_{i-1}]`` (``s`` = ±1 prompt bits, or a continuous prompt x itself; ``y_0`` = a start
+  column), zero-initialised, so the initial policy is uniform.
+- ``PromptProjectionLlama``: the tiny Llama for continuous prompts, which reads ``x`` through a learned linear
+  projection into the embedding of its prompt position (layout ``[BOS] [X] [SEP] y_1 … y_N``, docs/tasks.md).
+Importing this module registers both with the Auto classes.
 """
 
 from __future__ import annotations
@@ -84,13 +87,34 @@ class LinearPolicyLM(PreTrainedModel, GenerationMixin):
             nn.init.zeros_(self.W1)
             nn.init.zeros_(self.W2)
 
-    def features(self, prompt_ids: torch.Tensor) -> torch.Tensor:
-        """``s(x)`` in ±1 from prompt token ids ``[BOS] bits [SEP]``."""
-        return 2.0 * (prompt_ids[:, 1 : 1 + self.config.d] - BIT0).to(self.W1.dtype) - 1.0
+    def features(self, prompts: torch.Tensor) -> torch.Tensor:
+        """``s(x)``: ±1 from prompt token ids ``[BOS] bits [SEP]``, or a continuous prompt ``(B, d)`` itself."""
+        if prompts.is_floating_point():
+            return prompts.to(self.W1.dtype)
+        return 2.0 * (prompts[:, 1 : 1 + self.config.d] - BIT0).to(self.W1.dtype) - 1.0
 
-    def step_logits(self, s: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
-        """Answer logits ``(B, k)`` given features ``(B, d)`` and previous symbols ``(B,)`` (k = start)."""
-        return s @ self.W1.T + self.W2.T[prev]
+    def answer_table(self, prompts: torch.Tensor) -> torch.Tensor:
+        """Answer logits ``(B, k + 1, k)`` after each previous symbol (row k: the first step). A step's logits depend
+        only on the prompt and the previous symbol, so this table holds every step of every response: ``W1 s(x)`` is
+        computed once per prompt, not once per position."""
+        return (self.features(prompts) @ self.W1.T).unsqueeze(1) + self.W2.T
+
+    @staticmethod
+    def cells(responses: torch.Tensor, k: int) -> torch.Tensor:
+        """Where each step of ``responses`` ``(B, N)`` reads the flattened ``(k + 1) · k`` table: previous symbol
+        (k before the first step) times k plus the symbol taken."""
+        prev = torch.cat([torch.full_like(responses[:, :1], k), responses[:, :-1]], 1)
+        return prev * k + responses
+
+    def token_logprobs(self, prompts: torch.Tensor, responses: torch.Tensor) -> torch.Tensor:
+        """``log p(y_i | x, y_<i)`` ``(B, N)`` of ``responses``, read from the log-softmax of ``answer_table``."""
+        table = torch.log_softmax(self.answer_table(prompts), -1).flatten(1)
+        return table.gather(1, self.cells(responses, self.config.k))
+
+    def answer_logits(self, prompts: torch.Tensor, responses: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced answer logits ``(B, N, k)`` of ``responses`` (symbols)."""
+        prev = torch.cat([torch.full_like(responses[:, :1], self.config.k), responses[:, :-1]], 1)
+        return (self.features(prompts) @ self.W1.T).unsqueeze(1) + self.W2.T[prev]
 
     def forward(self, input_ids=None, attention_mask=None, labels=None, **kwargs):
         B, T = input_ids.shape
@@ -111,16 +135,56 @@ class LinearPolicyLM(PreTrainedModel, GenerationMixin):
         return CausalLMOutputWithPast(loss=loss, logits=logits)
 
 
+class PromptProjectionConfig(LlamaConfig):
+    model_type = "barrierlab_llama_x"
+
+    def __init__(self, prompt_dim: int = 8, **kwargs):
+        self.prompt_dim = prompt_dim
+        super().__init__(**kwargs)
+
+
+class PromptProjectionLlama(LlamaForCausalLM):
+    """A tiny Llama whose prompt is a vector ``x ∈ R^d``: the sequence is ``[BOS] [X] [SEP] y_1 … y_N``, where the
+    input embedding at [X] is ``prompt_proj(x)`` (a learned affine map R^d → R^width) and every other position embeds
+    its token as usual. ``forward`` takes ``prompt_x`` with ``input_ids`` holding the tokens after the prompt."""
+
+    config_class = PromptProjectionConfig
+
+    def __init__(self, config: PromptProjectionConfig):
+        super().__init__(config)
+        self.prompt_proj = nn.Linear(config.prompt_dim, config.hidden_size)
+        self.post_init()
+
+    def prompt_embeds(self, prompt_x: torch.Tensor) -> torch.Tensor:
+        """Input embeddings ``(B, 3, width)`` of the prompt positions ``[BOS] [X] [SEP]``."""
+        table = self.model.embed_tokens.weight
+        B = prompt_x.shape[0]
+        ends = table[[BOS, SEP]].unsqueeze(0).expand(B, 2, -1)
+        return torch.stack([ends[:, 0], self.prompt_proj(prompt_x.to(table.dtype)), ends[:, 1]], 1)
+
+    def forward(self, input_ids=None, prompt_x=None, inputs_embeds=None, **kwargs):
+        """With ``prompt_x``: the prompt positions, then ``input_ids`` (may be empty) after them; else as Llama."""
+        if prompt_x is not None:
+            parts = [self.prompt_embeds(prompt_x)]
+            if input_ids is not None and input_ids.shape[1]:
+                parts.append(self.model.embed_tokens(input_ids))
+            input_ids, inputs_embeds = None, torch.cat(parts, 1)
+        return super().forward(input_ids=input_ids, inputs_embeds=inputs_embeds, **kwargs)
+
+
 AutoConfig.register(LinearPolicyConfig.model_type, LinearPolicyConfig)
 AutoModelForCausalLM.register(LinearPolicyConfig, LinearPolicyLM)
+AutoConfig.register(PromptProjectionConfig.model_type, PromptProjectionConfig)
+AutoModelForCausalLM.register(PromptProjectionConfig, PromptProjectionLlama)
 
 
-def build_model(cfg: ModelConfig, *, d: int, k: int, seed: int) -> PreTrainedModel:
-    """A freshly initialised policy for a task with ``d`` prompt bits and answers over ``k`` symbols."""
+def build_model(cfg: ModelConfig, *, d: int, k: int, seed: int, continuous: bool = False) -> PreTrainedModel:
+    """A freshly initialised policy for a task with ``d`` prompt bits (or a continuous prompt of dimension ``d``)
+    and answers over ``k`` symbols."""
     torch.manual_seed(seed)
     if cfg.kind == "linear":
         return LinearPolicyLM(LinearPolicyConfig(d=d, k=k, vocab_size=vocab_size(k)))
-    config = LlamaConfig(
+    fields = dict(
         vocab_size=vocab_size(k),
         hidden_size=cfg.width,
         intermediate_size=4 * cfg.width,
@@ -134,4 +198,6 @@ def build_model(cfg: ModelConfig, *, d: int, k: int, seed: int) -> PreTrainedMod
         eos_token_id=None,
         tie_word_embeddings=False,
     )
-    return LlamaForCausalLM(config)
+    if continuous:
+        return PromptProjectionLlama(PromptProjectionConfig(prompt_dim=d, **fields))
+    return LlamaForCausalLM(LlamaConfig(**fields))
