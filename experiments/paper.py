@@ -53,7 +53,7 @@ class Figure1Config:
 
 @dataclass
 class Figure2Config:
-    pretrain_config: str = "configs/paper/cdf_linear.yaml"
+    pretrain_config: str = "configs/paper/pretrain_cdf_linear.yaml"
     """The supervised run on the Rademacher task whose checkpoints Figure 2 measures."""
     pretrain_args: list[str] = field(default_factory=list)
     """Overrides of its config."""
@@ -80,7 +80,7 @@ class PaperConfig:
     """Figure 1 with the transformer."""
     cdf_linear: Figure2Config = field(default_factory=Figure2Config)
     """Figure 2 with the linear model."""
-    cdf_transformer: Figure2Config = field(default_factory=lambda: Figure2Config("configs/paper/cdf_transformer.yaml"))
+    cdf_transformer: Figure2Config = field(default_factory=lambda: Figure2Config("configs/paper/pretrain_cdf_transformer.yaml"))
     """Figure 2 with the transformer."""
 
     def check(self):

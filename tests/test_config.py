@@ -126,10 +126,11 @@ def test_every_shipped_config_loads():
     from eval.config import EvalStageConfig
     from experiments.bench import BenchConfig
     from experiments.crosscheck import CrosscheckConfig
+    from experiments.paper import PaperConfig
     from experiments.sweep import ExperimentConfig
 
     kinds = {"pretrain": PretrainConfig, "posttrain": PosttrainConfig, "eval": EvalStageConfig, "scaling": ExperimentConfig,
-             "alpha": ExperimentConfig, "crosscheck": CrosscheckConfig, "bench": BenchConfig}
+             "alpha": ExperimentConfig, "crosscheck": CrosscheckConfig, "bench": BenchConfig, "paper": PaperConfig}
     paths = sorted(Path(TINY.parent).rglob("*.yaml"))
     assert len(paths) >= 30
     for path in paths:  # the file name says which config it is: pretrain_1m.yaml, scaling.yaml, ...
