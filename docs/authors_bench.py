@@ -7,7 +7,8 @@ for the README's side-by-side with ``make bench``. Not part of the project: run 
 
 It runs their ``outcome_reward_pg`` and ``process_reward_pg`` (d = 32, k = 32, N = 128, batch 1,024, Adagrad 0.1, the
 Gaussian-mixture inputs, on-policy) for a few steps each and prints completions/s (a step's 1,024 responses over its
-wall time, the first step left out)."""
+wall time, and per second of the calling thread's CPU time, which other processes on a shared machine change far
+less; with one torch thread that is all of its work)."""
 
 import sys
 import time
@@ -20,16 +21,24 @@ from utils.training import outcome_reward_pg, process_reward_pg  # noqa: E402
 
 torch.set_num_threads(int(sys.argv[2]) if len(sys.argv) > 2 else 2)
 d, k, N, B = 32, 32, 128, 1024
+
+
+def run(loop, outcome: bool, steps: int, gt, gen, test_x, test_y) -> None:
+    loop(d, k, N, gt, torch.device("cpu"), test_x, test_y, steps=steps, batch_size=B,
+         optimizer_partial=lambda p: torch.optim.Adagrad(p, lr=0.1), test_every=10**9, baseline=outcome,
+         data_generator=gen)
+
+
 for name, loop in (("outcome", outcome_reward_pg), ("process", process_reward_pg)):
     torch.manual_seed(0)
     gt, gen = GroundTruth(), MixtureInputGenerator(num_mix=32, sigma=0.05)
-    test_x, test_y = sample_batch(1024, d, k, N, gt, torch.device("cpu"), gen)
-    times = []
-    for steps in (1, 6):  # the difference leaves out the set-up and the first step
-        start = time.perf_counter()
-        loop(d, k, N, gt, torch.device("cpu"), test_x, test_y, steps=steps, batch_size=B,
-             optimizer_partial=lambda p: torch.optim.Adagrad(p, lr=0.1), test_every=10**9, baseline=name == "outcome",
-             data_generator=gen)
-        times.append(time.perf_counter() - start)
-    print(f"authors' {name} PG: {5 * B / (times[1] - times[0]):,.0f} completions/s "
-          f"({torch.get_num_threads()} threads)")
+    test = sample_batch(1024, d, k, N, gt, torch.device("cpu"), gen)
+    run(loop, name == "outcome", 1, gt, gen, *test)  # warm-up: first calls build kernel caches
+    spent = []
+    for steps in (2, 8):  # the difference leaves out each call's set-up
+        cpu, wall = time.thread_time(), time.perf_counter()
+        run(loop, name == "outcome", steps, gt, gen, *test)
+        spent.append((time.thread_time() - cpu, time.perf_counter() - wall))
+    per_cpu, per_wall = ((b - a) / 6 for a, b in zip(*spent))
+    print(f"authors' {name} PG: {B / per_wall:,.0f} completions/s of wall time, {B / per_cpu:,.0f} of this thread's "
+          f"CPU time ({torch.get_num_threads()} threads)")
