@@ -23,7 +23,7 @@ endif
 SUFFIX := $(if $(filter linear,$(MODEL)),_linear,)
 BASE := $(RUNS)/base$(SUFFIX)
 
-.PHONY: help install pretrain posttrain outcome process eval pipeline scaling alpha crosscheck bench train-prm prm test test-all lint clean
+.PHONY: help install pretrain posttrain outcome process eval pipeline scaling alpha crosscheck bench paper train-prm prm test test-all lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/'
@@ -71,8 +71,12 @@ scaling:  ## discovery and queries to target against N: outcome, process, Algori
 alpha:  ## outcome-PG discovery and queries to target against the base α of on-support clusters (log-log slopes with intervals)
 	$(PYTHON) -m experiments.sweep --config $(CONFIGS)/alpha.yaml --out_dir $(RUNS)/alpha $(ARGS)
 
-bench:  ## native engine vs TRL: completions/s, queries/s, s/update, peak memory (bench.json in $(RUNS)/bench)
+bench:  ## native engine vs TRL, then the linear engine on the authors' Figure 1 workload: completions/s, queries/s, s/update, peak memory (bench.json in $(RUNS)/bench, $(RUNS)/bench_linear)
 	$(PYTHON) -m experiments.bench --config $(CONFIGS)/bench.yaml --out_dir $(RUNS)/bench $(ARGS)
+	$(PYTHON) -m experiments.bench --config $(CONFIGS)/bench_linear.yaml --out_dir $(RUNS)/bench_linear $(ARGS)
+
+paper:  ## the authors' Figures 1 and 2 on their own task, linear model and transformer, with report.md beside their numbers ($(RUNS)/paper)
+	$(PYTHON) -m experiments.paper --config $(CONFIGS)/paper.yaml --out_dir $(RUNS)/paper $(ARGS)
 
 crosscheck:  ## the same base, task and budget through the native engine and TRL, several seeds; figure + table
 	$(PYTHON) -m experiments.crosscheck --config $(CONFIGS)/crosscheck.yaml --out_dir $(RUNS)/crosscheck $(ARGS)

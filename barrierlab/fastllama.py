@@ -2,7 +2,8 @@
 
 ``LlamaForCausalLM.forward`` is general (caches, masks, hooks, recorded outputs); at this model size its Python
 overhead, not arithmetic, sets the speed of post-training. These functions compute the same logits for the
-testbed's fixed layout ``[BOS] bits [SEP] y_1 … y_N``, with savings that change no result:
+testbed's fixed layouts ``[BOS] bits [SEP] y_1 … y_N`` and, for a continuous prompt x (``PromptProjectionLlama``, whose
+[X] position embeds ``prompt_proj(x)``), ``[BOS] [X] [SEP] y_1 … y_N``, with savings that change no result:
 
 - prompt sharing: the G responses of a group share a prompt (consecutive rows, as every stage lays batches
   out), so the prompt positions run once per block of equal prompts and every response attends to its
@@ -32,11 +33,12 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import LlamaForCausalLM
 
-from barrierlab.tokenizer import ANSWER0, answer_ids
+from barrierlab.models import PromptProjectionLlama
+from barrierlab.tokenizer import ANSWER0, BOS, SEP, answer_ids
 
 
 def supports(model) -> bool:
-    if type(model) is not LlamaForCausalLM:
+    if type(model) not in (LlamaForCausalLM, PromptProjectionLlama):
         return False
     c = model.config
     rope = getattr(c, "rope_parameters", None) or {"rope_type": "default"}
@@ -59,6 +61,7 @@ class _Weights:
     head_dim: int
     eps: float
     theta: float
+    prompt_proj: tuple | None  # (weight, bias) of a continuous prompt's projection
 
 
 def _weights(model: LlamaForCausalLM, vocab: slice) -> _Weights:
@@ -80,7 +83,8 @@ def _weights(model: LlamaForCausalLM, vocab: slice) -> _Weights:
         head=head.weight[vocab], head_bias=None if head.bias is None else head.bias[vocab],
         heads=c.num_attention_heads, kv_heads=c.num_key_value_heads,
         head_dim=getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads,
-        eps=c.rms_norm_eps, theta=rope.get("rope_theta", getattr(c, "rope_theta", 10000.0)))
+        eps=c.rms_norm_eps, theta=rope.get("rope_theta", getattr(c, "rope_theta", 10000.0)),
+        prompt_proj=(model.prompt_proj.weight, model.prompt_proj.bias) if hasattr(model, "prompt_proj") else None)
 
 
 def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -184,10 +188,26 @@ def shared_prompts(prompt_ids: torch.Tensor) -> tuple[torch.Tensor, Groups]:
     return prompt_ids[starts], Groups(None, new.cumsum(0) - 1)
 
 
+def prompt_positions(prompts: torch.Tensor) -> int:
+    """Positions of a prompt tensor: its token ids, or [BOS] [X] [SEP] for a continuous prompt ``(U, d)``."""
+    return 3 if prompts.is_floating_point() else prompts.shape[1]
+
+
+def _embed_prompts(w: _Weights, prompts: torch.Tensor) -> torch.Tensor:
+    """Position-major input embeddings ``(P, U, D)`` of prompt token ids ``(U, P)`` or continuous prompts ``(U, d)``."""
+    if not prompts.is_floating_point():
+        return F.embedding(prompts.T, w.embed)
+    U = prompts.shape[0]
+    x = F.linear(prompts.to(w.prompt_proj[0].dtype), *w.prompt_proj)
+    ends = w.embed[[BOS, SEP]].unsqueeze(1).expand(2, U, -1)
+    return torch.stack([ends[0], x, ends[1]])
+
+
 def _prefill(w: _Weights, prompts: torch.Tensor, projections: list[torch.Tensor]):
-    """Run the distinct prompts ``(U, P)``: hidden states ``(P, U, D)`` and every layer's (keys, values)."""
-    P = prompts.shape[1]
-    h, kv = F.embedding(prompts.T, w.embed), []
+    """Run the distinct prompts ``(U, P)`` (or continuous ``(U, d)``): hidden states ``(P, U, D)`` and every layer's
+    (keys, values)."""
+    P = prompt_positions(prompts)
+    h, kv = _embed_prompts(w, prompts), []
     for layer, projection in zip(w.layers, projections):
         attn_norm, _, o = layer[:3]
         q, key, value = _attention_inputs(w, projection[:P], _rms(h, attn_norm, w.eps))
@@ -201,7 +221,7 @@ def response_logits(model: LlamaForCausalLM, prompt_ids: torch.Tensor, responses
     """Teacher-forced logits ``(B, N, |vocab|)`` of the token ids ``vocab`` at each response step: what
     ``model(...).logits[..., vocab]`` gives there. ``responses`` are answer symbols."""
     w = _weights(model, vocab)
-    P, N = prompt_ids.shape[1], responses.shape[1]
+    P, N = prompt_positions(prompt_ids), responses.shape[1]
     prompts, groups = shared_prompts(prompt_ids)
     projections = [_projections(w, layer[1], P + N - 1) for layer in w.layers]
     hp, kv = _prefill(w, prompts, projections)
@@ -223,7 +243,7 @@ def response_logits(model: LlamaForCausalLM, prompt_ids: torch.Tensor, responses
 def sample(model: LlamaForCausalLM, prompt_ids: torch.Tensor, N: int, k: int, draw) -> torch.Tensor:
     """``(B, N)`` answer symbols, each drawn by ``draw(logits (B, k))`` from the model's next-token logits."""
     w = _weights(model, answer_ids(k))
-    B, P = prompt_ids.shape
+    B, P = prompt_ids.shape[0], prompt_positions(prompt_ids)
     H, Hkv, hd, L = w.heads, w.kv_heads, w.head_dim, P + N - 1
     prompts, groups = shared_prompts(prompt_ids)
     projections = [_projections(w, layer[1], L) for layer in w.layers]

@@ -120,12 +120,20 @@ def check_task_fits(path: Path, model, task_info: dict) -> None:
     """The checkpoint's task.json describes the task its model was built for: its answer symbols are the model's
     vocabulary, and its sequences fit the model's context (an edited or copied task.json fails here, not deep in a
     stage)."""
+    from barrierlab.tasks import TASKS
+
     try:
         k, d, N = (int(task_info["task"][key]) for key in ("k", "d", "N"))
+        continuous = TASKS[task_info["task"].get("name", "cluster_bits")].continuous
     except (KeyError, TypeError, ValueError):
-        raise UserError(f"checkpoint '{path}': task.json lacks the task's k, d and N; rerun the stage that wrote it") from None
+        raise UserError(f"checkpoint '{path}': task.json lacks the task's name, k, d and N; rerun the stage that wrote "
+                        "it") from None
     context = getattr(model.config, "max_position_embeddings", None)
-    if model.config.vocab_size != vocab_size(k) or (context is not None and d + 2 + N > context):
+    prompt_len = 3 if continuous else d + 2
+    # a transformer reads a continuous prompt through its projection of dimension d, and only then
+    prompt_dim = getattr(model.config, "prompt_dim", None) if context is not None else None
+    if model.config.vocab_size != vocab_size(k) or (context is not None and prompt_len + N > context) or \
+            (context is not None and prompt_dim != (d if continuous else None)):
         raise UserError(f"checkpoint '{path}': its task.json (k = {k}, d = {d}, N = {N}) is not the task of its model "
                         f"(vocabulary {model.config.vocab_size}, context {context}); restore the task.json written "
                         "with this model")
@@ -187,5 +195,12 @@ def column_tensor(dataset, name: str) -> torch.Tensor:
 
 
 def prompt_tensors(dataset, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """A saved prompt dataset's (prompt ids ``(R, d + 2)``, target answer symbols ``(R, N)``) on ``device``."""
-    return column_tensor(dataset, "prompt_ids").to(device), (column_tensor(dataset, "target_ids") - ANSWER0).to(device)
+    """A saved prompt dataset's (prompts, target answer symbols ``(R, N)``) on ``device``: prompt ids ``(R, d + 2)``
+    (column ``prompt_ids``), or continuous prompts ``(R, d)`` in float32 (column ``prompt_x``)."""
+    if "prompt_x" in dataset.column_names:
+        prompts = column_tensor(dataset, "prompt_x").float()
+    elif "prompt_ids" in dataset.column_names:
+        prompts = column_tensor(dataset, "prompt_ids")
+    else:
+        raise UserError("a prompt dataset lacks its prompt column (prompt_ids or prompt_x); rebuild it with the current code")
+    return prompts.to(device), (column_tensor(dataset, "target_ids") - ANSWER0).to(device)

@@ -3,7 +3,8 @@ transformers: ``save_pretrained`` copies it next to the weights (the classes are
 so ``AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)`` loads a linear checkpoint where barrierlab
 is not installed.
 
-The logits of step i are ``W1 s(x) + W2[:, y_{i-1}]`` (``s`` = ±1 prompt bits, ``y_0`` = a start column) over the
+The logits of step i are ``W1 s(x) + W2[:, y_{i-1}]`` (``s`` = ±1 prompt bits, or a continuous prompt x itself;
+``y_0`` = a start column) over the
 token layout ``[BOS] bits [SEP] y_1 … y_N``, whose ids the config carries; the weights start at zero, so the initial
 policy is uniform over the k answers.
 """
@@ -56,13 +57,34 @@ class LinearPolicyLM(PreTrainedModel, GenerationMixin):
             nn.init.zeros_(self.W1)
             nn.init.zeros_(self.W2)
 
-    def features(self, prompt_ids: torch.Tensor) -> torch.Tensor:
-        """``s(x)`` in ±1 from prompt token ids ``[BOS] bits [SEP]``."""
-        return 2.0 * (prompt_ids[:, 1 : 1 + self.config.d] - self.config.bit0_token_id).to(self.W1.dtype) - 1.0
+    def features(self, prompts: torch.Tensor) -> torch.Tensor:
+        """``s(x)``: ±1 from prompt token ids ``[BOS] bits [SEP]``, or a continuous prompt ``(B, d)`` itself."""
+        if prompts.is_floating_point():
+            return prompts.to(self.W1.dtype)
+        return 2.0 * (prompts[:, 1 : 1 + self.config.d] - self.config.bit0_token_id).to(self.W1.dtype) - 1.0
 
-    def step_logits(self, s: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
-        """Answer logits ``(B, k)`` given features ``(B, d)`` and previous symbols ``(B,)`` (k = start)."""
-        return s @ self.W1.T + self.W2.T[prev]
+    def answer_table(self, prompts: torch.Tensor) -> torch.Tensor:
+        """Answer logits ``(B, k + 1, k)`` after each previous symbol (row k: the first step). A step's logits depend
+        only on the prompt and the previous symbol, so this table holds every step of every response: ``W1 s(x)`` is
+        computed once per prompt, not once per position."""
+        return (self.features(prompts) @ self.W1.T).unsqueeze(1) + self.W2.T
+
+    @staticmethod
+    def cells(responses: torch.Tensor, k: int) -> torch.Tensor:
+        """Where each step of ``responses`` ``(B, N)`` reads the flattened ``(k + 1) · k`` table: previous symbol
+        (k before the first step) times k plus the symbol taken."""
+        prev = torch.cat([torch.full_like(responses[:, :1], k), responses[:, :-1]], 1)
+        return prev * k + responses
+
+    def token_logprobs(self, prompts: torch.Tensor, responses: torch.Tensor) -> torch.Tensor:
+        """``log p(y_i | x, y_<i)`` ``(B, N)`` of ``responses``, read from the log-softmax of ``answer_table``."""
+        table = torch.log_softmax(self.answer_table(prompts), -1).flatten(1)
+        return table.gather(1, self.cells(responses, self.config.k))
+
+    def answer_logits(self, prompts: torch.Tensor, responses: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced answer logits ``(B, N, k)`` of ``responses`` (symbols)."""
+        prev = torch.cat([torch.full_like(responses[:, :1], self.config.k), responses[:, :-1]], 1)
+        return (self.features(prompts) @ self.W1.T).unsqueeze(1) + self.W2.T[prev]
 
     def forward(self, input_ids=None, attention_mask=None, labels=None, **kwargs):
         B, T = input_ids.shape

@@ -2,8 +2,10 @@
 
 The policy ``p(y | x)`` is the model's next-token distribution restricted to the k answer symbols.
 - ``answer_logits``: teacher forcing, one forward pass, ``(B, N, k)`` logits of every response step.
-- ``sample``: incremental batched sampling on the device (KV cache for the transformer, the closed-form
-  step for the linear model): one forward per response position, no Python loop over samples.
+- ``sample``: incremental batched sampling on the device (KV cache for the transformer; for the linear model, whose
+  step depends only on the prompt and the previous symbol, a table of every step's distribution computed once):
+  one small step per response position, no Python loop over samples.
+Prompts are token ids ``(B, P)``, or float vectors ``(B, d)`` for a continuous-prompt task.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import torch
 from transformers import DynamicCache, LlamaForCausalLM
 
 from barrierlab import fastllama
-from barrierlab.models import LinearPolicyLM
+from barrierlab.models import MASKED_LOGIT, LinearPolicyLM
 from barrierlab.tokenizer import ANSWER0, answer_ids
 
 # transformers renamed ``past_key_values`` to ``cache`` (5.2x); the GPU machines still run 5.17.
@@ -29,16 +31,27 @@ def response_logits(model, prompt_ids: torch.Tensor, responses: torch.Tensor, vo
     A Llama policy goes through ``barrierlab.fastllama`` unless ``fast=False`` (the HF forward, its reference).
     To train under DDP, wrap ``ResponseLogits`` rather than the model.
     """
+    if isinstance(model, LinearPolicyLM):  # closed form; its other ids have the masked logit, as in its forward
+        answers = model.answer_logits(prompt_ids, responses)
+        if vocab == answer_ids(model.config.k):
+            return answers.float()
+        full = answers.new_full((*answers.shape[:2], model.config.vocab_size), MASKED_LOGIT)
+        full[..., answer_ids(model.config.k)] = answers
+        return full[..., vocab].float()
     if fast and fastllama.supports(model):
         return fastllama.response_logits(model, prompt_ids, responses, vocab)
-    P, N = prompt_ids.shape[1], responses.shape[1]
-    input_ids = torch.cat([prompt_ids, responses[:, :-1] + ANSWER0], dim=1)
-    logits = model(input_ids=input_ids).logits
+    P, N = fastllama.prompt_positions(prompt_ids), responses.shape[1]
+    if prompt_ids.is_floating_point():  # a continuous prompt: its embeddings come from the model's projection
+        logits = model(prompt_x=prompt_ids, input_ids=responses[:, :-1] + ANSWER0).logits
+    else:
+        logits = model(input_ids=torch.cat([prompt_ids, responses[:, :-1] + ANSWER0], dim=1)).logits
     return logits[:, P - 1 : P - 1 + N, vocab].float()
 
 
 def answer_logits(model, prompt_ids: torch.Tensor, responses: torch.Tensor, k: int, fast: bool = True) -> torch.Tensor:
     """Logits ``(B, N, k)`` of each response symbol: the policy's, before the softmax."""
+    if isinstance(model, LinearPolicyLM):
+        return model.answer_logits(prompt_ids, responses).float()
     return response_logits(model, prompt_ids, responses, answer_ids(k), fast)
 
 
@@ -56,6 +69,8 @@ class ResponseLogits(torch.nn.Module):
 
 def token_logprobs(model, prompt_ids, responses, k) -> torch.Tensor:
     """``log p(y_i | x, y_<i)`` as ``(B, N)``."""
+    if isinstance(model, LinearPolicyLM):
+        return model.token_logprobs(prompt_ids, responses).float()
     logp = torch.log_softmax(answer_logits(model, prompt_ids, responses, k), dim=-1)
     return logp.gather(-1, responses.unsqueeze(-1)).squeeze(-1)
 
@@ -82,23 +97,37 @@ def _draw(logits: torch.Tensor, temperature: float, generator: torch.Generator |
     return (cdf[:, :-1] <= u).sum(-1)
 
 
+def _sample_linear(model: LinearPolicyLM, prompts: torch.Tensor, N: int, temperature: float, generator) -> torch.Tensor:
+    """The linear policy's responses ``(B, N)``: each step's CDF after every previous symbol is tabulated once
+    (``answer_table``), so a position costs one row gather and one batched binary search of a uniform draw in the row
+    (inverting the CDF, as ``_draw`` does), written into preallocated buffers."""
+    B, k = prompts.shape[0], model.config.k
+    table = torch.softmax(model.answer_table(prompts).float() / temperature, -1).cumsum(-1)
+    table = (table / table[..., -1:]).view(B * (k + 1), k)  # normalised: the last entry is exactly 1 > u
+    u = torch.rand(N, B, 1, generator=generator, device=prompts.device)
+    rows = torch.arange(B, device=prompts.device) * (k + 1)
+    out = torch.empty(N, B, 1, dtype=torch.long, device=prompts.device)
+    prev, cdf = rows + k, table.new_empty(B, k)
+    for i in range(N):
+        torch.searchsorted(torch.index_select(table, 0, prev, out=cdf), u[i], right=True, out=out[i])
+        torch.add(rows, out[i, :, 0], out=prev)
+    return out[..., 0].T.contiguous()
+
+
 @torch.no_grad()
 def sample(
     model, prompt_ids: torch.Tensor, N: int, k: int, *, temperature: float = 1.0, generator=None, fast: bool = True
 ) -> torch.Tensor:
     """Draw one response ``(B, N)`` per prompt from the (unwrapped) model (``fast``: as in ``answer_logits``)."""
     B = prompt_ids.shape[0]
-    out = torch.empty(B, N, dtype=torch.long, device=prompt_ids.device)
     if isinstance(model, LinearPolicyLM):
-        s = model.features(prompt_ids)
-        prev = torch.full((B,), k, dtype=torch.long, device=prompt_ids.device)
-        for i in range(N):
-            out[:, i] = prev = _draw(model.step_logits(s, prev), temperature, generator)
-        return out
+        return _sample_linear(model, prompt_ids, N, temperature, generator)
+    out = torch.empty(B, N, dtype=torch.long, device=prompt_ids.device)
     if fast and fastllama.supports(model):
         return fastllama.sample(model, prompt_ids, N, k, lambda logits: _draw(logits, temperature, generator))
     cache = {_CACHE_KW: DynamicCache(config=model.config)}  # filled in place by every forward
-    logits = model(input_ids=prompt_ids, use_cache=True, **cache).logits[:, -1]
+    prompt = {"prompt_x": prompt_ids} if prompt_ids.is_floating_point() else {"input_ids": prompt_ids}
+    logits = model(**prompt, use_cache=True, **cache).logits[:, -1]
     for i in range(N):
         out[:, i] = _draw(logits[:, answer_ids(k)], temperature, generator)
         if i + 1 < N:

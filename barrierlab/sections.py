@@ -52,10 +52,11 @@ class RunConfig:
 
 @dataclass
 class TaskConfig:
-    name: Literal["cluster_bits"] = "cluster_bits"
-    """Which task module generates prompts and their correct responses."""
+    name: Literal["cluster_bits", "gaussian_mixture", "rademacher"] = "cluster_bits"
+    """Which task generates prompts and their correct responses: cluster_bits (bit prompts, a rule per cluster), or
+    the authors' continuous tasks gaussian_mixture and rademacher (one rule for all inputs; barrierlab/tasks/continuous.py)."""
     d: int = 16
-    """Prompt length in bits."""
+    """Prompt length in bits, or the dimension of a continuous prompt."""
     k: int = 8
     """Answer alphabet size (k ≥ 2)."""
     N: int = 8
@@ -63,15 +64,23 @@ class TaskConfig:
     flip_prob: float = 0.01
     """Probability that each prompt bit differs from its cluster's centre."""
     per_cluster_rule: bool = True
-    """Give every cluster its own hidden rule (W1, W2), so learning one cluster does not transfer."""
+    """Give every cluster its own hidden rule (W1, W2), so learning one cluster does not transfer (cluster_bits only)."""
+    sigma: float = 0.05
+    """gaussian_mixture only: the noise scale around each component's mean, also the norm the noise is clipped to."""
     seed: int = 0
     """Seed of the hidden rule and the cluster centres (the task's identity)."""
+
+    @property
+    def continuous(self) -> bool:
+        """Prompts are vectors x ∈ R^d rather than bits (the authors' tasks)."""
+        return self.name != "cluster_bits"
 
     def check(self):
         require(self.d >= 1, "d", "must be ≥ 1")
         require(self.k >= 2, "k", f"must be ≥ 2 (an answer alphabet of at least two symbols), got {self.k}")
         require(self.N >= 1, "N", f"must be ≥ 1, got {self.N}")
         require(0.0 <= self.flip_prob <= 1.0, "flip_prob", f"must be a probability in [0, 1], got {self.flip_prob}")
+        require(self.sigma >= 0, "sigma", f"must be ≥ 0, got {self.sigma}")
         require_seed(self.seed)
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from barrierlab.loading import load_dataset_dir
 from barrierlab.metrics import fmt_value, tracked_indices
 from barrierlab.rundir import read_metrics
 from eval.analysis import eval_rows, queries_to_reach
@@ -96,10 +97,14 @@ def _measured_elsewhere(arm: Arm, base_alpha: list[float], split: list[str]) -> 
 
 
 def tracked_alpha(arm: Arm, base_alpha: list[float]) -> list[float] | None:
-    """Base α of the prompts the run tracked (the same pick as posttrain's, on this eval's base)."""
+    """Base α of the prompts the run tracked (the same pick as posttrain's, on this eval's base: its tracked prompts
+    where it has them, else the eval prompts spread over the base α)."""
     tracked = arm.last.get("eval/tracked_likelihood")
     if not tracked:
         return None
+    tracked_set = Path(str(arm.config.get("base", ""))) / "data" / "tracked_prompts"
+    if (tracked_set / "dataset_info.json").is_file():
+        return load_dataset_dir(tracked_set, ["base_alpha"])["base_alpha"]
     alpha = torch.tensor(base_alpha, dtype=torch.float64)
     return alpha[tracked_indices(alpha, len(tracked))].tolist()
 

@@ -57,6 +57,8 @@ def _log_ticks(axis, view: tuple[float, float], numticks: int = 8) -> None:
     two decades fall within the view (a short run, a narrow range), the 2× and 5× ticks labelled too, so an axis
     never carries a single number."""
     lo, hi = sorted(view)
+    if not (np.isfinite(lo) and np.isfinite(hi) and lo > 0):  # nothing drawn (an empty split): matplotlib's own ticks
+        return
     decades = _decades(lo, hi, numticks)
     if len(decades) >= 2:
         axis.set_major_locator(matplotlib.ticker.FixedLocator(decades))
@@ -69,6 +71,9 @@ def _log_ticks(axis, view: tuple[float, float], numticks: int = 8) -> None:
 def _log_axis(ax, which: str = "y") -> None:
     """Log scale on the ``which`` axis of ``ax``, its ticks labelled by ``_log_ticks``. Call it once the data and
     limits are in: it reads the view."""
+    data = [np.asarray(getattr(line, f"get_{which}data")(), dtype=float) for line in ax.get_lines()]
+    if not any(((d > 0) & np.isfinite(d)).any() for d in data):  # nothing to show (an empty split): stay linear
+        return
     getattr(ax, f"set_{which}scale")("log")
     _log_ticks(getattr(ax, f"{which}axis"), getattr(ax, f"get_{which}lim")())
 

@@ -83,7 +83,7 @@ def load_checkpoints(cfg: EvalStageConfig, base: Path, base_info: dict) -> tuple
 
 def load_prompt_set(base: Path, threshold: float, device) -> tuple[PromptSet, dict]:
     """The base run's eval prompts on ``device``, and their cluster, base α and split columns."""
-    eval_set = load_dataset_dir(base / "data" / "eval_prompts", ["prompt_ids", "target_ids", "cluster", "base_alpha"])
+    eval_set = load_dataset_dir(base / "data" / "eval_prompts", ["target_ids", "cluster", "base_alpha"])
     masks = split_masks(torch.tensor(eval_set["base_alpha"], dtype=torch.float64), threshold)
     prompt_set = PromptSet(*prompt_tensors(eval_set, device), masks)
     split = ["offsupport" if off else "onsupport" for off in masks["offsupport"].tolist()]

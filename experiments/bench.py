@@ -48,7 +48,10 @@ class BenchConfig:
     trl_max_batch: int = 4096
     """Largest batch given to TRL (its generation pads and copies per sample: larger ones take minutes)."""
     group_size: int = 8
-    """Completions per prompt (TRL's num_generations, ≥ 2)."""
+    """Completions per prompt (TRL's num_generations, ≥ 2 with trl; 1 is the authors' loop, one response a prompt)."""
+    rewards: list[str] = field(default_factory=lambda: ["outcome"])
+    """Built-in rewards to measure, each as ±1 rewards without baseline (outcome: one verdict a response; process: one
+    per prefix)."""
     no_signal: bool = True
     """Also measure native steps without signal at each batch: 0/1 rewards without baseline on the bench base, which
     never samples y* (α ≈ k^-N = 8^-16 ≈ 4e-15), so every step only samples (checked from its metrics)."""
@@ -64,7 +67,11 @@ class BenchConfig:
     def check(self):
         require(len(self.backends) >= 1 and all(b in ("native", "trl") for b in self.backends), "backends",
                 "list at least one of: native, trl")
-        require(self.group_size >= 2, "group_size", "must be ≥ 2 (TRL's minimum)")
+        require(self.group_size >= (2 if "trl" in self.backends else 1), "group_size",
+                "must be ≥ 2 (TRL's minimum)" if "trl" in self.backends else "must be ≥ 1")
+        require(len(self.rewards) >= 1 and all(r in ("outcome", "process") for r in self.rewards), "rewards",
+                "list at least one of: outcome, process")
+        require_distinct(self.rewards, "rewards")
         require_distinct(self.backends, "backends")
         require(len(self.batch_sizes) >= 1, "batch_sizes", "must list at least one batch size")
         require_distinct(self.batch_sizes, "batch_sizes")
@@ -74,31 +81,36 @@ class BenchConfig:
         require(self.steps > self.warmup_steps, "steps", f"must exceed warmup_steps = {self.warmup_steps} (one timed update at least)")
 
 
-def posttrain_overrides(cfg: BenchConfig, backend: str, batch: int, signal: bool = True) -> list[str]:
+def posttrain_overrides(cfg: BenchConfig, backend: str, batch: int, signal: bool = True,
+                        reward: str = "outcome") -> list[str]:
     """What every measured posttrain run gets on top of ``posttrain_config`` (besides its base and run folder):
     ±1 rewards (``signal``) or 0/1 rewards, without baseline, each step's responses sampled in that step (a run that
     samples ahead while no step has had signal pays for many steps' sampling in one: the bench times single steps)."""
-    return ["--backend", backend, "--optim.batch_size", str(batch), "--algo.group_size", str(cfg.group_size),
+    return ["--backend", backend, "--reward.name", reward, "--optim.batch_size", str(batch),
+            "--algo.group_size", str(cfg.group_size),
             "--reward.signed", str(signal).lower(), "--algo.baseline", "none", "--algo.sample_ahead", str(batch), "--optim.max_steps", str(cfg.steps),
             "--optim.max_queries", "null", "--eval.eval_every", "1000000", "--eval.num_tracked", "0",
             "--run.checkpoint_every", "0", "--run.progress", "false", "--run.report_to", "[]", *cfg.posttrain_args]
 
 
-def runs(cfg: BenchConfig) -> list[tuple[str, int, bool]]:
-    """(backend, batch, signal) of every measurement, in order: the no-signal native run right after the full one."""
-    return [(backend, batch, signal) for batch in cfg.batch_sizes for backend in cfg.backends
+def runs(cfg: BenchConfig) -> list[tuple[str, int, bool, str]]:
+    """(backend, batch, signal, reward) of every measurement, in order: the no-signal native run right after the full
+    one."""
+    return [(backend, batch, signal, reward) for reward in cfg.rewards for batch in cfg.batch_sizes
+            for backend in cfg.backends
             for signal in ((True, False) if backend == "native" and cfg.no_signal else (True,))
             if backend == "native" or batch <= cfg.trl_max_batch]
 
 
-def measure(cfg: BenchConfig, base: Path, backend: str, batch: int, signal: bool) -> dict:
+def measure(cfg: BenchConfig, base: Path, backend: str, batch: int, signal: bool, reward: str) -> dict:
     from barrierlab.rundir import read_metrics, remove_run_folder
     from experiments.stages import run_stage
 
-    run_dir = Path(cfg.out_dir) / f"{backend}{'' if signal else '_nosignal'}_b{batch}"
+    name = f"{backend}{'' if signal else '_nosignal'}_b{batch}" + (f"_{reward}" if len(cfg.rewards) > 1 else "")
+    run_dir = Path(cfg.out_dir) / name
     remove_run_folder(run_dir)  # every number from this invocation (an old run may be another device's)
     run_stage("posttrain", "--config", cfg.posttrain_config, "--base", str(base), "--run.run_dir", str(run_dir),
-              *posttrain_overrides(cfg, backend, batch, signal))
+              *posttrain_overrides(cfg, backend, batch, signal, reward))
     rows = read_metrics(run_dir / "metrics.jsonl")
     every = [r for r in rows if "train/update_time_s" in r]
     steps = every[cfg.warmup_steps:]
@@ -107,7 +119,7 @@ def measure(cfg: BenchConfig, base: Path, backend: str, batch: int, signal: bool
     done = rows[-1]
     # a step without signal logs a zero gradient and no entropy (no forward computed one)
     silent = sum(r["train/grad_norm"] == 0 and r.get("train/entropy", 0) is None for r in every)
-    return {"backend": backend, "batch": batch, "signal": signal, "steps_without_signal": silent, "seconds_per_update": seconds,
+    return {"backend": backend, "batch": batch, "signal": signal, "reward": reward, "steps_without_signal": silent, "seconds_per_update": seconds,
             "completions_per_s": batch / seconds, "queries_per_s": statistics.median(queries) / seconds,
             "peak_memory_mb": done["done/peak_memory_mb"],
             "update_times_s": [round(r["train/update_time_s"], 5) for r in every]}  # warm-up included, to show it
@@ -120,16 +132,17 @@ def device_name() -> str:
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| backend | batch | completions/s | reward queries/s | s/update | peak MB | native/TRL | no signal/full |",
-             "|---|---|---|---|---|---|---|---|"]
-    trl = {r["batch"]: r["completions_per_s"] for r in results if r["backend"] == "trl"}
-    full = {r["batch"]: r["completions_per_s"] for r in results if r["backend"] == "native" and r["signal"]}
+    lines = ["| backend | reward | batch | completions/s | reward queries/s | s/update | peak MB | native/TRL | "
+             "no signal/full |", "|---|---|---|---|---|---|---|---|---|"]
+    key = lambda r: (r["batch"], r["reward"])  # noqa: E731
+    trl = {key(r): r["completions_per_s"] for r in results if r["backend"] == "trl"}
+    full = {key(r): r["completions_per_s"] for r in results if r["backend"] == "native" and r["signal"]}
     for r in results:
         native = r["backend"] == "native" and r["signal"]
-        ratio = f"{r['completions_per_s'] / trl[r['batch']]:.1f}×" if native and r["batch"] in trl else ""
-        quiet = f"{r['completions_per_s'] / full[r['batch']]:.1f}×" if not r["signal"] and r["batch"] in full else ""
+        ratio = f"{r['completions_per_s'] / trl[key(r)]:.1f}×" if native and key(r) in trl else ""
+        quiet = f"{r['completions_per_s'] / full[key(r)]:.1f}×" if not r["signal"] and key(r) in full else ""
         name = r["backend"] + ("" if r["signal"] else ", no signal")
-        lines.append(f"| {name} | {r['batch']} | {r['completions_per_s']:,.0f} | {r['queries_per_s']:,.0f} | "
+        lines.append(f"| {name} | {r['reward']} | {r['batch']} | {r['completions_per_s']:,.0f} | {r['queries_per_s']:,.0f} | "
                      f"{r['seconds_per_update']:.3f} | {r['peak_memory_mb']:,.0f} | {ratio} | {quiet} |")
     return "\n".join(lines)
 
@@ -162,10 +175,11 @@ def main(argv):
 
     check_stage_args(PretrainConfig, cfg.pretrain_config, cfg.pretrain_args, user_args=cfg.pretrain_args,
                      config_key="pretrain_config", user_key="pretrain_args")
-    run_cfgs = [check_stage_args(PosttrainConfig, cfg.posttrain_config, posttrain_overrides(cfg, backend, batch, signal),
+    run_cfgs = [check_stage_args(PosttrainConfig, cfg.posttrain_config,
+                                 posttrain_overrides(cfg, backend, batch, signal, reward),
                                  user_args=cfg.posttrain_args, config_key="posttrain_config", user_key="posttrain_args")
-                for backend, batch, signal in runs(cfg)]
-    for (backend, _, _), run_cfg in zip(runs(cfg), run_cfgs):
+                for backend, batch, signal, reward in runs(cfg)]
+    for (backend, _, _, _), run_cfg in zip(runs(cfg), run_cfgs):
         if backend == "trl":
             check_trl_run(run_cfg, "posttrain_args")
     with loading_libraries():  # torch: seconds, once the configs pass
@@ -174,8 +188,7 @@ def main(argv):
     base = out / "base"
     ensure_base(cfg.pretrain_config, base, *cfg.pretrain_args)
     # the load after each measurement tells whether other processes ran beside it
-    results = [{**measure(cfg, base, backend, batch, signal), "load_average": round(os.getloadavg()[0], 2)}
-               for backend, batch, signal in runs(cfg)]
+    results = [{**measure(cfg, base, *run), "load_average": round(os.getloadavg()[0], 2)} for run in runs(cfg)]
     cpus = len(os.sched_getaffinity(0))  # the CPUs this process may use (a container's, not the host's)
     text = table(results)
     atomic_write_text(out / "bench.json", json.dumps({"device": device_name(), "cpus": cpus, "results": results}, indent=2))

@@ -36,6 +36,8 @@ COMMANDS = {
     "train-prm": Command("rewards.train_prm.__main__", "train a process reward model from exact, Monte Carlo or implicit "
                          "labels (make train-prm)"),
     "prm": Command("experiments.prm", "which learned PRMs break the barrier at equal verifier queries (make prm)"),
+    "paper": Command("experiments.paper", "the authors' Figures 1 and 2 on their own tasks, both model classes (make "
+                     "paper)"),
     "bench": Command("experiments.bench", "native engine against TRL's GRPOTrainer: completions/s (make bench)"),
 }
 

@@ -114,6 +114,7 @@ class Cluster:
         self.task = None  # run_job as a Ray task with what each run reserves, once Ray is up
         self.threads = 0
         self.failed: list[Job] = []
+        self.seconds: dict[Path, float] = {}  # wall time of each run that finished here, by run folder
 
     def __enter__(self) -> Cluster:
         return self
@@ -188,6 +189,7 @@ class Cluster:
             start = end = time.time()
             tail = str(err.cause if isinstance(err, ray.exceptions.RayTaskError) else err).strip()
         if tail is None:
+            self.seconds[job.run_dir] = round(end - start, 1)
             print(f"{count} {job.run_dir}: {job.stage} done in {end - start:.1f} s", flush=True)
             return True
         self.failed.append(job)

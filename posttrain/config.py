@@ -109,7 +109,8 @@ class EvalConfig:
     eval_every: int = 25
     """Steps between exact evaluations on the base run's eval prompts."""
     num_tracked: int = 16
-    """Prompts tracked individually, spread over the quantiles of the base α."""
+    """Prompts tracked individually, spread over the quantiles of the base α (a base with tracked prompts, the mixture
+    centres of gaussian_mixture, tracks those instead)."""
     offsupport_threshold: float | None = None
     """Base α below which a prompt is off-support (null: the base run's threshold)."""
     log_every: int = 1

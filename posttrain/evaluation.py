@@ -1,6 +1,8 @@
 """Exact evaluation during post-training: likelihoods of y* computed, not sampled.
 
-The eval prompts are the base run's held-out set; on-/off-support is fixed by the *base* model's α.
+The eval prompts are the base run's held-out set; on-/off-support is fixed by the *base* model's α. The tracked
+prompts are the base run's tracked set where it has one (the mixture centres of gaussian_mixture), else
+``num_tracked`` eval prompts spread over the base α.
 """
 
 from __future__ import annotations
@@ -16,12 +18,14 @@ class ExactEval:
     """The exact likelihood of y* on the base run's eval prompts: overall, on/off-support, on the trained clusters'
     prompts and on ``num_tracked`` prompts spread over the base α."""
 
-    def __init__(self, eval_set, threshold: float, num_tracked: int, k: int, device, trained_clusters=None):
+    def __init__(self, eval_set, threshold: float, num_tracked: int, k: int, device, trained_clusters=None,
+                 tracked_set=None):
         self.k, self.device = k, device
         self.prompts, self.targets = prompt_tensors(eval_set, device)
         self.base_alpha = torch.tensor(eval_set["base_alpha"], dtype=torch.float64)
         self.splits = split_masks(self.base_alpha, threshold)
         self.tracked = tracked_indices(self.base_alpha, num_tracked)
+        self.tracked_prompts = None if tracked_set is None else prompt_tensors(tracked_set, device)
         # the eval prompts of the clusters the run trains on (all of them when it trains on all)
         self.splits["trained"] = self.splits["all"]
         if trained_clusters is not None and "cluster" in eval_set.column_names:
@@ -40,7 +44,10 @@ class ExactEval:
             mean = split_mean(p, self.splits[name])
             metrics[f"eval/{name}_likelihood"] = mean
             metrics[f"eval/{name}_error"] = None if mean is None else 1 - mean
-        metrics["eval/tracked_likelihood"] = p[self.tracked].tolist()
+        if self.tracked_prompts is None:
+            metrics["eval/tracked_likelihood"] = p[self.tracked].tolist()
+        else:
+            metrics["eval/tracked_likelihood"] = target_stats(model, *self.tracked_prompts, self.k)[0].double().exp().tolist()
         return metrics
 
     def stop_value(self, metrics: dict, split: str) -> float | None:

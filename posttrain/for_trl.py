@@ -38,6 +38,8 @@ def require_lm_head(model) -> None:
     """TRL's fused LM head, and the answer bias, need an ``lm_head``: a transformer base."""
     if model.get_output_embeddings() is None:
         raise UserError("TRL needs a transformer base (model.kind transformer); the linear policy has no lm_head")
+    if hasattr(model.config, "prompt_dim"):
+        raise UserError("TRL generates from text prompts; this base's task has continuous prompts: use --backend native")
 
 
 def add_answer_bias(model, k: int) -> None:

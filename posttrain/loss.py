@@ -1,10 +1,11 @@
-"""The policy-gradient objective on a rollout: the loss whose gradient is ``-Σ_i A_i ∇ log p(y_i | x, y_<i)``, and the
-theory's adaptive step (per-response gradient norms)."""
+"""The policy-gradient objective on a rollout: the loss whose gradient is ``-Σ_i A_i ∇ log p(y_i | x, y_<i)``, its
+closed form for the linear model, and the theory's adaptive step (per-response gradient norms)."""
 
 from __future__ import annotations
 
 import torch
 
+from barrierlab.models import LinearPolicyLM
 from barrierlab.policy import answer_logits
 
 
@@ -72,3 +73,45 @@ def adaptive_gradient(learner, rollout, adv) -> float:
     for p, t in zip(params, total):
         p.grad = -t
     return sum(float(t.pow(2).sum()) for t in total) ** 0.5
+
+
+@torch.no_grad()
+def linear_policy_gradient(model: LinearPolicyLM, rollout, adv) -> tuple[torch.Tensor, dict]:
+    """Set ``.grad`` of the linear model to the gradient of ``policy_gradient_loss`` (without KL) in closed form; return
+    (loss, stats) as it does.
+
+    A step's logits are ``W1 s(x) + W2[:, y_{i-1}]``: they depend on the response only through the previous symbol j,
+    so with ``P_bj`` the policy after j on prompt b, ``c_bj`` the advantages of the steps taken after j and ``C_bjy``
+    those of the steps taken after j to y, the gradient of the loss on the logits of (b, j) is ``-(C_bj - c_bj P_bj)/B``.
+    Summed over j it multiplies ``s(x_b)`` into W1's gradient; summed over b it is W2's column j. Neither needs ``C``
+    itself (its sums over j and over b are scatters of the B N advantages), and ``P`` is needed only on the rows
+    (b, j) that some step visits: no prompt positions, no graph, no backward, and nothing that grows with N but the
+    scatters."""
+    responses, B, k = rollout.responses, adv.shape[0], model.config.k
+    adv, device = adv.float(), adv.device
+    prev = torch.cat([torch.full_like(responses[:, :1], k), responses[:, :-1]], 1)
+    step_row = (torch.arange(B, device=device).unsqueeze(1) * (k + 1) + prev).flatten()  # (b, j) of each step
+    seen = torch.zeros(B * (k + 1), dtype=torch.bool, device=device)
+    seen[step_row] = True
+    rows = seen.nonzero().squeeze(1)  # the R visited rows
+    compact = torch.empty(B * (k + 1), dtype=torch.long, device=device)
+    compact[rows] = torch.arange(rows.numel(), device=device)
+    b, j = rows // (k + 1), rows % (k + 1)
+    s = model.features(rollout.prompts).float()
+    logits = (s @ model.W1.T.float())[b] + model.W2.T.float()[j]  # (R, k)
+    lse = torch.logsumexp(logits, -1)
+    p = torch.exp(logits - lse.unsqueeze(1))
+    c = torch.zeros(B * (k + 1), device=device).index_add_(0, step_row, adv.flatten())[rows]
+    cp = c.unsqueeze(1) * p  # c_bj P_bj
+    by_symbol = torch.zeros(B, k, device=device).scatter_add_(1, responses, adv)  # Σ_j C_bj
+    by_cell = torch.zeros((k + 1) * k, device=device).index_add_(0, (prev * k + responses).flatten(), adv.flatten())
+    g1 = torch.zeros(B, k, device=device).index_add_(0, b, cp) - by_symbol
+    model.W1.grad = (g1.T @ s / B).to(model.W1.dtype)
+    g2 = torch.zeros(k + 1, k, device=device).index_add_(0, j, cp) - by_cell.view(k + 1, k)
+    model.W2.grad = (g2.T / B).to(model.W2.dtype)
+    at = compact[step_row]
+    logp_taken = logits.flatten()[at * k + responses.flatten()] - lse[at]
+    loss = -(adv.flatten() * logp_taken).sum() / B
+    visits = torch.zeros(B * (k + 1), device=device).index_add_(0, step_row, rollout.mask.float().flatten())[rows]
+    row_entropy = lse - (p * logits).sum(-1)  # -Σ_y P log P of each visited row
+    return loss, {"entropy": (visits * row_entropy).sum() / rollout.mask.sum().clamp_min(1)}

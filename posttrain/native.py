@@ -13,13 +13,14 @@ from accelerate.utils import gather_object
 
 from barrierlab.errors import UserError
 from barrierlab.loading import load_model_dir
+from barrierlab.models import LinearPolicyLM
 from barrierlab.policy import ResponseLogits
 from barrierlab.tokenizer import answer_ids
 from barrierlab.training import leave_process_group, seed_everything, synchronize
 from posttrain.advantages import advantages
 from posttrain.behaviour import Sampler, StepBatches, collect
 from posttrain.bookkeeping import Bookkeeper
-from posttrain.loss import adaptive_gradient, policy_gradient_loss
+from posttrain.loss import adaptive_gradient, linear_policy_gradient, policy_gradient_loss
 
 
 def check_supported(cfg, model=None, processes: int = 1) -> None:
@@ -59,10 +60,21 @@ def reduce_min(t: torch.Tensor, device) -> torch.Tensor:
     return t.cpu()
 
 
+def closed_form(cfg, acc, policy) -> bool:
+    """Whether the update takes the linear model's closed-form gradient (``loss.linear_policy_gradient``): the linear
+    model on one process, without a KL term or the adaptive step (those go through autograd)."""
+    return (isinstance(policy, LinearPolicyLM) and acc.num_processes == 1 and cfg.algo.kl_coef == 0
+            and cfg.optim.optimizer != "adaptive")
+
+
 def update(cfg, acc, learner, optimizer, rollout, adv, q0, k: int):
     """One policy-gradient step on a rollout with signal: (loss, per-token stats, gradient norm)."""
     learner.train()  # in train mode only for the update
-    if cfg.optim.optimizer == "adaptive":
+    policy = getattr(learner, "module", learner).model
+    if closed_form(cfg, acc, policy):
+        loss, stats = linear_policy_gradient(policy, rollout, adv)
+        grad_norm = acc.clip_grad_norm_(learner.parameters(), cfg.optim.grad_clip or math.inf)
+    elif cfg.optim.optimizer == "adaptive":
         grad_norm = adaptive_gradient(learner, rollout, adv)
         with torch.no_grad():  # the logged loss and entropy, as for the other optimisers; the step is the adaptive one
             loss, stats = policy_gradient_loss(learner, rollout, adv, k, q0, cfg.algo.kl_coef)

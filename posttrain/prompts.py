@@ -8,7 +8,6 @@ import torch
 
 from barrierlab.errors import UserError
 from barrierlab.loading import column_tensor, load_dataset_dir, prompt_tensors
-from barrierlab.tokenizer import prompt_ids
 
 
 class PromptSource:
@@ -35,18 +34,19 @@ class PromptSource:
         if self.clusters is not None:
             pool = torch.tensor(self.clusters)
             chosen = pool[torch.randint(0, pool.numel(), (n,), generator=self.generator)]
-        bits, clusters = self.task.sample_prompts(n, self.generator, clusters=chosen)
-        return prompt_ids(bits), {"target": self.task.targets(bits, clusters), "cluster": clusters}
+        inputs, clusters = self.task.sample_prompts(n, self.generator, clusters=chosen)
+        return self.task.prompts(inputs), {"target": self.task.targets(inputs, clusters), "cluster": clusters}
 
 
 def prompt_rows(path: str, task, clusters: list[int] | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """(prompt ids, target symbols, clusters or None) of a saved prompt dataset, checked against the base's task
     and restricted to ``clusters`` if given."""
-    ds = load_dataset_dir(Path(path), ["prompt_ids", "target_ids"])
+    ds = load_dataset_dir(Path(path), ["target_ids"])
     prompts, targets = prompt_tensors(ds)
-    if (prompts.dim(), targets.dim()) != (2, 2) or prompts.shape[1] != task.d + 2 or targets.shape[1] != task.N or \
-            not ((targets >= 0) & (targets < task.k)).all():
-        raise UserError(f"prompts.dataset '{path}' is not of the base's task (prompts of d + 2 = {task.d + 2} tokens, "
+    width, what = (task.d, f"vectors of d = {task.d}") if task.continuous else (task.d + 2, f"d + 2 = {task.d + 2} tokens")
+    if (prompts.dim(), targets.dim()) != (2, 2) or prompts.shape[1] != width or targets.shape[1] != task.N or \
+            prompts.is_floating_point() != task.continuous or not ((targets >= 0) & (targets < task.k)).all():
+        raise UserError(f"prompts.dataset '{path}' is not of the base's task (prompts of {what}, "
                         f"responses of N = {task.N} answers among k = {task.k}); use the eval_prompts of this base")
     cluster = column_tensor(ds, "cluster") if "cluster" in ds.column_names else None
     if clusters is not None:

@@ -69,7 +69,7 @@ def run_posttrain(cfg: PosttrainConfig) -> None:
     base = Path(cfg.base)
     model, tokenizer, task_info = load_base(base)  # a post-training run as base is refused, naming its base
     reward.check_task(task_info)  # a learned reward of another task is refused here
-    eval_set = load_dataset_dir(base / "data" / "eval_prompts", ["prompt_ids", "target_ids", "base_alpha"])
+    eval_set = load_dataset_dir(base / "data" / "eval_prompts", ["target_ids", "base_alpha"])
     probe_reward(reward, eval_set)
     task = task_from_info(task_info)
     check_supported(cfg, model, acc.num_processes)
@@ -86,7 +86,9 @@ def run_posttrain(cfg: PosttrainConfig) -> None:
                   f"{done['done/reward_queries']} reward queries); nothing to do")
         return
     threshold = cfg.eval.offsupport_threshold or task_info["offsupport_threshold"]
-    evaluator = ExactEval(eval_set, threshold, cfg.eval.num_tracked, task.k, acc.device, cfg.prompts.clusters)
+    tracked_dir = base / "data" / "tracked_prompts"
+    tracked = load_dataset_dir(tracked_dir, ["target_ids"]) if tracked_dir.exists() else None
+    evaluator = ExactEval(eval_set, threshold, cfg.eval.num_tracked, task.k, acc.device, cfg.prompts.clusters, tracked)
     base_id = model_fingerprint(base / "model")  # in every checkpoint: a resume from another base is refused
     # in every model folder it writes: its task, and its base (eval refuses the folder against another, wherever it is)
     files = {"task.json": (base / "model" / "task.json").read_text(),

@@ -5,7 +5,9 @@
 Builds the corpus and eval prompts from the task and support profile, trains with next-token
 cross-entropy on the response tokens, then measures the base likelihood α(x) of every eval prompt
 exactly (one teacher-forced pass) and writes support.json / support.png beside the final model
-(``pretrain.stage``). The config is loaded before torch is: ``--help`` and a config error answer at once.
+(``pretrain.stage``). A continuous task (gaussian_mixture, rademacher) has no corpus: every step trains on fresh draws
+of (x, y*), as the authors' supervised stage does, and its tracked prompts (the mixture centres) are saved beside the
+eval prompts. The config is loaded before torch is: ``--help`` and a config error answer at once.
 """
 
 from __future__ import annotations

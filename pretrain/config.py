@@ -14,7 +14,8 @@ from pretrain.profile import ClusterProfile
 @dataclass
 class DataConfig:
     corpus_size: int = 100_000
-    """Pretraining sequences in the corpus (prompt + response)."""
+    """Pretraining sequences in the corpus (prompt + response); a continuous task has no corpus (fresh draws every
+    step) and ignores it."""
     eval_prompts_per_cluster: int = 256
     """Held-out prompts per cluster on which α, LQ and token-level LQ are measured exactly."""
 
@@ -111,13 +112,19 @@ class PretrainConfig:
             "profile",
             "needs at least one cluster that appears in pretraining (coverage other than 'absent', weight > 0)",
         )
-        length = self.task.d + 2 + self.task.N
+        continuous = self.task.continuous
+        length = (3 if continuous else self.task.d + 2) + self.task.N
         require(
             self.model.kind == "linear" or length <= self.model.context,
             "task.N",
-            f"a sequence of d + 2 + N = {length} tokens exceeds model.context = {self.model.context}; "
-            "lower task.N or task.d, or raise model.context",
+            f"a sequence of {'3' if continuous else 'd + 2'} + N = {length} tokens exceeds model.context = "
+            f"{self.model.context}; lower task.N{'' if continuous else ' or task.d'}, or raise model.context",
         )
+        if continuous:  # its base trains on fresh (x, y*) draws: the profile only counts its mixture components
+            require(all(c.coverage == "exact" for c in self.profile), "profile",
+                    f"task '{self.task.name}' trains on (x, y*) itself: every entry must have coverage 'exact'")
+            require(self.task.name != "rademacher" or len(self.profile) == 1, "profile",
+                    "task 'rademacher' has one component: give one entry, [{coverage: exact}]")
 
 
 def resolve(cfg: PretrainConfig) -> PretrainConfig:

@@ -25,7 +25,7 @@ from barrierlab.training import (
     stop_if_diverged,
 )
 from pretrain.config import PretrainConfig
-from pretrain.data import build_corpus, build_eval_prompts
+from pretrain.data import build_corpus, build_eval_prompts, build_tracked_prompts, fresh_batch
 from pretrain.support import control_check, plot_support, support_summary
 
 
@@ -38,12 +38,12 @@ def lr_at(step: int, t) -> float:
     return t.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def response_loss(learner, input_ids: torch.Tensor, prompt_len: int) -> torch.Tensor:
-    """Next-token cross-entropy over the full vocabulary on the response tokens only. ``learner`` is the (possibly
-    DDP-wrapped) ``ResponseLogits`` of the model over the whole vocabulary."""
-    targets = input_ids[:, prompt_len:]
-    logits = learner(input_ids[:, :prompt_len], targets - ANSWER0)
-    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
+def response_loss(learner, prompts: torch.Tensor, responses: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy over the full vocabulary on the response tokens (``responses``: answer symbols) only.
+    ``learner`` is the (possibly DDP-wrapped) ``ResponseLogits`` of the model over the whole vocabulary."""
+    logits = learner(prompts, responses)
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
+                                             (responses + ANSWER0).reshape(-1))
 
 
 def cluster_log10_alpha(model, eval_set, k: int, device) -> tuple[torch.Tensor, torch.Tensor, dict]:
@@ -72,21 +72,24 @@ def run_pretrain(cfg: PretrainConfig) -> None:
                  "offsupport_threshold": cfg.support.offsupport_threshold, "task_state": task.state_dict()}
     files = {"task.json": json.dumps(task_info, indent=2)}  # beside every checkpoint: later stages rebuild the task
     tokenizer = build_tokenizer(cfg.task.k)
-    k, prompt_len = cfg.task.k, cfg.task.d + 2
+    k, prompt_len = cfg.task.k, task.prompt_len
 
     data_dir = run.path / "data"
     if acc.is_main_process:  # each dataset that a kill left unwritten (they are seeded: the same on any rerun)
         data_dir.mkdir(exist_ok=True)
-        if not (data_dir / "corpus" / "dataset_info.json").exists():
+        if not task.continuous and not (data_dir / "corpus" / "dataset_info.json").exists():
             save_dataset(build_corpus(task, cfg.profile, cfg.data.corpus_size, cfg.run.seed), data_dir / "corpus")
         if not (data_dir / "eval_prompts" / "dataset_info.json").exists():
             save_dataset(build_eval_prompts(task, cfg.profile, cfg.data.eval_prompts_per_cluster, cfg.run.seed + 1),
                          data_dir / "eval_prompts")
+        tracked = build_tracked_prompts(task)
+        if tracked is not None and not (data_dir / "tracked_prompts" / "dataset_info.json").exists():
+            save_dataset(tracked, data_dir / "tracked_prompts")
     acc.wait_for_everyone()
-    corpus = column_tensor(load_dataset_dir(data_dir / "corpus", ["input_ids"]), "input_ids")
-    eval_set = load_dataset_dir(data_dir / "eval_prompts", ["prompt_ids", "target_ids", "cluster", "designed_alpha"])
+    corpus = None if task.continuous else column_tensor(load_dataset_dir(data_dir / "corpus", ["input_ids"]), "input_ids")
+    eval_set = load_dataset_dir(data_dir / "eval_prompts", ["target_ids", "cluster", "designed_alpha"])
 
-    model = build_model(cfg.model, d=cfg.task.d, k=k, seed=cfg.run.seed)
+    model = build_model(cfg.model, d=cfg.task.d, k=k, seed=cfg.run.seed, continuous=task.continuous)
     t = cfg.train
     if t.optimizer == "adamw":
         optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
@@ -105,12 +108,17 @@ def run_pretrain(cfg: PretrainConfig) -> None:
                disable=not (cfg.run.progress and acc.is_main_process), mininterval=1.0)
     model.train()
     for step in bar:
-        rows = batch_rows(step, t.batch_size, corpus.shape[0], cfg.run.seed)[rank::world]
+        if corpus is None:
+            fresh = fresh_batch(task, cfg.profile, step, t.batch_size, cfg.run.seed)
+            prompts, responses = (part[rank::world].to(acc.device) for part in fresh)
+        else:
+            batch = corpus[batch_rows(step, t.batch_size, corpus.shape[0], cfg.run.seed)[rank::world]].to(acc.device)
+            prompts, responses = batch[:, :prompt_len], batch[:, prompt_len:] - ANSWER0
         lr = lr_at(step, t)
         for group in optimizer.param_groups:
             group["lr"] = lr
         with acc.autocast():
-            loss = response_loss(learner, corpus[rows].to(acc.device), prompt_len)
+            loss = response_loss(learner, prompts, responses)
         acc.backward(loss)
         grad_norm = acc.clip_grad_norm_(learner.parameters(), t.grad_clip or math.inf)  # logged even unclipped
         optimizer.step()
@@ -149,10 +157,17 @@ def finish(cfg: PretrainConfig, run: RunDir, files: dict[str, str], model, token
     eval_set = eval_set.add_column("base_alpha", log_alpha.double().exp().tolist())
     eval_set = eval_set.add_column("base_token_min_prob", log_min.double().exp().tolist())
     save_dataset(eval_set, run.path / "data" / "eval_prompts")
+    tracked_dir = run.path / "data" / "tracked_prompts"
+    if tracked_dir.exists():  # the tracked prompts' base α too: Figure 1 splits them on it
+        tracked = load_dataset_dir(tracked_dir, ["target_ids"])
+        tracked = tracked.remove_columns([c for c in ("base_alpha",) if c in tracked.column_names])
+        tracked_alpha = target_stats(model, *prompt_tensors(tracked, device), cfg.task.k)[0].cpu()
+        save_dataset(tracked.add_column("base_alpha", tracked_alpha.double().exp().tolist()), tracked_dir)
     save_model_dir(run.path / "model", model, tokenizer, {**files, "pretrain_config.yaml": dump_yaml(cfg)})
     summary = support_summary(eval_set, cfg.profile, cfg.task.k, cfg.task.N, cfg.support.eps_grid,
                               cfg.support.offsupport_threshold)
-    summary["control_misses"] = control_check(summary)  # the α control's verdict travels with the base
+    # the α control's verdict travels with the base; a continuous task designs no α, so there is nothing to control
+    summary["control_misses"] = [] if cfg.task.continuous else control_check(summary)
     (run.path / "support.json").write_text(json.dumps(summary, indent=2))
     plot_support(summary, eval_set, run.path / "support.png")
     # the final model supersedes the resume checkpoints
@@ -165,4 +180,7 @@ def finish(cfg: PretrainConfig, run: RunDir, files: dict[str, str], model, token
         print(f"  cluster {row['cluster']} {row['coverage']:>14}: designed α {row['designed_alpha']:.3g}, "
               f"measured geo-mean {row['alpha_geomean']:.3g} (median {row['alpha_median']:.3g}){tokens}")
     misses = summary["control_misses"]
-    print("α control holds for every designed cluster" if not misses else "α control missed:\n  " + "\n  ".join(misses))
+    if cfg.task.continuous:
+        print("continuous task: no designed α (the base's coverage comes from how long it trains)")
+    else:
+        print("α control holds for every designed cluster" if not misses else "α control missed:\n  " + "\n  ".join(misses))

@@ -30,7 +30,7 @@ def test_help_lists_every_command_without_importing_torch():
     assert proc.returncode == 0, proc.stderr
     listed = [line.split()[0] for line in proc.stdout.splitlines() if line.startswith("  ")]
     assert listed == list(COMMANDS) == ["pretrain", "posttrain", "eval", "scaling", "alpha", "crosscheck", "train-prm",
-                                               "prm", "bench"]
+                                               "prm", "paper", "bench"]
     imported = {line.split("|")[-1].strip().split(".")[0] for line in proc.stderr.splitlines() if "import time:" in line}
     assert "experiments" in imported and not imported & {"torch", "transformers", "pretrain", "posttrain", "eval"}
 
@@ -39,7 +39,7 @@ def test_an_unknown_command_is_one_line():
     proc = barrierlab("pretrian", "--config", "configs/tiny/pretrain.yaml")
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr == ("error: unknown command 'pretrian'; use one of pretrain, posttrain, eval, scaling, alpha, "
-                           "crosscheck, train-prm, prm, bench (barrierlab --help)\n")
+                           "crosscheck, train-prm, prm, paper, bench (barrierlab --help)\n")
 
 
 def test_a_stage_through_the_command_is_the_python_m_run(tiny_base, tmp_path):

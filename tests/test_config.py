@@ -126,13 +126,14 @@ def test_every_shipped_config_loads():
     from eval.config import EvalStageConfig
     from experiments.bench import BenchConfig
     from experiments.crosscheck import CrosscheckConfig
+    from experiments.paper import PaperConfig
     from experiments.prm import PRMExperimentConfig
     from experiments.sweep import ExperimentConfig
     from rewards.train_prm.config import TrainPRMConfig
 
     kinds = {"pretrain": PretrainConfig, "posttrain": PosttrainConfig, "eval": EvalStageConfig, "scaling": ExperimentConfig,
              "alpha": ExperimentConfig, "crosscheck": CrosscheckConfig, "bench": BenchConfig, "prm": PRMExperimentConfig,
-             "train": TrainPRMConfig}
+             "train": TrainPRMConfig, "paper": PaperConfig}
     paths = sorted(Path(TINY.parent).rglob("*.yaml"))
     assert len(paths) >= 30
     for path in paths:  # the file name says which config it is: pretrain_1m.yaml, scaling.yaml, train_exact.yaml, ...

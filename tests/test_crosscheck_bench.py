@@ -170,10 +170,10 @@ def test_make_bench_on_the_tiny_base(tmp_path):
                                                                           ("trl", 8, True)]
     native, quiet, trl = results
     ratio = native["completions_per_s"] / trl["completions_per_s"]
-    assert f"| native | 8 | {native['completions_per_s']:,.0f} | " in stdout and stdout.count(f"| {ratio:.1f}× |") == 1
+    assert f"| native | outcome | 8 | {native['completions_per_s']:,.0f} | " in stdout and stdout.count(f"| {ratio:.1f}× |") == 1
     # the no-signal row: its own line, with its ratio to the full native step at the same batch
     quiet_ratio = quiet["completions_per_s"] / native["completions_per_s"]
-    assert f"| native, no signal | 8 | {quiet['completions_per_s']:,.0f} | " in stdout
+    assert f"| native, no signal | outcome | 8 | {quiet['completions_per_s']:,.0f} | " in stdout
     assert stdout.count(f"|  | {quiet_ratio:.1f}× |") == 1
     for r in results:
         folder = f"{r['backend']}{'' if r['signal'] else '_nosignal'}_b{r['batch']}"
@@ -196,20 +196,26 @@ def test_make_bench_on_the_tiny_base(tmp_path):
     assert quiet["steps_without_signal"] < 4
     assert (f"warning: the no-signal run at batch 8 had {4 - quiet['steps_without_signal']} of 4 steps with signal "
             "(the base sampled y*), so its time mixes in full steps") in stdout
+    # the authors' workload beside it: the linear model on a continuous task, outcome and process, one response a prompt
+    linear = json.loads((tmp_path / "bench_linear" / "bench.json").read_text())["results"]
+    assert [(r["backend"], r["reward"], r["signal"]) for r in linear] == [("native", "outcome", True),
+                                                                          ("native", "process", True)]
+    assert all(r["completions_per_s"] > 0 and r["steps_without_signal"] == 0 for r in linear)
+    assert linear[1]["queries_per_s"] > linear[1]["completions_per_s"]  # process rewards: a query per prefix checked
 
 
 def test_bench_no_signal_rows_warn_only_when_a_step_had_signal():
     from experiments.bench import signal_warnings, table
 
-    row = {"batch": 64, "queries_per_s": 1, "seconds_per_update": 1, "peak_memory_mb": 1, "update_times_s": [0.1] * 5}
+    row = {"batch": 64, "reward": "outcome", "queries_per_s": 1, "seconds_per_update": 1, "peak_memory_mb": 1, "update_times_s": [0.1] * 5}
     results = [{**row, "backend": "native", "signal": True, "completions_per_s": 2000.0, "steps_without_signal": 0},
                {**row, "backend": "native", "signal": False, "completions_per_s": 9000.0, "steps_without_signal": 5},
                {**row, "backend": "trl", "signal": True, "completions_per_s": 800.0, "steps_without_signal": 0}]
     assert signal_warnings(results) == []
     assert table(results).splitlines()[2:] == [
-        "| native | 64 | 2,000 | 1 | 1.000 | 1 | 2.5× |  |",
-        "| native, no signal | 64 | 9,000 | 1 | 1.000 | 1 |  | 4.5× |",
-        "| trl | 64 | 800 | 1 | 1.000 | 1 |  |  |"]
+        "| native | outcome | 64 | 2,000 | 1 | 1.000 | 1 | 2.5× |  |",
+        "| native, no signal | outcome | 64 | 9,000 | 1 | 1.000 | 1 |  | 4.5× |",
+        "| trl | outcome | 64 | 800 | 1 | 1.000 | 1 |  |  |"]
     results[1]["steps_without_signal"] = 3
     assert signal_warnings(results) == ["warning: the no-signal run at batch 64 had 2 of 5 steps with signal (the base "
                                         "sampled y*), so its time mixes in full steps"]

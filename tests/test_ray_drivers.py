@@ -34,6 +34,8 @@ TWO_CPUS = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="two runs
     ("crosscheck", ["--posttrain_args", "[--optim.lr, '-1']"], 2, "posttrain_args: command line: key 'optim.lr'"),
     ("bench", ["--batch_sizes", "[8, 8]"], 2, "key 'batch_sizes'"),
     ("prm", ["--help"], 0, "--ray.cpus_per_run"),
+    ("paper", ["--help"], 0, "--ray.cpus_per_run"),
+    ("paper", ["--models", "[linear, linear]"], 2, "key 'models'"),
     ("crosscheck", ["--posttrain_args", "[--algo.baseline, none, --algo.group_size, '1']"], 2,
      "posttrain_args: algo.group_size 1: the trl backend needs ≥ 2"),
     ("prm", ["--budget", "0"], 2, "key 'budget': must be ≥ 1"),

@@ -13,8 +13,12 @@ import warnings
 
 import torch
 
+from barrierlab.tokenizer import prompt_ids
+
 
 class ClusterBitsTask:
+    continuous = False
+
     def __init__(
         self, *, d: int, k: int, N: int, num_clusters: int, flip_prob: float, per_cluster_rule: bool, seed: int
     ):
@@ -59,6 +63,16 @@ class ClusterBitsTask:
             if far and new_answer and varied and moved <= 0.25:
                 return True
         return False
+
+    @property
+    def prompt_len(self) -> int:
+        return self.d + 2
+
+    def prompts(self, bits: torch.Tensor) -> torch.Tensor:
+        return prompt_ids(bits)
+
+    def tracked_prompts(self) -> None:
+        return None
 
     def state_dict(self) -> dict:
         """The drawn centres and rule, saved beside every checkpoint so later stages rebuild this exact task."""
