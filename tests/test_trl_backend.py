@@ -225,8 +225,8 @@ def test_every_grpo_field_that_can_act_is_set_from_our_config(tmp_path):
             args.steps_per_generation) == (1, 8, 8, 4, 1)  # on-policy: one update per generation of B = 8
 
 
-def test_the_readmes_own_trl_script_trains_and_saves_a_checkpoint_eval_reads(tmp_path, tiny_base):
-    readme = (ROOT / "README.md").read_text()
+def test_the_documented_trl_script_trains_and_saves_a_checkpoint_eval_reads(tmp_path, tiny_base):
+    readme = (ROOT / "docs" / "stages.md").read_text()
     section = readme[readme.index("## Your own TRL script"):]
     start = section.index("```python\n") + len("```python\n")
     script = section[start : section.index("```\n", start)]
