@@ -97,20 +97,41 @@ def _draw(logits: torch.Tensor, temperature: float, generator: torch.Generator |
     return (cdf[:, :-1] <= u).sum(-1)
 
 
+def _linear_cdf_table(model: LinearPolicyLM, prompts: torch.Tensor, temperature: float) -> torch.Tensor:
+    """The CDF of every step distribution of the linear policy, ``(B (k + 1), k)``: row ``b (k + 1) + j`` after symbol
+    j on prompt b (j = k: the first step), each row ending at exactly 1.
+
+    A step's weights factor, ``exp(W1 s(x) + W2[:, j]) = exp(W1 s(x)) ⊙ exp(W2[:, j])``, so the whole table is one
+    matrix product ``A @ M``, ``A = exp(W1 s(x))`` ``(B, k)`` and ``M[y', (j, y)] = exp(W2[y', j]) 1[y' ≤ y]``: no
+    exponential or cumulative sum over the ``B (k + 1) k`` entries. Each factor is taken relative to its own maximum;
+    a row whose product underflows float32 (its best logit lies far below the two maxima's sum) is tabulated from its
+    logits directly."""
+    k = model.config.k
+    a = model.features(prompts).float() @ model.W1.T.float() / temperature  # (B, k)
+    w = model.W2.T.float() / temperature  # (k + 1, k): row j, the logits added after symbol j
+    A = torch.exp(a - a.amax(-1, keepdim=True))
+    M = torch.exp(w - w.amax(-1, keepdim=True)).T.unsqueeze(-1) * torch.ones(k, k, device=w.device).triu().unsqueeze(1)
+    table = (A @ M.view(k, -1)).view(-1, k)
+    low = (table[:, -1] < 1e-30).nonzero().squeeze(1)  # rows whose entries may have left float32's normal range
+    if low.numel():
+        b, j = low // (k + 1), low % (k + 1)
+        table[low] = torch.softmax(a[b] + w[j], -1).cumsum(-1)
+    return table.div_(table[:, -1:])
+
+
 def _sample_linear(model: LinearPolicyLM, prompts: torch.Tensor, N: int, temperature: float, generator) -> torch.Tensor:
     """The linear policy's responses ``(B, N)``: each step's CDF after every previous symbol is tabulated once
-    (``answer_table``), so a position costs one row gather and one batched binary search of a uniform draw in the row
-    (inverting the CDF, as ``_draw`` does), written into preallocated buffers."""
+    (``_linear_cdf_table``), so a position costs one row gather and one batched binary search of a uniform draw in
+    the row (inverting the CDF, as ``_draw`` does), written into preallocated buffers."""
     B, k = prompts.shape[0], model.config.k
-    table = torch.softmax(model.answer_table(prompts).float() / temperature, -1).cumsum(-1)
-    table = (table / table[..., -1:]).view(B * (k + 1), k)  # normalised: the last entry is exactly 1 > u
+    table = _linear_cdf_table(model, prompts, temperature)
     u = torch.rand(N, B, 1, generator=generator, device=prompts.device)
     rows = torch.arange(B, device=prompts.device) * (k + 1)
     out = torch.empty(N, B, 1, dtype=torch.long, device=prompts.device)
     prev, cdf = rows + k, table.new_empty(B, k)
-    for i in range(N):
-        torch.searchsorted(torch.index_select(table, 0, prev, out=cdf), u[i], right=True, out=out[i])
-        torch.add(rows, out[i, :, 0], out=prev)
+    for u_i, out_i in zip(u.unbind(0), out.unbind(0)):  # views made once: indexing per position costs as much as a step
+        torch.searchsorted(torch.index_select(table, 0, prev, out=cdf), u_i, right=True, out=out_i)
+        torch.add(rows, out_i[:, 0], out=prev)
     return out[..., 0].T.contiguous()
 
 

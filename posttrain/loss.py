@@ -80,38 +80,39 @@ def linear_policy_gradient(model: LinearPolicyLM, rollout, adv) -> tuple[torch.T
     """Set ``.grad`` of the linear model to the gradient of ``policy_gradient_loss`` (without KL) in closed form; return
     (loss, stats) as it does.
 
-    A step's logits are ``W1 s(x) + W2[:, y_{i-1}]``: they depend on the response only through the previous symbol j,
-    so with ``P_bj`` the policy after j on prompt b, ``c_bj`` the advantages of the steps taken after j and ``C_bjy``
-    those of the steps taken after j to y, the gradient of the loss on the logits of (b, j) is ``-(C_bj - c_bj P_bj)/B``.
-    Summed over j it multiplies ``s(x_b)`` into W1's gradient; summed over b it is W2's column j. Neither needs ``C``
-    itself (its sums over j and over b are scatters of the B N advantages), and ``P`` is needed only on the rows
-    (b, j) that some step visits: no prompt positions, no graph, no backward, and nothing that grows with N but the
-    scatters."""
+    A step's logits are ``a_b + W2[:, j]`` (``a_b = W1 s(x_b)``, j the previous symbol): they depend on the response only
+    through j, so with ``P_bj`` the policy after j on prompt b, ``c_bj`` the advantages of the steps taken after j and
+    ``C_bjy`` those of the steps taken after j to y, the gradient of the loss on the logits of (b, j) is
+    ``-(C_bj - c_bj P_bj)/B``. Summed over j it multiplies ``s(x_b)`` into W1's gradient; summed over b it is W2's
+    column j. Neither needs ``C`` itself (its sums over j and over b are scatters of the B N advantages), and ``P`` is
+    needed only on the rows (b, j) that some step visits. The loss, ``(Σ_bj c_bj logsumexp_bj - Σ_by a_by Σ_j C_bjy -
+    Σ_jy W2[y, j] Σ_b C_bjy) / B``, comes from the same sums: no prompt positions, no graph, no backward, and nothing
+    that grows with N but the scatters."""
     responses, B, k = rollout.responses, adv.shape[0], model.config.k
-    adv, device = adv.float(), adv.device
+    adv, mask = adv.float(), rollout.mask.float()
     prev = torch.cat([torch.full_like(responses[:, :1], k), responses[:, :-1]], 1)
-    step_row = (torch.arange(B, device=device).unsqueeze(1) * (k + 1) + prev).flatten()  # (b, j) of each step
-    seen = torch.zeros(B * (k + 1), dtype=torch.bool, device=device)
-    seen[step_row] = True
-    rows = seen.nonzero().squeeze(1)  # the R visited rows
-    compact = torch.empty(B * (k + 1), dtype=torch.long, device=device)
-    compact[rows] = torch.arange(rows.numel(), device=device)
+    step_row = torch.add(prev, torch.arange(B, device=adv.device).unsqueeze(1) * (k + 1)).flatten()  # (b, j) of each
+    flat = adv.flatten()
+    # per row (b, j): the advantages c_bj and the number of steps taken from it
+    c = torch.zeros(B * (k + 1), device=adv.device).index_add_(0, step_row, flat)
+    visits = torch.zeros(B * (k + 1), device=adv.device).index_add_(0, step_row, mask.flatten())
+    rows = visits.nonzero().squeeze(1)  # the R visited rows (a masked step has advantage 0)
+    c, visits = c[rows], visits[rows]
     b, j = rows // (k + 1), rows % (k + 1)
     s = model.features(rollout.prompts).float()
-    logits = (s @ model.W1.T.float())[b] + model.W2.T.float()[j]  # (R, k)
+    a, W2 = s @ model.W1.T.float(), model.W2.float()
+    logits = a[b] + W2.T[j]  # (R, k)
     lse = torch.logsumexp(logits, -1)
     p = torch.exp(logits - lse.unsqueeze(1))
-    c = torch.zeros(B * (k + 1), device=device).index_add_(0, step_row, adv.flatten())[rows]
     cp = c.unsqueeze(1) * p  # c_bj P_bj
-    by_symbol = torch.zeros(B, k, device=device).scatter_add_(1, responses, adv)  # Σ_j C_bj
-    by_cell = torch.zeros((k + 1) * k, device=device).index_add_(0, (prev * k + responses).flatten(), adv.flatten())
-    g1 = torch.zeros(B, k, device=device).index_add_(0, b, cp) - by_symbol
+    by_symbol = torch.zeros(B, k, device=adv.device).scatter_add_(1, responses, adv)  # Σ_j C_bj
+    by_cell = torch.zeros((k + 1) * k, device=adv.device).index_add_(  # Σ_b C_bj
+        0, torch.add(responses, prev, alpha=k).flatten(), flat).view(k + 1, k)
+    g1 = torch.zeros(B, k, device=adv.device).index_add_(0, b, cp) - by_symbol
     model.W1.grad = (g1.T @ s / B).to(model.W1.dtype)
-    g2 = torch.zeros(k + 1, k, device=device).index_add_(0, j, cp) - by_cell.view(k + 1, k)
+    g2 = torch.zeros(k + 1, k, device=adv.device).index_add_(0, j, cp) - by_cell
     model.W2.grad = (g2.T / B).to(model.W2.dtype)
-    at = compact[step_row]
-    logp_taken = logits.flatten()[at * k + responses.flatten()] - lse[at]
-    loss = -(adv.flatten() * logp_taken).sum() / B
-    visits = torch.zeros(B * (k + 1), device=device).index_add_(0, step_row, rollout.mask.float().flatten())[rows]
+    # three sums of large terms that cancel to a small loss: added in float64
+    loss = ((c.double() @ lse.double()) - (a.double() * by_symbol).sum() - (W2.T.double() * by_cell).sum()) / B
     row_entropy = lse - (p * logits).sum(-1)  # -Σ_y P log P of each visited row
-    return loss, {"entropy": (visits * row_entropy).sum() / rollout.mask.sum().clamp_min(1)}
+    return loss, {"entropy": (visits * row_entropy).sum() / mask.sum().clamp_min(1)}

@@ -13,7 +13,7 @@ from barrierlab.loading import load_model_dir
 from barrierlab.models import ModelConfig, PromptProjectionLlama, build_model
 from barrierlab.policy import answer_logits, sample, token_logprobs
 from barrierlab.tasks import TaskConfig, build_task
-from barrierlab.tasks.continuous import clip_norm
+from barrierlab.tasks.continuous import clip_norm, follow
 from barrierlab.tokenizer import ANSWER0
 from tests.conftest import run_stage
 
@@ -85,6 +85,15 @@ def test_rule_is_the_authors_recursion_and_the_task_state_round_trips():
     again = build_task(cfg, num_clusters=4, state=task.state_dict())
     assert torch.equal(again.targets(x, comp), y)
     assert build_task(TaskConfig(name="gaussian_mixture", d=8, k=5, N=7, seed=4), num_clusters=4).W1.ne(W1).any()
+
+
+def test_seed_s_draws_the_authors_seed_s_rule():
+    # their code: torch.manual_seed(seed), then W1* = randn(k, d) and W2* = randn(k, k) are its first draws
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        W1, W2 = torch.randn(32, 32), torch.randn(32, 32)
+    task = build_task(TaskConfig(name="gaussian_mixture", d=32, k=32, N=128, seed=0), num_clusters=32)
+    assert torch.equal(task.W1, W1.double()) and torch.equal(task.W2, W2.double())
 
 
 def tiny_continuous():
@@ -164,3 +173,13 @@ def test_continuous_checkpoints_round_trip_through_the_auto_classes(tmp_path):
               str(tmp_path / "lin"), "--model.kind", "linear")
     linear, _, _ = load_model_dir(tmp_path / "lin" / "model")
     assert linear.W1.abs().sum() > 0  # it trained on the continuous prompts
+
+
+def test_following_the_successor_table_by_doubling_equals_the_step_by_step_walk():
+    gen = torch.Generator().manual_seed(0)
+    after, first = torch.randint(0, 7, (50, 7), generator=gen), torch.randint(0, 7, (50,), generator=gen)
+    for N in (1, 2, 3, 8, 100, 129):
+        walk = [first]
+        for _ in range(N - 1):
+            walk.append(after[torch.arange(50), walk[-1]])
+        assert torch.equal(follow(after, first, N), torch.stack(walk, 1)), N

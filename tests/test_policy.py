@@ -92,3 +92,17 @@ def test_checkpoint_round_trip_through_auto_classes(tmp_path, kind):
     assert (tmp_path / "model.safetensors").exists()
     ids = torch.tensor([tok(prompt_text(torch.tensor([[1, 0, 0, 1]]))[0] + " a1 a0 a1")["input_ids"]])
     assert torch.allclose(model(input_ids=ids).logits, loaded(input_ids=ids).logits, atol=1e-6)
+
+
+def test_linear_sampler_tabulates_a_row_whose_weights_underflow_float32():
+    # after symbol 0 the logits are W1 x + W2[:, 0] = (120, 120, 0): in the table's product A ⊙ exp(W2[:, 0]) both
+    # factors are e^-120 there (0 in float32), so that row comes from its logits
+    model = build_model(ModelConfig(kind="linear"), d=1, k=3, seed=0)
+    with torch.no_grad():
+        model.W1.copy_(torch.tensor([[120.0], [0.0], [0.0]]))
+        model.W2.zero_()
+        model.W2[1, 0] = 120.0
+    n = 20_000
+    draws = sample(model, torch.ones(n, 1), 2, 3, generator=torch.Generator().manual_seed(0))
+    assert draws[:, 0].eq(0).all() and draws[:, 1].le(1).all()  # the first step is certain, symbol 2 has e^-120
+    assert abs(draws[:, 1].float().mean().item() - 0.5) <= 4.5 * (0.25 / n) ** 0.5

@@ -1,7 +1,9 @@
 """The authors' own tasks: continuous prompts ``x ∈ R^d`` and one hidden linear-argmax rule for every input.
 
 ``y*_1 = argmax(W1* x)`` and ``y*_i = argmax(W1* x + W2*[:, y*_{i-1}])`` with ``W1* (k×d)`` and ``W2* (k×k)`` of
-N(0, 1) entries, drawn once from the task seed (no 1/√d scaling: ‖x‖ = √d, as in the authors' code).
+N(0, 1) entries, drawn once from the task seed (no 1/√d scaling: ‖x‖ = √d, as in the authors' code). They are the
+authors' draw itself: their code seeds torch with its seed and draws W1* then W2* first, in float32, so task seed s
+is their seed s's rule (kept in float64 after the draw, for exact argmaxes).
 - ``gaussian_mixture``: M components (one per profile entry) whose means are the basis vectors ``e_{j mod d}``;
   ``x = √d (e_j + ε) / ‖e_j + ε‖`` with isotropic noise ``ε ~ N(0, σ² I)`` clipped to norm ≤ σ. The M components'
   noise-free inputs ``√d e_j`` are the centres that Figure 1 tracks.
@@ -23,8 +25,8 @@ class ContinuousRuleTask:
     def __init__(self, *, d: int, k: int, N: int, num_clusters: int, seed: int):
         self.d, self.k, self.N, self.num_clusters = d, k, N, num_clusters
         gen = torch.Generator().manual_seed(seed)
-        self.W1 = torch.randn(k, d, generator=gen, dtype=torch.float64)
-        self.W2 = torch.randn(k, k, generator=gen, dtype=torch.float64)
+        self.W1 = torch.randn(k, d, generator=gen).double()
+        self.W2 = torch.randn(k, k, generator=gen).double()
 
     def state_dict(self) -> dict:
         return {"W1": self.W1.tolist(), "W2": self.W2.tolist()}
@@ -39,15 +41,25 @@ class ContinuousRuleTask:
 
     def targets(self, x: torch.Tensor, cluster: torch.Tensor) -> torch.Tensor:
         base = x.double() @ self.W1.T  # (n, k), once for all positions
-        # the symbol that follows each previous symbol j, per input: argmax(W1 x + W2[:, j]), tabulated once
-        # (max's indices are argmax's, the first maximum, and on CPU they come faster)
-        after = (base.unsqueeze(1) + self.W2.T).max(-1).indices.flatten()  # (n k,): row b, previous symbol j
-        y = torch.empty(self.N, x.shape[0], dtype=torch.long)  # position-major while it is built
-        y[0] = base.max(-1).indices
-        offsets = torch.arange(x.shape[0]) * self.k
-        for i in range(1, self.N):
-            torch.index_select(after, 0, offsets + y[i - 1], out=y[i])
-        return y.T.contiguous()
+        # after[b, j]: the symbol that follows symbol j on input b, argmax_y(W1 x + W2[y, j]), tabulated once (max over
+        # the middle dimension vectorises; its indices are argmax's, the first maximum)
+        after = (base.unsqueeze(2) + self.W2).max(1).indices
+        return follow(after, base.max(-1).indices, self.N)
+
+
+def follow(after: torch.Tensor, first: torch.Tensor, N: int) -> torch.Tensor:
+    """``(n, N)`` sequences that start at ``first`` and step by the successor table ``after`` ``(n, k)``, by doubling:
+    positions ``[m, 2m)`` are the successor's m-th power applied to positions ``[0, m)``, so 2 log2 N gathers."""
+    y = torch.empty(first.shape[0], N, dtype=torch.long)
+    y[:, 0] = first
+    power, m = after, 1
+    while m < N:
+        n = min(m, N - m)
+        torch.gather(power, 1, y[:, :n], out=y[:, m : m + n])
+        if m + n < N:
+            power = power.gather(1, power)
+        m += n
+    return y
 
 
 def clip_norm(noise: torch.Tensor, max_norm: float) -> torch.Tensor:
