@@ -43,7 +43,7 @@ class Figure1Config:
     pretrain_args: list[str] = field(default_factory=list)
     """Overrides of the base's pretraining config, e.g. ['--train.steps', '500']."""
     posttrain_args: list[str] = field(default_factory=list)
-    """Overrides of both arms' configs, e.g. ['--optim.max_steps', '1500'] (the CPU setting)."""
+    """Overrides of both arms' configs, e.g. ['--optim.max_steps', '400'] (the transformer's CPU setting)."""
 
 
 @dataclass
@@ -146,7 +146,10 @@ def run_all(cfg: PaperConfig, out: Path, cluster: Cluster) -> None:
 
 def figure1(cfg: PaperConfig, out: Path, m: str) -> dict:
     """What the figures need of model class ``m``'s bases and arms, seed by seed."""
-    from barrierlab.loading import load_dataset_dir
+    import torch
+
+    from barrierlab.loading import load_dataset_dir, load_model_dir, prompt_tensors
+    from barrierlab.policy import target_stats
     from barrierlab.rundir import read_metrics
 
     seeds = {}
@@ -158,11 +161,28 @@ def figure1(cfg: PaperConfig, out: Path, m: str) -> dict:
                          "test_error": [r["eval/expected_error"] for r in rows],
                          "centres": [r["eval/tracked_likelihood"] for r in rows]}
         test = list(load_dataset_dir(base / "data" / "eval_prompts", ["base_alpha"])["base_alpha"])
-        centres = list(load_dataset_dir(base / "data" / "tracked_prompts", ["base_alpha"])["base_alpha"])
+        tracked = load_dataset_dir(base / "data" / "tracked_prompts", ["base_alpha"])
+        model, _, info = load_model_dir(base / "model")
+        with torch.no_grad():  # the base's worst next-token probability along each centre's y* (its token coverage)
+            token_min = target_stats(model.eval(), *prompt_tensors(tracked), info["task"]["k"])[1].exp()
         threshold = json.loads((base / "support.json").read_text())["offsupport_threshold"]
-        seeds[seed] = {"base_test_error": 1 - sum(test) / len(test), "centre_alpha": centres, "threshold": threshold,
-                       "runs": runs}
+        seeds[seed] = {"base_test_error": 1 - sum(test) / len(test), "centre_alpha": list(tracked["base_alpha"]),
+                       "centre_token_min": token_min.tolist(), "threshold": threshold, "runs": runs}
     return seeds
+
+
+def setting(cfg: PaperConfig, out: Path, m: str) -> dict:
+    """What model class ``m`` ran, from its first seed's resolved configs: for the report's comparison with the
+    authors' setting."""
+    import yaml
+
+    seed = cfg.seeds[0]
+    base = yaml.safe_load((out / m / f"base_s{seed}" / "config.yaml").read_text())
+    arm = yaml.safe_load((out / m / f"outcome_s{seed}" / "config.yaml").read_text())
+    return {"N": base["task"]["N"], "components": len(base["profile"]),
+            "unseen_components": sum(1 for c in base["profile"] if c.get("weight", 1.0) == 0),
+            "pretrain_steps": base["train"]["steps"], "batch_size": arm["optim"]["batch_size"],
+            "pg_steps": arm["optim"]["max_steps"], "optimizer": arm["optim"]["optimizer"], "lr": arm["optim"]["lr"]}
 
 
 def figure2(cfg: PaperConfig, out: Path, m: str) -> dict:
@@ -205,6 +225,7 @@ def main(argv):
         run_all(cfg, out, cluster)
         threads = cluster.threads or torch.get_num_threads()  # no Ray started: every run was reused
     results = {"models": {m: figure1(cfg, out, m) for m in cfg.models},
+               "settings": {m: setting(cfg, out, m) for m in cfg.models},
                "cdf": {m: figure2(cfg, out, m) for m in cfg.models},
                "stage_times_s": {str(run.relative_to(out)): t for run, t in cluster.seconds.items()},
                "cpus": len(os.sched_getaffinity(0)), "threads": threads, "load_average_start": load_start,

@@ -33,8 +33,11 @@ def test_make_paper_on_the_tiny_configs(tmp_path):
         assert all(len(v) == cdf["samples"] for v in cdf["log_likelihood"].values())
         for name in (f"figure1_{model}.png", f"centres_{model}.png", f"figure2_{model}.png"):
             assert (out / name).stat().st_size > 10_000
+        setting = results["settings"][model]
+        assert setting["pg_steps"] == (6 if model == "linear" else 4) and setting["components"] == 4
     report = (out / "report.md").read_text()
     assert "### Figure 1, linear model" in report and "### Figure 2, transformer model" in report
+    assert "- Setting, linear: N = " in report and "| theirs |" not in report  # not the authors' setting
     assert report in stdout
     # a rerun reuses every finished run
     run_make("paper", "CONFIGS=configs/tiny", f"RUNS={tmp_path}")
@@ -52,3 +55,24 @@ def test_checks_read_the_runs_as_the_issue_states_them():
     assert summary["outcome"]["second_half_range"] == pytest.approx(0.01)  # steps 100..200: 0.45 → 0.44
     assert summary["outcome"]["off_max_ever"] == 1e-7 and summary["process"]["off_final_min"] == 0.95
     assert quantile([-3.0, -2.0, -1.0, 0.0], 0.3) == pytest.approx(2.718281828**-2)  # the 2nd smallest of four
+
+
+def test_the_authors_code_is_put_beside_ours_only_on_their_setting(tmp_path, monkeypatch):
+    import eval.paper_report as report
+
+    theirs = {"outcome_s0": {"offsupport_centres": 1, "base_test_error": 0.46, "test_error": [0.46, 0.149],
+                             "off_max_ever": 1e-4, "off_final": [0.0]},
+              "process_s0": {"offsupport_centres": 1, "base_test_error": 0.46, "test_error": [0.46, 0.051],
+                             "off_max_ever": 0.999, "off_final": [0.9988]}}
+    (tmp_path / "authors.json").write_text(json.dumps(theirs))
+    monkeypatch.setattr(report, "AUTHORS_CODE", tmp_path / "authors.json")
+    run = {"step": [0, 50], "queries": [0, 1], "test_error": [0.463, 0.152], "centres": [[1e-20], [1e-15]]}
+    process = {**run, "test_error": [0.463, 0.052], "centres": [[1e-20], [0.999]]}
+    rows = {0: seed_summary({"centre_alpha": [1e-20], "threshold": 1e-12, "base_test_error": 0.463,
+                             "runs": {"outcome": run, "process": process}})}
+    theirs_setting = {**report.AUTHORS_SETTING}
+    lines = report.authors_code_rows("linear", rows, theirs_setting)
+    assert "| 0 | theirs | 1 | 0.460 | 0.149 | 0.051 | 0.0001 | 0.999 |" in lines
+    assert "| 0 | ours | 1 | 0.463 | 0.152 | 0.052 | 1e-15 | 0.999 |" in lines
+    assert report.authors_code_rows("linear", rows, {**theirs_setting, "pg_steps": 1500}) == []
+    assert report.authors_code_rows("transformer", rows, theirs_setting) == []
