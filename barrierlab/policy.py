@@ -116,7 +116,7 @@ def _linear_cdf_table(model: LinearPolicyLM, prompts: torch.Tensor, temperature:
     if low.numel():
         b, j = low // (k + 1), low % (k + 1)
         table[low] = torch.softmax(a[b] + w[j], -1).cumsum(-1)
-    return table.div_(table[:, -1:])
+    return table.div_(table[:, -1:].clone())  # a copy: in place, a row split between threads could read its own 1
 
 
 def _sample_linear(model: LinearPolicyLM, prompts: torch.Tensor, N: int, temperature: float, generator) -> torch.Tensor:
@@ -129,7 +129,7 @@ def _sample_linear(model: LinearPolicyLM, prompts: torch.Tensor, N: int, tempera
     rows = torch.arange(B, device=prompts.device) * (k + 1)
     out = torch.empty(N, B, 1, dtype=torch.long, device=prompts.device)
     prev, cdf = rows + k, table.new_empty(B, k)
-    for u_i, out_i in zip(u.unbind(0), out.unbind(0)):  # views made once: indexing per position costs as much as a step
+    for u_i, out_i in zip(u.unbind(0), out.unbind(0)):  # their views made at once: indexing each costs microseconds
         torch.searchsorted(torch.index_select(table, 0, prev, out=cdf), u_i, right=True, out=out_i)
         torch.add(rows, out_i[:, 0], out=prev)
     return out[..., 0].T.contiguous()

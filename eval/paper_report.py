@@ -24,8 +24,10 @@ COLOURS = {"outcome": "tab:red", "process": "tab:blue"}
 TINY = 1e-300
 EPS = [0.01, 0.05, 0.1, 0.2, 0.5]
 AUTHORS = {"base_test_error": 0.46, "offsupport_centres": "4 of 32 (the paper)"}
-# the authors' Figure 1 setting, which the report compares each model class's own with
-AUTHORS_SETTING = {"N": 128, "batch_size": 1024, "pg_steps": 4000, "pretrain_steps": 1000}
+# the authors' Figure 1 setting (their configs/{outcome,process}_reward.yaml), which the report compares each model
+# class's own with
+AUTHORS_SETTING = {"d": 32, "k": 32, "N": 128, "pretrain_steps": 1000, "components": 32, "unseen_components": 0}
+AUTHORS_ARM = {"batch_size": 1024, "max_steps": 4000, "optimizer": "adagrad", "lr": 0.1}
 # their own code's Figure 1 arms, run on CPU by docs/authors_fig1.py (seed s: the rule of our task seed s)
 AUTHORS_CODE = Path(__file__).resolve().parent.parent / "docs" / "paper" / "authors_fig1.json"
 
@@ -182,19 +184,20 @@ def figure1_section(model: str, seeds: dict, setting: dict) -> list[str]:
 def authors_code_rows(model: str, rows: dict, setting: dict) -> list[str]:
     """The authors' own code on the same seeds (the same hidden rules), beside the linear model's rows where it ran
     their setting."""
-    same = model == "linear" and all(setting[key] == value for key, value in AUTHORS_SETTING.items())
+    same = (model == "linear" and all(setting[key] == value for key, value in AUTHORS_SETTING.items())
+            and all(arm == AUTHORS_ARM for arm in setting["arms"].values()))
     theirs = json.loads(AUTHORS_CODE.read_text()) if same and AUTHORS_CODE.exists() else {}
     seeds = [s for s in rows if f"outcome_s{s}" in theirs and f"process_s{s}" in theirs]
     if not seeds:
         return []
     lines = ["", "The authors' own code on the same hidden rules (their seed s draws our task seed s's W1*, W2*; "
-             "docs/authors_fig1.py, 4,000 PG steps, on CPU), against ours (their code tracks the centres every step, ours at "
-             "every evaluation):", "",
+             "docs/authors_fig1.py, their settings, on CPU), against ours (their code tracks the centres every step, ours "
+             "at every evaluation):", "",
              "| seed | | off-support centres | base test error | outcome final test error | process final test error | "
              "outcome: off-support max ever | process: off-support final min |", "|---|---|---|---|---|---|---|---|"]
     for seed in seeds:
         o, p, r = theirs[f"outcome_s{seed}"], theirs[f"process_s{seed}"], rows[seed]
-        if not o["offsupport_centres"]:  # their code runs no PG on a draw without an off-support centre
+        if not (o["offsupport_centres"] and p["offsupport_centres"]):  # their code runs no PG on such a draw
             lines.append(f"| {seed} | theirs | 0 | | | | | |")
         else:
             lines.append(f"| {seed} | theirs | {o['offsupport_centres']} | {o['base_test_error']:.3f} | "
@@ -207,12 +210,14 @@ def authors_code_rows(model: str, rows: dict, setting: dict) -> list[str]:
 
 
 def setting_line(model: str, st: dict) -> str:
-    """What ``model`` ran, beside the authors' Figure 1 setting."""
-    a = AUTHORS_SETTING
-    return (f"{model}: N = {st['N']} (theirs {a['N']}), PG batch {st['batch_size']:,} ({a['batch_size']:,}), "
-            f"{st['pg_steps']:,} PG steps an arm ({a['pg_steps']:,}), {st['optimizer']} lr {st['lr']:g} (Adagrad 0.1), "
-            f"base {st['pretrain_steps']:,} supervised steps ({a['pretrain_steps']:,}); {st['unseen_components']} of "
-            f"{st['components']} components never in pretraining (0)")
+    """What ``model`` ran, beside the authors' Figure 1 setting (theirs in brackets)."""
+    a, t = AUTHORS_SETTING, AUTHORS_ARM
+    arms = "; ".join(f"{arm} PG: batch {o['batch_size']:,} ({t['batch_size']:,}), {o['max_steps']:,} steps "
+                     f"({t['max_steps']:,}), {o['optimizer']} lr {o['lr']:g} ({t['optimizer']} {t['lr']:g})"
+                     for arm, o in st["arms"].items())
+    return (f"{model}: d = {st['d']}, k = {st['k']}, N = {st['N']} ({a['d']}, {a['k']}, {a['N']}); base "
+            f"{st['pretrain_steps']:,} supervised steps ({a['pretrain_steps']:,}), {st['unseen_components']} of "
+            f"{st['components']} components never in pretraining ({a['unseen_components']} of {a['components']}); {arms}")
 
 
 def figure2_section(model: str, cdf: dict) -> list[str]:
@@ -241,10 +246,11 @@ DIFFERENCES = [
     "ε = 1e-10), so the updates agree.",
     "Their outcome config says `baseline: fasle`, which their loader reads as true: the batch-mean baseline here is "
     "what their published run used.",
-    "Seeds: task seed s draws the hidden rule that the authors' code draws on CPU with seed s (W1*, W2* are its first "
-    "draws after torch.manual_seed(s)); seed 0 is their configs' seed. On a GPU their code draws the rule from the CUDA "
-    "generator, another rule, which may be why the paper reports 4 off-support centres where their code on CPU finds "
-    "1. The supervised and PG runs draw their own inputs and samples.",
+    "Seeds: task seed s draws the W1*, W2* that the authors' code draws on CPU with seed s (its first draws after "
+    "torch.manual_seed(s)); seed 0 is their configs' seed. Their targets take the argmaxes in float32, ours in float64 "
+    "(the same but for near-ties). On a GPU their code draws the rule from the CUDA generator, another rule, which may "
+    "be why the paper's count of off-support centres differs from their code's on CPU. The supervised and PG runs draw "
+    "their own inputs and samples.",
     "Figure 2: one Adagrad run with a checkpoint every 500 steps; the authors restart Adagrad for every 500-step segment.",
     "The transformer is not in the paper: it reads x through a learned projection (docs/tasks.md) and trains with "
     "AdamW / Adam (Adagrad 0.1 is the linear model's); where components are left out of its pretraining, that is "

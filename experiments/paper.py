@@ -173,16 +173,16 @@ def figure1(cfg: PaperConfig, out: Path, m: str) -> dict:
 
 def setting(cfg: PaperConfig, out: Path, m: str) -> dict:
     """What model class ``m`` ran, from its first seed's resolved configs: for the report's comparison with the
-    authors' setting."""
+    authors' setting (the PG settings of each arm)."""
     import yaml
 
     seed = cfg.seeds[0]
     base = yaml.safe_load((out / m / f"base_s{seed}" / "config.yaml").read_text())
-    arm = yaml.safe_load((out / m / f"outcome_s{seed}" / "config.yaml").read_text())
-    return {"N": base["task"]["N"], "components": len(base["profile"]),
+    arms = {arm: yaml.safe_load((out / m / f"{arm}_s{seed}" / "config.yaml").read_text())["optim"] for arm in ARMS}
+    return {"d": base["task"]["d"], "k": base["task"]["k"], "N": base["task"]["N"],
+            "pretrain_steps": base["train"]["steps"], "components": len(base["profile"]),
             "unseen_components": sum(1 for c in base["profile"] if c.get("weight", 1.0) == 0),
-            "pretrain_steps": base["train"]["steps"], "batch_size": arm["optim"]["batch_size"],
-            "pg_steps": arm["optim"]["max_steps"], "optimizer": arm["optim"]["optimizer"], "lr": arm["optim"]["lr"]}
+            "arms": {arm: {key: o[key] for key in ("batch_size", "max_steps", "optimizer", "lr")} for arm, o in arms.items()}}
 
 
 def figure2(cfg: PaperConfig, out: Path, m: str) -> dict:

@@ -92,11 +92,11 @@ def linear_policy_gradient(model: LinearPolicyLM, rollout, adv) -> tuple[torch.T
     adv, mask = adv.float(), rollout.mask.float()
     prev = torch.cat([torch.full_like(responses[:, :1], k), responses[:, :-1]], 1)
     step_row = torch.add(prev, torch.arange(B, device=adv.device).unsqueeze(1) * (k + 1)).flatten()  # (b, j) of each
-    flat = adv.flatten()
+    flat = adv.double().flatten()  # sums of advantages in float64: the loss multiplies them by large logits
     # per row (b, j): the advantages c_bj and the number of steps taken from it
-    c = torch.zeros(B * (k + 1), device=adv.device).index_add_(0, step_row, flat)
+    c = torch.zeros(B * (k + 1), dtype=torch.float64, device=adv.device).index_add_(0, step_row, flat)
     visits = torch.zeros(B * (k + 1), device=adv.device).index_add_(0, step_row, mask.flatten())
-    rows = visits.nonzero().squeeze(1)  # the R visited rows (a masked step has advantage 0)
+    rows = visits.nonzero().squeeze(1)  # the R visited rows (a masked step has advantage 0: advantages() masks)
     c, visits = c[rows], visits[rows]
     b, j = rows // (k + 1), rows % (k + 1)
     s = model.features(rollout.prompts).float()
@@ -104,15 +104,16 @@ def linear_policy_gradient(model: LinearPolicyLM, rollout, adv) -> tuple[torch.T
     logits = a[b] + W2.T[j]  # (R, k)
     lse = torch.logsumexp(logits, -1)
     p = torch.exp(logits - lse.unsqueeze(1))
-    cp = c.unsqueeze(1) * p  # c_bj P_bj
-    by_symbol = torch.zeros(B, k, device=adv.device).scatter_add_(1, responses, adv)  # Σ_j C_bj
-    by_cell = torch.zeros((k + 1) * k, device=adv.device).index_add_(  # Σ_b C_bj
+    cp = c.float().unsqueeze(1) * p  # c_bj P_bj
+    by_symbol = torch.zeros(B, k, dtype=torch.float64, device=adv.device).scatter_add_(  # Σ_j C_bj
+        1, responses, flat.view(B, -1))
+    by_cell = torch.zeros((k + 1) * k, dtype=torch.float64, device=adv.device).index_add_(  # Σ_b C_bj
         0, torch.add(responses, prev, alpha=k).flatten(), flat).view(k + 1, k)
-    g1 = torch.zeros(B, k, device=adv.device).index_add_(0, b, cp) - by_symbol
+    g1 = torch.zeros(B, k, device=adv.device).index_add_(0, b, cp) - by_symbol.float()
     model.W1.grad = (g1.T @ s / B).to(model.W1.dtype)
-    g2 = torch.zeros(k + 1, k, device=adv.device).index_add_(0, j, cp) - by_cell
+    g2 = torch.zeros(k + 1, k, device=adv.device).index_add_(0, j, cp) - by_cell.float()
     model.W2.grad = (g2.T / B).to(model.W2.dtype)
-    # three sums of large terms that cancel to a small loss: added in float64
-    loss = ((c.double() @ lse.double()) - (a.double() * by_symbol).sum() - (W2.T.double() * by_cell).sum()) / B
+    # three sums of large terms that cancel to a small loss, in float64
+    loss = ((c @ lse.double()) - (a.double() * by_symbol).sum() - (W2.T.double() * by_cell).sum()) / B
     row_entropy = lse - (p * logits).sum(-1)  # -Σ_y P log P of each visited row
     return loss, {"entropy": (visits * row_entropy).sum() / mask.sum().clamp_min(1)}

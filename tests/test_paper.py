@@ -34,7 +34,8 @@ def test_make_paper_on_the_tiny_configs(tmp_path):
         for name in (f"figure1_{model}.png", f"centres_{model}.png", f"figure2_{model}.png"):
             assert (out / name).stat().st_size > 10_000
         setting = results["settings"][model]
-        assert setting["pg_steps"] == (6 if model == "linear" else 4) and setting["components"] == 4
+        assert setting["components"] == 4 and setting["k"] == 4
+        assert all(arm["max_steps"] == (6 if model == "linear" else 4) for arm in setting["arms"].values())
     report = (out / "report.md").read_text()
     assert "### Figure 1, linear model" in report and "### Figure 2, transformer model" in report
     assert "- Setting, linear: N = " in report and "| theirs |" not in report  # not the authors' setting
@@ -70,9 +71,12 @@ def test_the_authors_code_is_put_beside_ours_only_on_their_setting(tmp_path, mon
     process = {**run, "test_error": [0.463, 0.052], "centres": [[1e-20], [0.999]]}
     rows = {0: seed_summary({"centre_alpha": [1e-20], "threshold": 1e-12, "base_test_error": 0.463,
                              "runs": {"outcome": run, "process": process}})}
-    theirs_setting = {**report.AUTHORS_SETTING}
+    theirs_setting = {**report.AUTHORS_SETTING, "arms": {arm: report.AUTHORS_ARM for arm in ("outcome", "process")}}
     lines = report.authors_code_rows("linear", rows, theirs_setting)
     assert "| 0 | theirs | 1 | 0.460 | 0.149 | 0.051 | 0.0001 | 0.999 |" in lines
     assert "| 0 | ours | 1 | 0.463 | 0.152 | 0.052 | 1e-15 | 0.999 |" in lines
-    assert report.authors_code_rows("linear", rows, {**theirs_setting, "pg_steps": 1500}) == []
+    shorter = {**report.AUTHORS_ARM, "max_steps": 1500}
+    assert report.authors_code_rows("linear", rows, {**theirs_setting, "arms": {"outcome": shorter,
+                                                                              "process": report.AUTHORS_ARM}}) == []
+    assert report.authors_code_rows("linear", rows, {**theirs_setting, "k": 10}) == []
     assert report.authors_code_rows("transformer", rows, theirs_setting) == []

@@ -50,7 +50,7 @@ class ContinuousRuleTask:
 def follow(after: torch.Tensor, first: torch.Tensor, N: int) -> torch.Tensor:
     """``(n, N)`` sequences that start at ``first`` and step by the successor table ``after`` ``(n, k)``, by doubling:
     positions ``[m, 2m)`` are the successor's m-th power applied to positions ``[0, m)``, so 2 log2 N gathers."""
-    y = torch.empty(first.shape[0], N, dtype=torch.long)
+    y = torch.empty(first.shape[0], N, dtype=torch.long, device=after.device)
     y[:, 0] = first
     power, m = after, 1
     while m < N:
